@@ -1,0 +1,39 @@
+"""Agent dynamics: the midpoint (semi-implicit) unicycle of TrafficBots, batched over ``[B, A]``.
+
+State s = (x, y, yaw, v); action = (acceleration m/s^2, yaw rate rad/s) in physical units.
+A normalised action a in [-1, 1]^2 maps to physical units by the per-type limits below; the policy's
+unbounded Gaussian output u maps through ``a = tanh(u)``. Yaw is never wrapped here.
+"""
+from __future__ import annotations
+
+import torch
+
+from trafficbots_gym.data.constants import DT
+
+ACTION_LIMITS = torch.tensor([[5.0, 1.5],   # vehicle: max |acc| (m/s^2), max |yaw rate| (rad/s)
+                              [7.0, 7.0],   # pedestrian
+                              [6.0, 3.0]])  # cyclist
+"""[3, 2] per AgentType limits of (acceleration, yaw rate), as the reference configuration."""
+
+
+def action_limits(agent_type: torch.Tensor) -> torch.Tensor:
+    """[..., 2] limits for one-hot ``agent_type`` [..., 3] (vehicle limits for agents with no type)."""
+    limits = ACTION_LIMITS.to(device=agent_type.device)
+    onehot = agent_type.to(limits.dtype)
+    per_agent = onehot @ limits
+    none = ~agent_type.bool().any(-1, keepdim=True)
+    return torch.where(none, limits[0], per_agent)
+
+
+def scale_action(normalized: torch.Tensor, agent_type: torch.Tensor) -> torch.Tensor:
+    """Normalised action in [-1, 1] -> physical (acc, yaw rate) for each agent's type."""
+    return normalized * action_limits(agent_type).to(normalized.dtype)
+
+
+def unicycle_step(pos: torch.Tensor, yaw: torch.Tensor, spd: torch.Tensor, acc: torch.Tensor,
+                  yaw_rate: torch.Tensor, dt: float = DT) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One midpoint-unicycle step; returns (pos [...,2], yaw, spd, vel [...,2] = displacement / dt)."""
+    spd_mid = spd + 0.5 * dt * acc
+    yaw_mid = yaw + 0.5 * dt * yaw_rate
+    disp = torch.stack([torch.cos(yaw_mid), torch.sin(yaw_mid)], dim=-1) * (dt * spd_mid).unsqueeze(-1)
+    return pos + disp, yaw + dt * yaw_rate, spd + dt * acc, disp / dt

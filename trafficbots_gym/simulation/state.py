@@ -1,0 +1,56 @@
+"""``AgentState``: the kinematic state of every agent of every scene at one step, ``[B, A, ...]``."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from trafficbots_gym.data.batch import SceneBatch
+from trafficbots_gym.simulation.dynamics import unicycle_step
+
+
+@dataclass
+class AgentState:
+    """Per-step agent state; invalid agents carry zeros."""
+
+    valid: torch.Tensor     # [B, A] bool
+    pos: torch.Tensor       # [B, A, 2] m
+    yaw: torch.Tensor       # [B, A] rad (unwrapped)
+    spd: torch.Tensor       # [B, A] signed speed m/s
+    vel: torch.Tensor       # [B, A, 2] m/s
+    acc: torch.Tensor       # [B, A] m/s^2
+    yaw_rate: torch.Tensor  # [B, A] rad/s
+
+    @staticmethod
+    def from_log(batch: SceneBatch, step: int) -> "AgentState":
+        """The logged state of step ``step``."""
+        return AgentState(valid=batch.agent_valid[:, step], pos=batch.agent_pos[:, step],
+                          yaw=batch.agent_yaw[:, step], spd=batch.agent_spd[:, step],
+                          vel=batch.agent_vel[:, step], acc=batch.agent_acc[:, step],
+                          yaw_rate=batch.agent_yaw_rate[:, step])
+
+    def where(self, mask: torch.Tensor, other: "AgentState") -> "AgentState":
+        """Take ``other``'s entries where ``mask`` [B, A] is true, ours elsewhere."""
+        out = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            m = mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim))
+            out[f.name] = torch.where(m, b, a)
+        return AgentState(**out)
+
+    def masked(self) -> "AgentState":
+        """Zero the entries of invalid agents."""
+        zeros = AgentState(**{f.name: torch.zeros_like(getattr(self, f.name)) for f in fields(self)})
+        return zeros.where(self.valid, self)
+
+    def step(self, acc: torch.Tensor, yaw_rate: torch.Tensor, dt: float = 0.1) -> "AgentState":
+        """Integrate the unicycle with physical actions [B, A]; invalid agents stay zero."""
+        pos, yaw, spd, vel = unicycle_step(self.pos, self.yaw, self.spd, acc, yaw_rate, dt)
+        return AgentState(valid=self.valid, pos=pos, yaw=yaw, spd=spd, vel=vel, acc=acc,
+                          yaw_rate=yaw_rate).masked()
+
+    def index(self, rows: torch.Tensor) -> "AgentState":
+        return AgentState(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    def clone(self) -> "AgentState":
+        return AgentState(**{f.name: getattr(self, f.name).clone() for f in fields(self)})

@@ -1,0 +1,68 @@
+"""Specification of the training data modules (training.datamodule)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from trafficbots_gym.data.batch import SceneBatch
+from trafficbots_gym.data.h5io import SceneFormatError
+from training.datamodule import H5SceneDataModule, ReplacementSampler, make_datamodule
+
+SCENES = Path(__file__).parent / "fixtures" / "reference_vectors" / "reference_scenes.h5"
+
+
+def test_replacement_sampler_draws_epoch_size_indices_with_replacement_and_a_new_draw_each_epoch() -> None:
+    sampler = ReplacementSampler(data_len=2, epoch_size=50, seed=3)
+    first, second = list(sampler), list(sampler)
+    assert len(first) == len(sampler) == 50
+    assert set(first) == {0, 1}  # 50 draws from 2 scenes must repeat scenes
+    assert first != second
+    assert list(ReplacementSampler(2, 50, seed=3)) == first  # reproducible by seed
+
+
+def test_replacement_sampler_rejects_empty_data() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        ReplacementSampler(0, 4)
+
+
+def test_h5_datamodule_reads_reference_split_names_from_a_data_dir(tmp_path: Path) -> None:
+    shutil.copy(SCENES, tmp_path / "training.h5")
+    (tmp_path / "validation").mkdir()
+    shutil.copy(SCENES, tmp_path / "validation" / "shard_000.h5")
+    dm = H5SceneDataModule(data_dir=tmp_path, batch_size=2, num_workers=0, pin_memory=False, epoch_size=3)
+    dm.setup("fit")
+    train = list(dm.train_dataloader())
+    assert [b.batch_size for b in train] == [2, 1]  # 3 draws, last batch kept
+    val = list(dm.val_dataloader())
+    assert len(val) == 1 and isinstance(val[0], SceneBatch)
+    assert val[0].agent_pos.shape == (2, 91, 64, 2) and val[0].map_pos.shape == (2, 1024, 20, 2)
+    assert torch.equal(val[0].agent_valid[0], next(iter(dm.val_dataloader())).agent_valid[0])  # sequential
+
+
+def test_h5_datamodule_names_the_missing_split(tmp_path: Path) -> None:
+    dm = H5SceneDataModule(data_dir=tmp_path, num_workers=0)
+    with pytest.raises(SceneFormatError, match="testing"):
+        dm.setup("test")
+
+
+def test_h5_datamodule_takes_explicit_files_per_split_with_workers() -> None:
+    dm = H5SceneDataModule(files={"train": [SCENES, SCENES], "val": SCENES}, batch_size=4, num_workers=1,
+                           pin_memory=False, epoch_size=4, seed=1)
+    dm.setup("fit")
+    assert len(dm.dataset("train")) == 4  # two shards of two scenes
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.batch_size == 4 and batch.agent_valid.dtype == torch.bool
+
+
+def test_h5_datamodule_rejects_unknown_split_keys() -> None:
+    with pytest.raises(ValueError, match="trainnig"):
+        H5SceneDataModule(files={"trainnig": SCENES})
+
+
+def test_make_datamodule_dispatches_on_source_and_rejects_unknown_sources() -> None:
+    assert isinstance(make_datamodule("h5", files={"val": SCENES}, num_workers=0), H5SceneDataModule)
+    with pytest.raises(ValueError, match="tfrecord"):
+        make_datamodule("tfrecord")

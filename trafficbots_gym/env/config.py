@@ -1,0 +1,210 @@
+"""Configuration of the TrafficBots Gymnasium environments: every key, its default and its check.
+
+``EnvConfig.from_kwargs(config, **overrides)`` merges a highway-env style ``config`` dict with keyword
+arguments; ``reward`` and ``termination`` are dicts that override the documented defaults of
+``RewardConfig`` and ``TerminationConfig``. Unknown keys raise ``ValueError`` listing the valid keys.
+docs/env.md documents every key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union
+
+import torch
+
+from trafficbots_gym.data.constants import N_STEP, SPLITS, STEP_CURRENT
+
+BACKGROUNDS: tuple[str, ...] = ("trafficbots", "log_replay", "constant_velocity", "idm", "mixed")
+"""Background-agent modes of the simulator."""
+REACTIVE_BACKGROUNDS: tuple[str, ...] = ("trafficbots", "constant_velocity", "idm")
+"""Modes that need no logged future, so the horizon may run past the end of the log."""
+OBS_MODES: tuple[str, ...] = ("flat", "dict")
+ACTION_MODES: tuple[str, ...] = ("continuous", "discrete")
+LOG_HORIZON: int = N_STEP - 1 - STEP_CURRENT
+"""Controlled steps until the log ends (80: steps 11..90)."""
+
+SceneSpec = Union[str, os.PathLike, Sequence[Union[str, os.PathLike]], None]
+EgoSpec = Union[str, int, Mapping[str, int]]
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Weights of the reward terms (reward = sum of weight * term); see docs/env.md for the term units."""
+
+    progress: float = 0.1
+    """Per metre of progress along the logged ego route."""
+    goal_reached: float = 1.0
+    """Once, on the step the logged goal is first reached."""
+    collision: float = -1.0
+    """Once, on the step of the first collision."""
+    offroad: float = -1.0
+    """Once, on the step the ego first leaves the drivable area."""
+    red_light: float = -0.5
+    """Per red-light crossing."""
+    comfort_acc: float = -0.002
+    """Per step, times the acceleration magnitude (m/s^2, longitudinal and lateral)."""
+    comfort_jerk: float = -0.0005
+    """Per step, times the longitudinal jerk magnitude (m/s^3)."""
+    log_deviation: float = 0.0
+    """Per step, times the distance to the logged ego position (m); 0 = off."""
+
+
+@dataclass(frozen=True)
+class TerminationConfig:
+    """Which events end an episode (``terminated=True``)."""
+
+    collision: bool = True
+    offroad: bool = True
+    goal_reached: bool = True
+    red_light: bool = False
+    outside_map: bool = True
+    """Leaving the map rectangle (no map data beyond it)."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Every setting of ``TrafficBots-v0``; docs/env.md describes each key."""
+
+    scenes: SceneSpec = None
+    """H5 file, folder of shards, or a list of them; None = the embedded default scenes of ``split``."""
+    split: str = "validation"
+    """Split of the embedded default scenes (used when ``scenes`` is None)."""
+    background: str = "trafficbots"
+    checkpoint: str | os.PathLike | None = None
+    """TrafficBots checkpoint for the learned background; None = the shipped one."""
+    ego: EgoSpec = "sdc"
+    """"sdc", an agent index, or ``{"track_id": n}`` (the logged object id)."""
+    device: str = "auto"
+    """Torch device of the simulation; "auto" picks CUDA when available."""
+    obs_mode: str = "flat"
+    action_mode: str = "continuous"
+    horizon: int = LOG_HORIZON
+    """Controlled steps per episode before truncation."""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    termination: TerminationConfig = field(default_factory=TerminationConfig)
+    goal_radius: float = 2.0
+    """The goal counts as reached within this distance (m) of the logged goal position."""
+    num_agents_obs: int = 16
+    num_map_points: int = 128
+    map_point_stride: int = 2
+    """Only every n-th polyline node is a candidate map point (nodes are about 1 m apart)."""
+    num_tl_obs: int = 8
+    num_route_points: int = 10
+    route_spacing: float = 5.0
+    """Arc length (m) between route waypoints in the observation."""
+    obs_range: float = 50.0
+    """Relative positions are divided by this (m) and clipped to [-1, 1]."""
+    n_acc: int = 5
+    """Discrete action grid: number of accelerations."""
+    n_yaw_rate: int = 7
+    """Discrete action grid: number of yaw rates."""
+    mixed_radius: float = 30.0
+    """"mixed" background: agents within this distance (m) of the ego are learned, the rest replay."""
+    seed: int | None = None
+    """Seed used by the first ``reset()`` when it gets none."""
+    validate_scenes: bool = True
+    """Check every scene read (shapes, finiteness, enum ranges)."""
+    prefetch: bool = True
+    """Read the next scenes on a background thread while the current episodes run."""
+    render_width: int = 800
+    render_height: int = 800
+    render_px_per_m: float = 5.0
+    render_camera: str = "ego"
+
+    def __post_init__(self) -> None:
+        _check_choice("background", self.background, BACKGROUNDS)
+        _check_choice("obs_mode", self.obs_mode, OBS_MODES)
+        _check_choice("action_mode", self.action_mode, ACTION_MODES)
+        _check_choice("split", self.split, SPLITS)
+        _check_choice("render_camera", self.render_camera, ("ego", "scene"))
+        if not isinstance(self.horizon, int) or self.horizon < 1:
+            raise ValueError(f"horizon must be a positive int, got {self.horizon!r}")
+        if self.horizon > LOG_HORIZON and self.background not in REACTIVE_BACKGROUNDS:
+            raise ValueError(f"horizon {self.horizon} runs past the log end ({LOG_HORIZON} steps); background "
+                             f"{self.background!r} replays the log, use one of {list(REACTIVE_BACKGROUNDS)}")
+        for name in ("num_agents_obs", "num_map_points", "map_point_stride", "num_tl_obs", "num_route_points",
+                     "n_acc", "n_yaw_rate"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("goal_radius", "route_spacing", "obs_range", "mixed_radius", "render_px_per_m"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        ego_spec(self.ego)
+
+    @staticmethod
+    def keys() -> list[str]:
+        """Every valid configuration key."""
+        return [f.name for f in dataclasses.fields(EnvConfig)]
+
+    @staticmethod
+    def from_kwargs(config: Mapping[str, Any] | "EnvConfig" | None = None, **overrides: Any) -> "EnvConfig":
+        """Merge a ``config`` dict (or ``EnvConfig``) with keyword overrides; a key given twice is an error."""
+        base: dict[str, Any] = {}
+        if isinstance(config, EnvConfig):
+            base = {f.name: getattr(config, f.name) for f in dataclasses.fields(EnvConfig)}
+        elif config is not None:
+            _check_keys("environment config", config, EnvConfig.keys())
+            base = dict(config)
+            twice = sorted(set(base) & set(overrides))
+            if twice:
+                raise ValueError(f"keys given both in config and as keywords: {twice}")
+        _check_keys("environment config", overrides, EnvConfig.keys())
+        merged = {**base, **overrides}
+        merged["reward"] = _sub_config(RewardConfig, merged.get("reward"), "reward")
+        merged["termination"] = _sub_config(TerminationConfig, merged.get("termination"), "termination")
+        return EnvConfig(**merged)
+
+
+def ego_spec(ego: EgoSpec) -> tuple[str, int]:
+    """Normalise ``ego`` to ("sdc", 0), ("index", i) or ("track_id", n); raise ValueError otherwise."""
+    if isinstance(ego, str):
+        if ego != "sdc":
+            raise ValueError(f"ego must be 'sdc', an agent index or {{'track_id': n}}, got {ego!r}")
+        return "sdc", 0
+    if isinstance(ego, bool):
+        raise ValueError(f"ego must be 'sdc', an agent index or {{'track_id': n}}, got {ego!r}")
+    if isinstance(ego, int):
+        if ego < 0:
+            raise ValueError(f"ego agent index must be >= 0, got {ego}")
+        return "index", ego
+    if isinstance(ego, Mapping):
+        if set(ego) != {"track_id"} or not isinstance(ego["track_id"], int):
+            raise ValueError(f"ego dict must be {{'track_id': <int>}}, got {dict(ego)!r}")
+        return "track_id", int(ego["track_id"])
+    raise ValueError(f"ego must be 'sdc', an agent index or {{'track_id': n}}, got {ego!r}")
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device``."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _sub_config(cls: type[_T], value: Any, what: str) -> _T:
+    if value is None:
+        return cls()
+    if isinstance(value, cls):
+        return value
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{what} must be a dict of overrides, got {type(value).__name__}")
+    _check_keys(what, value, [f.name for f in dataclasses.fields(cls)])  # type: ignore[arg-type]
+    return cls(**value)
+
+
+def _check_keys(what: str, given: Mapping[str, Any], valid: list[str]) -> None:
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown {what} keys {unknown}; valid keys: {valid}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

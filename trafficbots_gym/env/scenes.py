@@ -1,0 +1,152 @@
+"""Scene source of the environments: which H5 scenes episodes run on, how one is chosen and read.
+
+A source is the embedded default scenes of a split, an H5 file, a folder of shards, or a list of them.
+Episodes pick a scene with the env's ``np_random`` or by ``reset(options={"scene_index": i})`` /
+``{"scenario_id": s}``. Only the keys the simulator needs are read (map, full agent view, TL stops),
+optionally on a background thread so that the next episode's scene is ready when a reset comes.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trafficbots_gym.data.batch import scene_to_arrays
+from trafficbots_gym.data.h5io import SceneFormatError, SceneReader
+from trafficbots_gym.data.scene import AgentTracks, MapPolylines, Scene, TrafficLightStops
+from trafficbots_gym.env.config import SceneSpec
+
+SceneArrays = dict[str, np.ndarray]
+"""One scene as the per-scene arrays of a ``SceneBatch`` (see ``scene_to_arrays``)."""
+
+_KEYS: list[str] = MapPolylines.keys("map") + AgentTracks.keys("agent") + TrafficLightStops.keys("tl_stop")
+"""The H5 datasets an episode needs: map, full (91-step) agent view with goals, TL stop points."""
+
+
+def default_scenes(split: str) -> Path:
+    """The embedded default scene file of ``split``."""
+    try:
+        from trafficbots_gym.assets import default_scenes_path
+    except ImportError as e:
+        raise FileNotFoundError("this installation has no embedded default scenes (trafficbots_gym.assets); "
+                                "pass scenes=<H5 file, folder of shards or list>") from e
+    return Path(default_scenes_path(split))
+
+
+class SceneSource:
+    """Random access to the episode scenes of an env (pickles; reads lazily)."""
+
+    def __init__(self, scenes: SceneSpec = None, *, split: str = "validation", validate: bool = True) -> None:
+        source = default_scenes(split) if scenes is None else scenes
+        self.reader = SceneReader(source, validate=False)
+        self.validate = validate
+        if len(self.reader) == 0:
+            raise SceneFormatError(self.describe(), "holds no scenes")
+
+    def describe(self) -> str:
+        """The scene files, for messages."""
+        files = [str(p) for p in self.reader.files]
+        return files[0] if len(files) == 1 else f"{len(files)} files in {sorted({str(Path(f).parent) for f in files})}"
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def scenario_id(self, index: int) -> str:
+        return self.reader.scenario_ids[index]
+
+    def choose(self, np_random: np.random.Generator, options: Mapping[str, Any] | None = None) -> int:
+        """Index of the next episode's scene: ``options["scene_index"]``, ``options["scenario_id"]``, else random."""
+        options = options or {}
+        if "scene_index" in options and "scenario_id" in options:
+            raise ValueError("reset options: give either 'scene_index' or 'scenario_id', not both")
+        if "scene_index" in options:
+            return self.check_index(options["scene_index"])
+        if "scenario_id" in options:
+            return self.reader.index_of(str(options["scenario_id"]))
+        return int(np_random.integers(len(self)))
+
+    def check_index(self, index: Any) -> int:
+        """``index`` as an int in range, else ValueError naming the source."""
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self):
+            raise ValueError(f"scene_index must be an int in [0, {len(self)}) for {self.describe()}, got {index!r}")
+        return int(index)
+
+    def load(self, index: int) -> SceneArrays:
+        """Read scene ``index`` and return its ``SceneBatch`` arrays; errors name file, scene and key."""
+        path, group = self.reader.locate(index)
+        try:
+            arrays, attrs = self.reader.read_arrays(index, _KEYS)
+        except SceneFormatError as e:
+            if e.key is not None and e.key.startswith("agent/"):
+                raise SceneFormatError(path, "no full agent view (a testing-split scene holds only the 11-step "
+                                       "history); the environment needs the logged future", group, e.key) from e
+            raise
+        attrs.setdefault("scenario_id", group)
+        try:
+            scene = Scene.from_arrays(arrays, attrs)
+        except (TypeError, ValueError) as e:
+            raise SceneFormatError(path, f"malformed scene: {e}", scene=group) from e
+        if self.validate:
+            where = f"{path} group {group}"
+            scene.map.validate(scene.scenario_id, "map", where)
+            assert scene.agent is not None and scene.tl_stop is not None
+            scene.agent.validate(scene.scenario_id, "agent", where)
+            scene.tl_stop.validate(scene.scenario_id, "tl_stop", where)
+        return scene_to_arrays(scene)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class SceneLoader:
+    """Loads scenes of a ``SceneSource``, optionally ahead of time on one background thread.
+
+    ``prefetch(i)`` starts reading scene ``i``; ``load(i)`` returns it, from the prefetch when one is
+    pending, else read now. Errors of a prefetch surface at the ``load`` of that scene.
+    """
+
+    def __init__(self, source: SceneSource, *, background: bool = True) -> None:
+        self.source = source
+        self.background = background
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: dict[int, list[Future[SceneArrays]]] = {}
+
+    def prefetch(self, index: int) -> None:
+        if not self.background:
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trafficbots-scenes")
+        self._pending.setdefault(index, []).append(self._pool.submit(self.source.load, index))
+
+    def load(self, index: int) -> SceneArrays:
+        futures = self._pending.get(index)
+        if futures:
+            future = futures.pop(0)
+            if not futures:
+                del self._pending[index]
+            return future.result()
+        return self.source.load(index)
+
+    def cancel(self) -> None:
+        """Forget every pending prefetch."""
+        for futures in self._pending.values():
+            for f in futures:
+                f.cancel()
+        self._pending = {}
+
+    def close(self) -> None:
+        self.cancel()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.source.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"source": self.source, "background": self.background}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["source"], background=state["background"])  # type: ignore[misc]
+

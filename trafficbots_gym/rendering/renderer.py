@@ -31,6 +31,8 @@ CAMERA_MODES: tuple[str, ...] = ("ego", "scene")
 RENDER_MODES: tuple[str, ...] = ("rgb_array", "human")
 SCENE_MARGIN_PX = 16
 MIN_BOX_PX = 3.0
+MIN_MARKED_BOX_PX = 8.0
+"""Boxes shorter than this (px) get no heading mark: it would hide their fill colour."""
 TL_BAR_M = 3.0
 TL_RADIUS_M = 1.0
 
@@ -229,14 +231,17 @@ class TopDownRenderer:
         size = np.maximum(scene.agent_size, MIN_BOX_PX / cam.scale)
         box, mark = _box_outlines(pos, yaw, size)
         box_px, mark_px = cam.world_to_screen(box), cam.world_to_screen(mark)
+        marked = size[:, 0] * cam.scale >= MIN_MARKED_BOX_PX
         others = [i for i in np.flatnonzero(valid) if i != ego_index]
         for i in others:
             agent_type = AgentType(scene.agent_type[i]) if scene.agent_type[i] >= 0 else AgentType.VEHICLE
             role = int(scene.agent_role[i])
             outline, width = ((colors.ROLE_COLORS[AgentRole(role)], 2) if role >= 0 else (colors.AGENT_OUTLINE, 1))
-            _draw_box(surf, box_px[i], mark_px[i], colors.AGENT_TYPE_COLORS[agent_type], outline, width)
+            _draw_box(surf, box_px[i], mark_px[i] if marked[i] else None, colors.AGENT_TYPE_COLORS[agent_type],
+                      outline, width)
         if valid[ego_index]:
-            _draw_box(surf, box_px[ego_index], mark_px[ego_index], colors.EGO, colors.EGO_OUTLINE, 2)
+            _draw_box(surf, box_px[ego_index], mark_px[ego_index] if marked[ego_index] else None, colors.EGO,
+                      colors.EGO_OUTLINE, 2)
 
     def _show(self, surf: pygame.Surface) -> None:
         if self._window_closed:
@@ -325,11 +330,12 @@ def _box_outlines(pos: np.ndarray, yaw: np.ndarray, size: np.ndarray) -> tuple[n
     return to_world(local_box), to_world(local_mark)
 
 
-def _draw_box(surf: pygame.Surface, box: np.ndarray, mark: np.ndarray, fill: colors.RGB,
+def _draw_box(surf: pygame.Surface, box: np.ndarray, mark: np.ndarray | None, fill: colors.RGB,
               outline: colors.RGB, width: int) -> None:
     corners = box.tolist()
     pygame.draw.polygon(surf, fill, corners)
-    pygame.draw.polygon(surf, colors.HEADING_MARK, mark.tolist())
+    if mark is not None:
+        pygame.draw.polygon(surf, colors.HEADING_MARK, mark.tolist())
     pygame.draw.polygon(surf, outline, corners, width)
 
 

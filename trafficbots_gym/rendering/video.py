@@ -85,14 +85,17 @@ def _write_mp4(frames: Iterable[np.ndarray], path: Path, fps: int) -> int:
     import imageio.v2 as imageio
 
     count = 0
-    with imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264",
-                            pixelformat="yuv420p", macro_block_size=1, quality=7) as writer:
+    writer = imageio.get_writer(path, format="FFMPEG", mode="I", fps=fps, codec="libx264",
+                                pixelformat="yuv420p", macro_block_size=1, quality=7)
+    try:  # imageio's context manager skips close() on errors; ffmpeg must exit before the cleanup
         for frame in _checked_frames(frames):
             pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
             if pad_h or pad_w:
                 frame = np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
             writer.append_data(frame)
             count += 1
+    finally:
+        writer.close()
     return count
 
 

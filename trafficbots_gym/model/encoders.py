@@ -1,0 +1,88 @@
+"""Input encoders: pose encoding, attribute+pose token encoder and the polyline map encoder."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from trafficbots_gym.model.config import TrafficBotsConfig
+from trafficbots_gym.model.layers import MLP, TransformerBlock
+
+
+def sinusoid_freqs(n_freq: int, theta: float) -> Tensor:
+    """``theta^(-k/n_freq)`` for k = 0..n_freq-1, each repeated twice (the reference buffer layout)."""
+    dim = 2 * n_freq
+    freqs = 1.0 / (theta ** (torch.arange(0, dim, 2)[:n_freq].float() / dim))
+    return freqs.repeat_interleave(2, 0)
+
+
+def harmonic_freqs(n_freq: int) -> Tensor:
+    """Integer harmonics 1..n_freq, each repeated twice (the reference buffer layout)."""
+    return (torch.arange(0, n_freq) + 1.0).repeat_interleave(2, 0)
+
+
+def wrap_angle(yaw: Tensor) -> Tensor:
+    """Wrap angles to [-pi, pi)."""
+    return torch.remainder(yaw + math.pi, 2 * math.pi) - math.pi
+
+
+class PosePE(nn.Module):
+    """Pose encoding ``pe_xy_yaw``: [cos(x f), sin(x f) | cos(y f), sin(y f) | cos(k yaw), sin(k yaw)].
+
+    x and y use ``pe_dim/8`` geometric frequencies ``theta^(-k/n)``, yaw uses ``pe_dim/4`` integer
+    harmonics. The frequency buffers are regenerated (not saved in checkpoints).
+    """
+
+    def __init__(self, pe_dim: int, theta_xy: float) -> None:
+        super().__init__()
+        self.out_dim = pe_dim
+        self.register_buffer("freqs_xy", sinusoid_freqs(pe_dim // 8, theta_xy), persistent=False)
+        self.register_buffer("freqs_yaw", harmonic_freqs(pe_dim // 4), persistent=False)
+
+    @staticmethod
+    def _encode(x: Tensor, freqs: Tensor) -> Tensor:
+        arg = x.unsqueeze(-1) * freqs
+        return torch.cat([torch.cos(arg[..., ::2]), torch.sin(arg[..., 1::2])], dim=-1)
+
+    def forward(self, xy: Tensor, yaw: Tensor) -> Tensor:
+        """``xy`` [..., 2], ``yaw`` [...] (rad) -> [..., pe_dim]."""
+        return torch.cat([self._encode(xy[..., 0], self.freqs_xy), self._encode(xy[..., 1], self.freqs_xy),
+                          self._encode(yaw, self.freqs_yaw)], dim=-1)
+
+
+class InputPeEncoder(nn.Module):
+    """Token = concat(MLP(attributes), pose encoding); zero for invalid tokens."""
+
+    def __init__(self, attr_dim: int, cfg: TrafficBotsConfig) -> None:
+        super().__init__()
+        width = cfg.attr_embed_dim
+        self.mlp = MLP([attr_dim] + [width] * cfg.input_mlp_layers, dropout=cfg.dropout, end_activation=False)
+
+    def forward(self, valid: Tensor, attr: Tensor, pe: Tensor) -> Tensor:
+        x = torch.cat([self.mlp(attr), pe.to(attr.dtype)], dim=-1)
+        return x.masked_fill(~valid.unsqueeze(-1), 0.0)
+
+
+class MapEncoder(nn.Module):
+    """Polyline encoder: node tokens -> node transformer -> max-pool -> polyline transformer."""
+
+    def __init__(self, cfg: TrafficBotsConfig) -> None:
+        super().__init__()
+        tf = dict(d_model=cfg.hidden_dim, n_head=cfg.n_head, d_feedforward=cfg.d_feedforward, dropout=cfg.dropout)
+        self.input_encoder = InputPeEncoder(cfg.map_attr_dim, cfg)
+        self.node_transformer = TransformerBlock(cfg.map_node_layers, **tf)
+        self.polyline_transformer = TransformerBlock(cfg.map_polyline_layers, **tf)
+
+    def forward(self, node_valid: Tensor, node_attr: Tensor, node_pe: Tensor) -> tuple[Tensor, Tensor]:
+        """``node_valid`` [B, P, N], ``node_attr`` [B, P, N, attr], ``node_pe`` [B, P, N, pe]
+        -> polyline features [B, P, D] and polyline validity [B, P]."""
+        n_scene, n_pl, n_node = node_valid.shape
+        nodes = self.input_encoder(node_valid, node_attr, node_pe).flatten(0, 1)
+        valid = node_valid.flatten(0, 1)
+        nodes = self.node_transformer(nodes, valid, nodes, valid)
+        nodes = nodes.masked_fill(~valid.unsqueeze(-1), float("-inf")).view(n_scene, n_pl, n_node, -1)
+        pl_valid = node_valid.any(-1)
+        pl = nodes.amax(dim=2).masked_fill(~pl_valid.unsqueeze(-1), 0.0)
+        pl = self.polyline_transformer(pl, pl_valid, pl, pl_valid)
+        return pl, pl_valid

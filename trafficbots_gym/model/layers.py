@@ -1,0 +1,202 @@
+"""Building blocks: masked MLP and the pre-norm cross-attention transformer of TrafficBots.
+
+Every transformer layer attends from ``src`` tokens to a *fixed* set of ``tgt`` tokens (the block input
+for the map encoder and the agent interaction, map / traffic-light tokens otherwise). Because ``tgt`` never
+changes inside a block, each layer's normalised and projected keys/values can be computed once and reused:
+:meth:`TransformerBlock.project_kv` returns them and :meth:`TransformerBlock.forward_kv` consumes them, so
+static map tokens are projected once per episode instead of once per simulation step.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+KeyValue = tuple[Tensor, Tensor]
+"""Per-layer keys and values ``[N, heads, L_tgt, d_head]``."""
+
+
+class MLP(nn.Module):
+    """Linear layers with optional LayerNorm and dropout, ReLU between layers.
+
+    Layer i: Linear -> [LayerNorm] -> [Dropout] -> ReLU; the last layer only gets LayerNorm/Dropout/ReLU
+    when ``end_activation``. Rows where ``valid`` is false are zero.
+    """
+
+    def __init__(self, dims: Sequence[int], *, layernorm: bool = False, dropout: float | None = None,
+                 end_activation: bool = True) -> None:
+        super().__init__()
+        if len(dims) < 2:
+            raise ValueError(f"an MLP needs at least input and output sizes, got {list(dims)}")
+        self.linears = nn.ModuleList(nn.Linear(i, o) for i, o in zip(dims[:-1], dims[1:]))
+        n_act = len(self.linears) if end_activation else len(self.linears) - 1
+        self.norms = nn.ModuleList(nn.LayerNorm(d) for d in dims[1:n_act + 1]) if layernorm else None
+        self.dropout = nn.Dropout(dropout) if dropout is not None else None
+        self.n_act = n_act
+
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        return self.forward_from(self.linears[0](x), valid)
+
+    def forward_from(self, h: Tensor, valid: Tensor | None = None) -> Tensor:
+        """Continue from the output ``h`` of the first Linear layer (used by pairwise scorers)."""
+        for i in range(len(self.linears)):
+            if i > 0:
+                h = self.linears[i](h)
+            if i < self.n_act:
+                if self.norms is not None:
+                    h = self.norms[i](h)
+                if self.dropout is not None:
+                    h = self.dropout(h)
+                h = F.relu(h)
+        if valid is not None:
+            h = h.masked_fill(~valid.unsqueeze(-1), 0.0)
+        return h
+
+
+class CrossAttentionLayer(nn.Module):
+    """Pre-norm transformer layer: ``src += Attn(norm1(src), norm_tgt(tgt)); src += FF(norm2(src))``.
+
+    The attention weights are packed like ``torch.nn.MultiheadAttention`` (rows: query, key, value).
+    A query whose keys are all masked gets a zero attention output; invalid ``src`` rows are zeroed.
+    """
+
+    def __init__(self, d_model: int, n_head: int, d_feedforward: int, dropout: float) -> None:
+        super().__init__()
+        self.n_head, self.d_head = n_head, d_model // n_head
+        self.norm1 = nn.LayerNorm(d_model)
+        self.norm_tgt = nn.LayerNorm(d_model)
+        self.norm2 = nn.LayerNorm(d_model)
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.linear1 = nn.Linear(d_model, d_feedforward)
+        self.linear2 = nn.Linear(d_feedforward, d_model)
+        self.p_drop = dropout
+        self.drop = nn.Dropout(dropout)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        return x.unflatten(-1, (self.n_head, self.d_head)).transpose(-3, -2)
+
+    def project_kv(self, tgt: Tensor) -> KeyValue:
+        """Keys and values ``[N, heads, L, d_head]`` of ``tgt`` ``[N, L, d]``."""
+        d = tgt.shape[-1]
+        kv = F.linear(self.norm_tgt(tgt), self.in_proj_weight[d:], self.in_proj_bias[d:])
+        k, v = kv.chunk(2, dim=-1)
+        return self._heads(k), self._heads(v)
+
+    def forward(self, src: Tensor, src_valid: Tensor | None, kv: KeyValue, allowed: Tensor) -> Tensor:
+        """``src`` [N, Lq, d]; ``allowed`` [N, 1|Lq, Lk] bool (True: the query may attend to that key)."""
+        d = src.shape[-1]
+        q = self._heads(F.linear(self.norm1(src), self.in_proj_weight[:d], self.in_proj_bias[:d]))
+        no_key = ~allowed.any(-1, keepdim=True)            # [N, 1|Lq, 1]
+        mask = (allowed | no_key).unsqueeze(1)             # [N, 1, 1|Lq, Lk]
+        k, v = kv
+        attn = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
+                                              dropout_p=self.p_drop if self.training else 0.0)
+        attn = self.out_proj(attn.transpose(-3, -2).flatten(-2))
+        attn = attn.masked_fill(no_key, 0.0)
+        src = src + self.drop(attn)
+        src = src + self.drop(self.linear2(self.drop(F.relu(self.linear1(self.norm2(src))))))
+        if src_valid is not None:
+            src = src.masked_fill(~src_valid.unsqueeze(-1), 0.0)
+        return src
+
+
+class TransformerBlock(nn.Module):
+    """A stack of :class:`CrossAttentionLayer` sharing one fixed ``tgt``."""
+
+    def __init__(self, n_layer: int, d_model: int, n_head: int, d_feedforward: int, dropout: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(CrossAttentionLayer(d_model, n_head, d_feedforward, dropout)
+                                    for _ in range(n_layer))
+
+    def project_kv(self, tgt: Tensor) -> list[KeyValue]:
+        """Per-layer keys/values of ``tgt`` [N, L, d]; reusable for any number of queries."""
+        return [layer.project_kv(tgt) for layer in self.layers]
+
+    def forward_kv(self, src: Tensor, src_valid: Tensor | None, kvs: Sequence[KeyValue], tgt_valid: Tensor,
+                   pair_mask: Tensor | None = None) -> Tensor:
+        """Attend ``src`` [N, Lq, d] to precomputed keys/values of tokens with validity ``tgt_valid`` [N, Lk].
+
+        ``pair_mask`` [Lq, Lk] or [N, Lq, Lk] (True: forbidden pair) is combined with the key validity.
+        """
+        allowed = tgt_valid.unsqueeze(-2)
+        if pair_mask is not None:
+            allowed = allowed & ~pair_mask
+        for layer, kv in zip(self.layers, kvs, strict=True):
+            src = layer(src, src_valid, kv, allowed)
+        return src
+
+    def forward(self, src: Tensor, src_valid: Tensor | None, tgt: Tensor, tgt_valid: Tensor,
+                pair_mask: Tensor | None = None) -> Tensor:
+        return self.forward_kv(src, src_valid, self.project_kv(tgt), tgt_valid, pair_mask)
+
+
+def interact(block: TransformerBlock, x: Tensor, valid: Tensor) -> Tensor:
+    """Agent-agent attention: each valid agent attends to the other valid agents of its row.
+
+    ``x`` [N, A, d], ``valid`` [N, A]. Rows with exactly one valid agent pass through unchanged.
+    """
+    n_agent = x.shape[-2]
+    eye = torch.eye(n_agent, dtype=torch.bool, device=x.device)
+    out = block(x, valid, x, valid, pair_mask=eye)
+    single = (valid.sum(-1) == 1)[:, None, None]
+    return torch.where(single, x, out)
+
+
+def gru_step(gru: nn.GRU, x: Tensor, valid: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
+    """One GRU step for every agent: ``x`` [B, A, d], ``hidden`` [L, B*A, d] -> (out [B, A, d], hidden).
+
+    Output and hidden state of invalid agents are zero.
+    """
+    out, hidden = gru(x.flatten(0, 1).unsqueeze(0), hidden.to(x.dtype))
+    invalid = ~valid.flatten(0, 1).unsqueeze(-1)
+    return out[0].masked_fill(invalid, 0.0).view_as(x), hidden.masked_fill(invalid.unsqueeze(0), 0.0)
+
+
+def gru_sequence(gru: nn.GRU, x: Tensor, valid: Tensor) -> Tensor:
+    """Run a GRU over ``x`` [B, T, A, d] step by step from a zero state; the hidden state is reset at
+    invalid steps and outputs are zero there."""
+    n_batch, n_step, n_agent, dim = x.shape
+    hidden = x.new_zeros(gru.num_layers, n_batch * n_agent, gru.hidden_size)
+    outs = []
+    for t in range(n_step):
+        out, hidden = gru_step(gru, x[:, t], valid[:, t], hidden)
+        outs.append(out)
+    return torch.stack(outs, dim=1)
+
+
+def max_valid(x: Tensor, valid: Tensor) -> Tensor:
+    """Max over time of ``x`` [B, T, A, d] at valid steps (invalid steps count as -1000); zero if never valid."""
+    out = x.masked_fill(~valid.unsqueeze(-1), -1e3).amax(1)
+    return out.masked_fill(~valid.any(1).unsqueeze(-1), 0.0)
+
+
+def last_valid(x: Tensor, valid: Tensor) -> Tensor:
+    """``x`` [B, T, A, d] at each agent's last valid step; zero if never valid."""
+    n_step = valid.shape[1]
+    idx = n_step - 1 - valid.flip(1).int().argmax(1)                     # [B, A]
+    out = torch.gather(x, 1, idx[:, None, :, None].expand(-1, 1, -1, x.shape[-1])).squeeze(1)
+    return out.masked_fill(~valid.any(1).unsqueeze(-1), 0.0)
+
+
+class ResidualFusion(nn.Module):
+    """``x + mlp_out(concat(x, mlp_in(z)))`` where ``z`` is valid, ``x`` elsewhere; zero where ``x`` is invalid.
+
+    Injects a destination feature or a latent sample into the per-agent policy feature.
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int, n_layer_in: int, *, layernorm: bool, dropout: float) -> None:
+        super().__init__()
+        self.mlp_in = MLP([in_dim] + [hidden_dim] * n_layer_in, layernorm=layernorm, dropout=dropout)
+        self.mlp_out = MLP([2 * hidden_dim, hidden_dim, hidden_dim], dropout=dropout)
+
+    def forward(self, x: Tensor, x_valid: Tensor, z: Tensor, z_valid: Tensor) -> Tensor:
+        h = self.mlp_out(torch.cat([x, self.mlp_in(z.to(x.dtype), z_valid)], dim=-1))
+        h = h.masked_fill(~z_valid.unsqueeze(-1), 0.0) + x
+        return h.masked_fill(~x_valid.unsqueeze(-1), 0.0)

@@ -1,0 +1,165 @@
+"""The TrafficBots model (Zhang et al., ICRA 2023) as a plain ``nn.Module``.
+
+Scene-centric multi-agent policy: every agent token (kinematic attributes + pose encoding) attends to the
+map polylines and the traffic-light stop points, then to the other agents, goes through a GRU over time,
+receives its destination (a polyline) and its personality latent through residual MLPs, and a per-type
+Gaussian head outputs unbounded (acceleration, yaw-rate) actions that ``tanh`` and the per-type limits map
+to physical units for the midpoint unicycle.
+
+The model owns the network only. Episode logic (teacher forcing, navigation, dynamics) lives in
+:mod:`~trafficbots_gym.model.closed_loop`, :mod:`~trafficbots_gym.model.rollout` and
+:mod:`~trafficbots_gym.model.policy`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from trafficbots_gym.data.constants import N_PL_NODE
+from trafficbots_gym.model.action_head import ActionHead
+from trafficbots_gym.model.config import TrafficBotsConfig
+from trafficbots_gym.model.destination import DestPredictor
+from trafficbots_gym.model.distributions import DiagGaussian
+from trafficbots_gym.model.encoders import InputPeEncoder, MapEncoder, PosePE, wrap_angle
+from trafficbots_gym.model.latent import LatentHead
+from trafficbots_gym.model.layers import KeyValue, ResidualFusion, TransformerBlock, gru_step, interact
+
+
+@dataclass
+class MapContext:
+    """Per-episode map encoding: polyline features, validity and the agent-to-map keys/values per layer."""
+
+    feature: Tensor          # [B, P, D]
+    valid: Tensor            # [B, P]
+    kv: list[KeyValue]       # as2pl layers, each ([B, H, P, d], [B, H, P, d])
+
+    def index(self, rows: Tensor) -> "MapContext":
+        return MapContext(self.feature[rows], self.valid[rows], [(k[rows], v[rows]) for k, v in self.kv])
+
+
+@dataclass
+class AgentKinematics:
+    """Per-step kinematic state of agents, any leading shape ``[...]`` (e.g. [B, A] or [B, T, A])."""
+
+    valid: Tensor     # [...]
+    pos: Tensor       # [..., 2]
+    yaw: Tensor       # [...]
+    spd: Tensor       # [...]
+    vel: Tensor       # [..., 2]
+    acc: Tensor       # [...]
+    yaw_rate: Tensor  # [...]
+
+
+class TrafficBots(nn.Module):
+    """TrafficBots network; see the module docstring and ``docs/model.md``."""
+
+    def __init__(self, cfg: TrafficBotsConfig | None = None) -> None:
+        super().__init__()
+        cfg = cfg if cfg is not None else TrafficBotsConfig()
+        self.cfg = cfg
+        d = cfg.hidden_dim
+        tf = dict(d_model=d, n_head=cfg.n_head, d_feedforward=cfg.d_feedforward, dropout=cfg.dropout)
+        self.pose_pe = PosePE(cfg.pe_dim, cfg.pe_theta_xy)
+        self.register_buffer("node_onehot", torch.eye(N_PL_NODE), persistent=False)
+        self.map_encoder = MapEncoder(cfg)
+        self.tl_encoder = InputPeEncoder(cfg.tl_attr_dim, cfg)
+        self.agent_encoder = InputPeEncoder(cfg.agent_attr_dim, cfg)
+        self.as2pl = TransformerBlock(cfg.as2pl_layers, **tf)
+        self.as2tl = TransformerBlock(cfg.as2tl_layers, **tf)
+        self.dest_predictor = DestPredictor(cfg)
+        self.latent_prior = LatentHead(cfg)
+        self.latent_post = LatentHead(cfg)
+        self.interaction = TransformerBlock(cfg.interaction_layers, **tf)
+        self.temporal = nn.GRU(d, d, cfg.gru_layers, dropout=cfg.dropout)
+        self.add_goal = ResidualFusion(d, d, cfg.add_goal_mlp_in_layers, layernorm=cfg.add_goal_layernorm,
+                                       dropout=cfg.dropout)
+        self.add_latent = ResidualFusion(cfg.latent_dim, d, cfg.add_latent_mlp_in_layers, layernorm=False,
+                                         dropout=cfg.dropout)
+        self.action_head = ActionHead(d, cfg.action_log_std_init)
+
+    # ----------------------------------------------------------------------------------------------- info
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        """Number of (trainable) parameter values; 3,395,949 for the default config."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def initial_hidden(self, n_batch: int, n_agent: int, like: Tensor) -> Tensor:
+        """Zero GRU state [layers, B*A, D]."""
+        return like.new_zeros(self.cfg.gru_layers, n_batch * n_agent, self.cfg.hidden_dim)
+
+    # ------------------------------------------------------------------------------------------ encoders
+    def _pe_yaw(self, yaw: Tensor) -> Tensor:
+        return yaw if self.cfg.reference_compat else wrap_angle(yaw)
+
+    def encode_map(self, valid: Tensor, map_type: Tensor, pos: Tensor, direction: Tensor) -> MapContext:
+        """Polylines ``valid`` [B, P, N], ``map_type`` [B, P, 11], ``pos``/``direction`` [B, P, N, 2]."""
+        n_scene, n_pl, n_node = valid.shape
+        attr = torch.cat([map_type.unsqueeze(2).expand(-1, -1, n_node, -1),
+                          self.node_onehot[:n_node, :n_node].expand(n_scene, n_pl, -1, -1)], dim=-1)
+        pe = self.pose_pe(pos, torch.atan2(direction[..., 1], direction[..., 0]))
+        feature, pl_valid = self.map_encoder(valid, attr.to(pos.dtype), pe)
+        return MapContext(feature, pl_valid, self.as2pl.project_kv(feature))
+
+    def encode_traffic_lights(self, valid: Tensor, state: Tensor, pos: Tensor, direction: Tensor) -> Tensor:
+        """Stop-point tokens [..., S, D] of ``valid`` [..., S], one-hot ``state`` [..., S, 5], ``pos``/``direction``."""
+        pe = self.pose_pe(pos, torch.atan2(direction[..., 1], direction[..., 0]))
+        return self.tl_encoder(valid, state.to(pos.dtype), pe)
+
+    def encode_agents(self, kin: AgentKinematics, size: Tensor, agent_type: Tensor) -> Tensor:
+        """Agent tokens [..., A, D]; ``size`` / ``agent_type`` [B, A, 3] broadcast over extra time dims."""
+        extra = kin.valid.dim() - 2
+        size = size.reshape(size.shape[:1] + (1,) * extra + size.shape[1:]).expand(*kin.valid.shape, 3)
+        atype = agent_type.reshape(agent_type.shape[:1] + (1,) * extra + agent_type.shape[1:])
+        atype = atype.expand(*kin.valid.shape, 3).to(kin.pos.dtype)
+        attr = torch.cat([kin.vel, kin.spd.unsqueeze(-1), kin.yaw_rate.unsqueeze(-1), kin.acc.unsqueeze(-1),
+                          size.to(kin.pos.dtype), atype], dim=-1)
+        return self.agent_encoder(kin.valid, attr, self.pose_pe(kin.pos, self._pe_yaw(kin.yaw)))
+
+    # -------------------------------------------------------------------------------- latent / destination
+    def latent(self, tokens: Tensor, valid: Tensor, tl_tokens: Tensor, tl_valid: Tensor, map_ctx: MapContext,
+               posterior: bool) -> DiagGaussian:
+        """Personality distribution from agent tokens [B, T, A, D] and TL tokens [B, T, S, D] of T logged steps.
+
+        Steps are down-sampled by ``latent_down_sample`` (T-1 must be divisible), the tokens attend to the
+        map and to the TL of their own step, then go through the prior or posterior head.
+        """
+        rate = self.cfg.latent_down_sample
+        if (valid.shape[1] - 1) % rate:
+            raise ValueError(f"latent encoder needs T-1 divisible by {rate}, got T={valid.shape[1]}")
+        tokens, valid = tokens[:, ::rate], valid[:, ::rate]
+        tl_tokens, tl_valid = tl_tokens[:, ::rate], tl_valid[:, ::rate]
+        n_batch, n_step, n_agent, dim = tokens.shape
+        x = self.as2pl.forward_kv(tokens.flatten(1, 2), valid.flatten(1, 2), map_ctx.kv, map_ctx.valid)
+        x = self.as2tl(x.view(n_batch * n_step, n_agent, dim), valid.flatten(0, 1), tl_tokens.flatten(0, 1),
+                       tl_valid.flatten(0, 1))
+        head = self.latent_post if posterior else self.latent_prior
+        return head(x.view(n_batch, n_step, n_agent, dim), valid)
+
+    def destination_logits(self, tokens: Tensor, valid: Tensor, agent_type: Tensor, map_ctx: MapContext,
+                           map_type: Tensor) -> Tensor:
+        """Destination logits [B, A, P] from history agent tokens [B, T, A, D]."""
+        return self.dest_predictor(tokens, valid, agent_type, map_ctx.feature, map_ctx.valid, map_type)
+
+    # ------------------------------------------------------------------------------------------- policy
+    def policy(self, tokens: Tensor, valid: Tensor, agent_type: Tensor, map_ctx: MapContext, tl_tokens: Tensor,
+               tl_valid: Tensor, goal_feature: Tensor, goal_valid: Tensor, latent: Tensor,
+               hidden: Tensor) -> tuple[DiagGaussian, Tensor]:
+        """One policy step for all agents.
+
+        ``tokens`` [B, A, D] encoded current state, ``tl_tokens`` [B, S, D] of the step's lights,
+        ``goal_feature`` [B, A, D] (feature of the destination polyline), ``latent`` [B, A, Z],
+        ``hidden`` [layers, B*A, D] -> (action distribution [B, A, 2], new hidden).
+        """
+        x = self.as2pl.forward_kv(tokens, valid, map_ctx.kv, map_ctx.valid)
+        x = self.as2tl(x, valid, tl_tokens, tl_valid)
+        x = interact(self.interaction, x, valid)
+        x, hidden = gru_step(self.temporal, x, valid, hidden)
+        x = self.add_goal(x, valid, goal_feature, goal_valid)
+        x = self.add_latent(x, valid, latent, valid)
+        return self.action_head(x, valid, agent_type), hidden
+
+    @staticmethod
+    def goal_feature(map_ctx: MapContext, dest: Tensor) -> Tensor:
+        """Feature of each agent's destination polyline ``dest`` [B, A] -> [B, A, D]."""
+        return torch.gather(map_ctx.feature, 1, dest.unsqueeze(-1).expand(-1, -1, map_ctx.feature.shape[-1]))

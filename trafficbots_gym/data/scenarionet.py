@@ -95,6 +95,10 @@ def load_pickle(path: str | os.PathLike) -> Any:
         raise ScenarioParseError(path, None, None, f"cannot read file ({e.strerror or e})") from e
     except EOFError as e:
         raise ScenarioParseError(path, None, None, "truncated pickle (unexpected end of file)") from e
+    except pickle.UnpicklingError as e:
+        if "truncated" in str(e):
+            raise ScenarioParseError(path, None, None, "truncated pickle (unexpected end of file)") from e
+        raise ScenarioParseError(path, None, None, f"corrupt pickle ({e})") from e
     except Exception as e:  # the restricted unpickler runs no foreign code: any failure is bad data
         raise ScenarioParseError(path, None, None, f"corrupt pickle ({type(e).__name__}: {e})") from e
 

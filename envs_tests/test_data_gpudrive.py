@@ -157,3 +157,16 @@ def test_headings_in_degrees_from_old_converters_are_refused(source: dict, tmp_p
     doc["objects"][0]["heading"] = [np.degrees(h) if v else h
                                     for h, v in zip(doc["objects"][0]["heading"], doc["objects"][0]["valid"])]
     assert "not in radians" in _error(doc, tmp_path)
+
+
+@pytest.mark.parametrize("split", ["training", "validation", "testing"])
+def test_packs_into_a_valid_scene_with_the_sdc_first(raw: RawScenario, split: str) -> None:
+    from trafficbots_gym.data.packing import pack_scenario
+
+    scene = pack_scenario(raw, split, rng=np.random.default_rng(0)).validate()
+    assert scene.split == split and scene.scenario_id == raw.scenario_id
+    agents = scene.sim_agents
+    assert agents.object_id[0] == raw.tracks.object_id[raw.sdc_index]
+    # Fewer than 64 agents: every agent seen in the history (steps 0..10) is kept.
+    assert agents.valid.any(0).sum() == int(raw.tracks.valid[:, :11].any(1).sum())
+    assert (scene.map.type_index == MapType.STOP_SIGN).any()

@@ -157,3 +157,14 @@ def test_resampling_keeps_every_second_point_of_half_metre_lines_and_densifies_s
     out = resample_polyline(sparse)
     np.testing.assert_allclose(out[:, 0], np.arange(11.0))
     np.testing.assert_allclose(out[:, 2], np.arange(11.0) / 5.0)
+
+
+@pytest.mark.parametrize("split", ["training", "validation", "testing"])
+def test_packs_into_a_valid_scene_with_the_sdc_first_and_its_traffic_lights(raw: RawScenario, split: str) -> None:
+    from trafficbots_gym.data.packing import pack_scenario
+
+    scene = pack_scenario(raw, split, rng=np.random.default_rng(0)).validate()
+    assert scene.split == split and scene.scenario_id == raw.scenario_id
+    agents = scene.sim_agents
+    assert agents.object_id[0] == 1629 and agents.valid.any(0).sum() == 64
+    assert scene.sim_tl_stop.valid.any() and (scene.map.type_index == MapType.STOP_SIGN).any()

@@ -155,7 +155,7 @@ def _gather_step(x: Tensor, idx: Tensor) -> Tensor:
 
 
 def policy_step(model: TrafficBots, ctx: EpisodeContext, agents: AgentState, step: Tensor, goal_valid: Tensor,
-                hidden: Tensor, *, deterministic: bool, generator: torch.Generator | None = None,
+                hidden: Tensor, *, deterministic: bool | Tensor, generator: torch.Generator | None = None,
                 use_checkpoint: bool = False) -> PolicyOutput:
     """Policy action for moving every agent from ``agents`` (state at ``step``-1) to ``step`` [B]."""
     idx = tl_index(step, ctx.tl_last)
@@ -224,3 +224,57 @@ def navigate(ctx: EpisodeContext, agents: AgentState, goal_valid: Tensor, dest_r
                         vel=agents.vel, acc=agents.acc, yaw_rate=agents.yaw_rate)
     goal_valid = goal_valid & agents.valid & ~dest_reached
     return agents, goal_valid, dest_reached, outside, killed
+
+
+def episode_context(model: TrafficBots, batch: SceneBatch, enc: SceneEncoding, agent_type: Tensor,
+                    agent_size: Tensor, latent: Tensor, dest: Tensor, tl_last_step: int) -> EpisodeContext:
+    """Per-episode constants of the closed loop for ``batch`` with destinations ``dest`` [B, A]."""
+    n_batch = batch.batch_size
+    return EpisodeContext(
+        map=enc.map, tl_tokens=enc.tl_tokens, tl_valid=enc.tl_valid,
+        tl_last=torch.full((n_batch,), min(tl_last_step, batch.num_steps - 1), device=batch.device),
+        agent_type=agent_type, agent_size=agent_size,
+        action_limits=action_limits(model.cfg.action_limits, agent_type, batch.agent_pos),
+        latent=latent, goal_feature=model.goal_feature(enc.map, dest),
+        dest=DestinationGeometry.gather(dest, batch.map_valid, batch.map_type, batch.map_pos, batch.map_dir),
+        boundary=batch.map_boundary)
+
+
+def initial_loop_state(model: TrafficBots, batch: SceneBatch, goal_valid: Tensor) -> LoopState:
+    """Closed-loop state at step 0: the logged state, fresh flags and a zero GRU state."""
+    logged = AgentState.from_log(batch, 0)
+    zeros = torch.zeros_like(logged.valid)
+    return LoopState(agents=logged, killed=zeros, goal_valid=goal_valid.clone(), dest_reached=zeros.clone(),
+                     outside_map=zeros.clone(),
+                     hidden=model.initial_hidden(batch.batch_size, logged.valid.shape[1], batch.agent_pos))
+
+
+@dataclass
+class Transition:
+    """What happened in one transition t-1 -> t."""
+
+    policy: PolicyOutput
+    pred: AgentState       # policy prediction for step t, before any override
+    override: Tensor       # [B, A] teacher-forcing / spawn mask applied at t
+    state: LoopState       # state after step t
+
+
+def transition(model: TrafficBots, ctx: EpisodeContext, state: LoopState, step: int, batch: SceneBatch,
+               tf_mask: Tensor, *, deterministic: bool | Tensor, generator: torch.Generator | None = None,
+               use_checkpoint: bool = False) -> Transition:
+    """Policy, dynamics, teacher forcing / spawn from the log of ``batch`` and rule checks for ``step``.
+
+    Beyond the end of the log there is no override and no kill protection.
+    """
+    n_batch = batch.batch_size
+    out = policy_step(model, ctx, state.agents, torch.full((n_batch,), step, device=batch.device),
+                      state.goal_valid, state.hidden, deterministic=deterministic, generator=generator,
+                      use_checkpoint=use_checkpoint)
+    pred = integrate(state.agents, out.physical, update_inputs=not model.cfg.reference_compat)
+    in_log = step < batch.num_steps
+    mask = tf_mask[:, step] if in_log else torch.zeros_like(pred.valid)
+    agents = override(pred, state.killed, mask, AgentState.from_log(batch, step)) if in_log else pred
+    agents, goal_valid, reached, outside, killed = navigate(
+        ctx, agents, state.goal_valid, state.dest_reached, state.outside_map, state.killed,
+        batch.agent_valid[:, step] if in_log else None)
+    return Transition(out, pred, mask, LoopState(agents, killed, goal_valid, reached, outside, out.hidden))

@@ -27,13 +27,10 @@ from torch import Tensor
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import N_STEP
-from trafficbots_gym.model.closed_loop import (EpisodeContext, LoopState, SceneEncoding, action_limits,
-                                               encode_episode, history_tl, integrate, navigate, override,
-                                               policy_step, teacher_forcing_mask)
+from trafficbots_gym.model.closed_loop import (encode_episode, episode_context, history_tl, initial_loop_state,
+                                               teacher_forcing_mask, transition)
 from trafficbots_gym.model.distributions import DiagGaussian, categorical_log_probs, categorical_sample
-from trafficbots_gym.model.navigation import DestinationGeometry
 from trafficbots_gym.model.traffic_bots import TrafficBots
-from trafficbots_gym.simulation.state import AgentState
 
 Procedure = Literal["training", "reactive_replay", "joint_future"]
 PROCEDURES: tuple[str, ...] = ("training", "reactive_replay", "joint_future")
@@ -89,9 +86,7 @@ def rollout(model: TrafficBots, batch: SceneBatch, *, procedure: Procedure,
     if needs_log and not bool(batch.agent_dest_known.all()):
         raise ValueError(f"procedure {procedure!r} needs logged destinations (agent/dest) for every scene")
     device = batch.device
-    autocast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                else contextlib.nullcontext())
-    with autocast:
+    with autocast(device, autocast_dtype):
         enc = encode_episode(model, batch, history)
         hist_tl_tokens, hist_tl_valid = history_tl(enc, history, model)
         prior = model.latent(enc.history_tokens, enc.history_valid, hist_tl_tokens, hist_tl_valid, enc.map,
@@ -128,33 +123,22 @@ def rollout(model: TrafficBots, batch: SceneBatch, *, procedure: Procedure,
     latent_logp = latent_dist.log_prob(latent_sample.detach())
 
     tl_last_step = n_hist - 1 if (cfg.reference_compat or procedure == "joint_future") else batch.num_steps - 1
-    ctx = _episode_context(model, batch, enc, agent_type, batch.agent_size if history is None else history.agent_size,
-                           latent_sample, dest, tl_last_step)
-    spawn, warm = TEACHER_FORCING[procedure]
-    tf_mask = teacher_forcing_mask(batch.agent_valid, spawn, warm)
-    logged = AgentState.from_log(batch, 0)
-    state = LoopState(agents=logged, killed=torch.zeros_like(logged.valid), goal_valid=dest_valid.clone(),
-                      dest_reached=torch.zeros_like(logged.valid), outside_map=torch.zeros_like(logged.valid),
-                      hidden=model.initial_hidden(n_batch, logged.valid.shape[1], batch.agent_pos))
+    agent_size = batch.agent_size if history is None else history.agent_size
+    ctx = episode_context(model, batch, enc, agent_type, agent_size, latent_sample, dest, tl_last_step)
+    tf_mask = teacher_forcing_mask(batch.agent_valid, *TEACHER_FORCING[procedure])
+    state = initial_loop_state(model, batch, dest_valid)
     rec: dict[str, list[Tensor]] = {k: [] for k in ("pos", "yaw", "spd", "valid", "override", "mean", "log_std",
                                                      "logp", "outside", "reached")}
     for t in range(1, n_steps + 1):
-        with autocast:
-            out = policy_step(model, ctx, state.agents, torch.full((n_batch,), t, device=device),
-                              state.goal_valid, state.hidden, deterministic=deterministic_action,
-                              generator=generator, use_checkpoint=use_checkpoint)
-        pred = integrate(state.agents, out.physical, update_inputs=not cfg.reference_compat)
-        in_log = t < batch.num_steps
-        mask = tf_mask[:, t] if in_log else torch.zeros_like(pred.valid)
-        agents = override(pred, state.killed, mask, AgentState.from_log(batch, t)) if in_log else pred
-        agents, goal_valid, reached, outside, killed = navigate(
-            ctx, agents, state.goal_valid, state.dest_reached, state.outside_map, state.killed,
-            batch.agent_valid[:, t] if in_log else None)
-        for key, value in (("pos", pred.pos), ("yaw", pred.yaw), ("spd", pred.spd), ("valid", pred.valid),
-                           ("override", mask), ("mean", out.dist.mean), ("log_std", out.dist.log_std),
-                           ("logp", out.logp), ("outside", outside), ("reached", reached)):
+        with autocast(device, autocast_dtype):
+            tr = transition(model, ctx, state, t, batch, tf_mask, deterministic=deterministic_action,
+                            generator=generator, use_checkpoint=use_checkpoint)
+        state = tr.state
+        for key, value in (("pos", tr.pred.pos), ("yaw", tr.pred.yaw), ("spd", tr.pred.spd),
+                           ("valid", tr.pred.valid), ("override", tr.override), ("mean", tr.policy.dist.mean),
+                           ("log_std", tr.policy.dist.log_std), ("logp", tr.policy.logp),
+                           ("outside", state.outside_map), ("reached", state.dest_reached)):
             rec[key].append(value)
-        state = LoopState(agents, killed, goal_valid, reached, outside, out.hidden)
 
     def stack(key: str) -> Tensor:
         return torch.stack(rec[key], dim=1)
@@ -168,22 +152,13 @@ def rollout(model: TrafficBots, batch: SceneBatch, *, procedure: Procedure,
         dest_logits=dest_logits)
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` on ``device`` with ``dtype``, or a no-op context when ``dtype`` is None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
 def _float(dist: DiagGaussian) -> DiagGaussian:
     return DiagGaussian(dist.mean.float(), dist.log_std.float(), dist.valid)
-
-
-def _episode_context(model: TrafficBots, batch: SceneBatch, enc: SceneEncoding, agent_type: Tensor,
-                     agent_size: Tensor, latent: Tensor, dest: Tensor, tl_last_step: int) -> EpisodeContext:
-    """Per-episode constants of the closed loop for ``batch``."""
-    n_batch = batch.batch_size
-    return EpisodeContext(
-        map=enc.map, tl_tokens=enc.tl_tokens, tl_valid=enc.tl_valid,
-        tl_last=torch.full((n_batch,), min(tl_last_step, batch.num_steps - 1), device=batch.device),
-        agent_type=agent_type, agent_size=agent_size,
-        action_limits=action_limits(model.cfg.action_limits, agent_type, batch.agent_pos),
-        latent=latent, goal_feature=model.goal_feature(enc.map, dest),
-        dest=DestinationGeometry.gather(dest, batch.map_valid, batch.map_type, batch.map_pos, batch.map_dir),
-        boundary=batch.map_boundary)
 
 
 def sample_destinations(logits: Tensor, mode: Literal["sample", "argmax"],

@@ -1,0 +1,230 @@
+"""``TrafficBotsPolicy``: the learned traffic policy as the simulator sees it.
+
+``reset`` encodes the scenes once (map features and the agent-to-map keys/values of every layer, traffic
+light tokens of every logged step, destination features), draws latents and destinations from a
+``torch.Generator`` and warm-starts the GRU on the logged steps 0..10 exactly as in training (policy step,
+then teacher forcing with the log). ``act(state, step)`` then returns, for every agent of every scene in
+one batched call, the physical action (acceleration m/s^2, yaw rate rad/s) that moves it from ``state``
+(step-1) to ``step``. ``act`` has static shapes and no host synchronisation, so it can be captured in a
+CUDA graph or compiled.
+
+The simulator owns the dynamics, overrides and kills; the policy keeps its GRU state, the navigator
+(destination reached -> disabled) and, in reference-compatible mode, the stale kinematic inputs (latched
+when an agent (re)appears).
+"""
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from trafficbots_gym.data.batch import SceneBatch
+from trafficbots_gym.data.constants import N_STEP
+from trafficbots_gym.model.closed_loop import (EpisodeContext, LoopState, encode_episode, episode_context,
+                                               history_tl, initial_loop_state, policy_step, teacher_forcing_mask,
+                                               transition)
+from trafficbots_gym.model.distributions import categorical_sample
+from trafficbots_gym.model.navigation import DestinationGeometry
+from trafficbots_gym.model.rollout import TEACHER_FORCING, autocast
+from trafficbots_gym.model.traffic_bots import MapContext, TrafficBots
+from trafficbots_gym.simulation.state import AgentState
+
+LatentMode = Literal["prior", "posterior"]
+DestinationMode = Literal["sample", "argmax", "logged"]
+
+
+class TrafficBotsPolicy:
+    """Batched closed-loop TrafficBots policy for B scenes x A agents (see the module docstring)."""
+
+    def __init__(self, model: TrafficBots, *, device: str | torch.device = "cpu",
+                 autocast_dtype: torch.dtype | None = None) -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.autocast_dtype = autocast_dtype
+        self.generator: torch.Generator | None = None
+        self._ctx: EpisodeContext | None = None
+        self._loop: LoopState | None = None
+        self._warm: AgentState | None = None
+        self._deterministic: Tensor | None = None   # [B, A] bool
+        self._dest: Tensor | None = None           # [B, A] long
+        self._inputs: AgentState | None = None     # latched kinematic inputs (reference-compatible mode)
+        self._all_deterministic = True
+
+    # ------------------------------------------------------------------------------------------ public
+    @property
+    def batch_size(self) -> int:
+        """Number of scenes (rows); fixed after the first full reset."""
+        self._require_reset()
+        return int(self._dest.shape[0])
+
+    @property
+    def warm_start_state(self) -> AgentState:
+        """State of every agent at step 10 after the warm start (the logged state for agents valid in the
+        log at step 10; agents whose log ended earlier keep their simulated state)."""
+        self._require_reset()
+        return self._warm.clone()
+
+    @property
+    def destinations(self) -> Tensor:
+        """[B, A] destination polyline of every agent."""
+        self._require_reset()
+        return self._dest.clone()
+
+    @property
+    def goal_valid(self) -> Tensor:
+        """[B, A] agents that still pursue their destination."""
+        self._require_reset()
+        return self._loop.goal_valid.clone()
+
+    @property
+    def dest_reached(self) -> Tensor:
+        """[B, A] agents that reached their destination (cumulative)."""
+        self._require_reset()
+        return self._loop.dest_reached.clone()
+
+    @torch.no_grad()
+    def reset(self, batch: SceneBatch, *, env_ids: Tensor | None = None, generator: torch.Generator | None = None,
+              latent: LatentMode = "prior", destination: DestinationMode = "sample",
+              deterministic_action: bool = True, deterministic_latent: bool = False) -> None:
+        """Start episodes for the scenes of ``batch`` (at least the 11 history steps).
+
+        Without ``env_ids`` this (re)defines the batch size. With ``env_ids`` [len(batch)] only those rows
+        are replaced. ``latent``: draw the personality from the prior (history) or the posterior (needs the
+        full log); ``deterministic_latent`` takes its mean. ``destination``: sample or argmax of the
+        destination predictor, or the logged ``agent/dest``. ``generator`` drives all random draws of this
+        reset and of later stochastic actions.
+        """
+        if latent not in ("prior", "posterior"):
+            raise ValueError(f"latent must be 'prior' or 'posterior', got {latent!r}")
+        if destination not in ("sample", "argmax", "logged"):
+            raise ValueError(f"destination must be 'sample', 'argmax' or 'logged', got {destination!r}")
+        model, cfg = self.model, self.model.cfg
+        n_hist = cfg.n_step_history
+        if batch.num_steps < n_hist:
+            raise ValueError(f"reset needs at least {n_hist} logged steps, the batch has {batch.num_steps}")
+        if latent == "posterior" and batch.num_steps <= n_hist:
+            raise ValueError("latent='posterior' needs the full log; the batch only has the history")
+        if destination == "logged" and not bool(batch.agent_dest_known.all()):
+            raise ValueError("destination='logged' needs logged destinations (agent/dest) for every scene")
+        if env_ids is not None:
+            self._require_reset()
+            env_ids = torch.as_tensor(env_ids, dtype=torch.long, device=self.device)
+            if env_ids.shape != (batch.batch_size,):
+                raise ValueError(f"env_ids has shape {tuple(env_ids.shape)}, the batch holds {batch.batch_size} scenes")
+            if batch.agent_valid.shape[-1] != self._dest.shape[1]:
+                raise ValueError(f"batch has {batch.agent_valid.shape[-1]} agents, the policy {self._dest.shape[1]}")
+        if generator is not None:
+            self.generator = generator
+        batch = batch.to(self.device)
+        with autocast(self.device, self.autocast_dtype):
+            enc = encode_episode(model, batch)
+            if latent == "posterior":
+                dist = model.latent(enc.full_tokens, batch.agent_valid, enc.tl_tokens, enc.tl_valid, enc.map,
+                                    posterior=True)
+            else:
+                tl_tokens, tl_valid = history_tl(enc, None, model)
+                dist = model.latent(enc.history_tokens, enc.history_valid, tl_tokens, tl_valid, enc.map,
+                                    posterior=False)
+            if destination == "logged":
+                dest = batch.agent_dest
+            else:
+                logits = model.destination_logits(enc.history_tokens, enc.history_valid, batch.agent_type,
+                                                  enc.map, batch.map_type)
+                dest = logits.argmax(-1) if destination == "argmax" else categorical_sample(logits, self.generator)
+        dist.mean, dist.log_std = dist.mean.float(), dist.log_std.float()
+        latent_sample = dist.sample(deterministic_latent, self.generator)
+        enc.tl_tokens, enc.tl_valid = _pad_steps(enc.tl_tokens, N_STEP), _pad_steps(enc.tl_valid, N_STEP)
+        tl_last = n_hist - 1 if cfg.reference_compat else batch.num_steps - 1
+        ctx = episode_context(model, batch, enc, batch.agent_type, batch.agent_size, latent_sample, dest, tl_last)
+        loop, warm = self._warm_start(ctx, batch, enc.history_valid.any(1), deterministic_action)
+        deterministic = torch.full_like(loop.goal_valid, deterministic_action)
+        if env_ids is None:
+            self._ctx, self._loop, self._warm, self._dest = ctx, loop, warm, dest
+            self._deterministic, self._inputs = deterministic, warm.clone()
+        else:
+            self._ctx = _scatter(self._ctx, env_ids, ctx)
+            self._loop = _scatter_loop(self._loop, env_ids, loop)
+            self._warm = _scatter(self._warm, env_ids, warm)
+            self._inputs = _scatter(self._inputs, env_ids, warm)
+            self._dest[env_ids] = dest
+            self._deterministic[env_ids] = deterministic
+        self._all_deterministic = bool(self._deterministic.all())
+
+    @torch.no_grad()
+    def act(self, state: AgentState, step: Tensor) -> Tensor:
+        """Physical actions [B, A, 2] (acc, yaw rate) moving every agent from ``state`` (at step-1) to ``step`` [B].
+
+        Agents invalid in ``state`` get zero action and a zero GRU state. Updates the GRU state and the
+        navigator; the traffic lights seen are those of ``min(step-1, last logged)``
+        (reference-compatible mode: ``min(step-1, 10)``).
+        """
+        self._require_reset()
+        ctx, loop = self._ctx, self._loop
+        state = AgentState(**{f.name: getattr(state, f.name).to(self.device) for f in fields(AgentState)})
+        step = step.to(self.device)
+        reached = loop.dest_reached | ctx.dest.reached(state.valid, state.pos, state.yaw)
+        goal_valid = loop.goal_valid & state.valid & ~reached
+        inputs = state
+        if self.model.cfg.reference_compat:
+            appeared = state.valid & ~self._inputs.valid
+            latched = self._inputs.where(appeared, state)
+            latched.valid = state.valid
+            self._inputs = latched
+            inputs = AgentState(state.valid, state.pos, state.yaw, state.spd, latched.vel, latched.acc,
+                                latched.yaw_rate)
+        with autocast(self.device, self.autocast_dtype):
+            out = policy_step(self.model, ctx, inputs, step, goal_valid, loop.hidden,
+                              deterministic=True if self._all_deterministic else self._deterministic,
+                              generator=self.generator)
+        self._loop = LoopState(loop.agents, loop.killed, goal_valid, reached, loop.outside_map, out.hidden)
+        return out.physical
+
+    # ---------------------------------------------------------------------------------------- internals
+    def _require_reset(self) -> None:
+        if self._ctx is None:
+            raise RuntimeError("TrafficBotsPolicy.reset(batch) must be called before using the policy")
+
+    def _warm_start(self, ctx: EpisodeContext, batch: SceneBatch, goal_valid: Tensor,
+                    deterministic_action: bool) -> tuple[LoopState, AgentState]:
+        """Steps 1..10 of the log with teacher forcing (as in training); returns the loop state and the
+        agents' state at step 10."""
+        tf_mask = teacher_forcing_mask(batch.agent_valid, *TEACHER_FORCING["training"])
+        state = initial_loop_state(self.model, batch, goal_valid)
+        for t in range(1, self.model.cfg.n_step_history):
+            with autocast(self.device, self.autocast_dtype):
+                state = transition(self.model, ctx, state, t, batch, tf_mask, deterministic=deterministic_action,
+                                   generator=self.generator).state
+        return state, state.agents.clone()
+
+
+def _pad_steps(x: Tensor, n_step: int) -> Tensor:
+    """Repeat the last step of ``x`` [B, T, ...] up to ``n_step`` steps (static shape for every scene)."""
+    if x.shape[1] >= n_step:
+        return x
+    return torch.cat([x, x[:, -1:].expand(-1, n_step - x.shape[1], *x.shape[2:])], dim=1)
+
+
+def _scatter(old, rows: Tensor, new):  # noqa: ANN001, ANN202 - dataclasses of tensors
+    """Copy ``new``'s rows into ``old`` at ``rows`` (recursing through dataclasses and lists of tensors)."""
+    if isinstance(old, Tensor):
+        out = old.clone()
+        out[rows] = new.to(old.dtype)
+        return out
+    if isinstance(old, (list, tuple)):
+        return type(old)(_scatter(o, rows, n) for o, n in zip(old, new, strict=True))
+    if isinstance(old, (EpisodeContext, MapContext, DestinationGeometry, AgentState)):
+        return type(old)(**{f.name: _scatter(getattr(old, f.name), rows, getattr(new, f.name)) for f in fields(old)})
+    raise TypeError(f"cannot scatter {type(old).__name__}")
+
+
+def _scatter_loop(old: LoopState, rows: Tensor, new: LoopState) -> LoopState:
+    """Row-scatter a loop state; the GRU state [L, B*A, D] is scattered per scene."""
+    n_layer, _, dim = old.hidden.shape
+    n_agent = old.goal_valid.shape[1]
+    hidden = old.hidden.view(n_layer, -1, n_agent, dim).clone()
+    hidden[:, rows] = new.hidden.view(n_layer, -1, n_agent, dim)
+    return LoopState(_scatter(old.agents, rows, new.agents), _scatter(old.killed, rows, new.killed),
+                     _scatter(old.goal_valid, rows, new.goal_valid), _scatter(old.dest_reached, rows, new.dest_reached),
+                     _scatter(old.outside_map, rows, new.outside_map), hidden.view(n_layer, -1, dim))

@@ -118,6 +118,16 @@ def test_histogram_percentiles_match_numpy_within_one_bin() -> None:
     assert len(edges) == stats.PLOT_BINS + 1 and counts.sum() == values.size
 
 
+def test_count_histograms_report_exact_integer_percentiles_and_keep_every_count() -> None:
+    hist = stats.Histogram(0.0, 65.0, 65, discrete=True)
+    values = np.array([3, 3, 10, 47, 64, 64, 64])
+    hist.update(values)
+    for q in (1, 25, 50, 75, 99):
+        assert hist.percentile(q) == np.percentile(values, q, method="inverted_cdf")
+    edges, counts = hist.coarse()
+    assert edges[-1] == 65.0 and counts.sum() == values.size and counts[-1] == 3
+
+
 def test_stats_command_reports_two_datasets_side_by_side_with_json_and_png(tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture) -> None:
     other = tmp_path / "copy.h5"

@@ -40,8 +40,8 @@ from tqdm import tqdm
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import AgentType, MapType, TLState
-from trafficbots_gym.data.h5io import SceneReader, atomic_path
-from trafficbots_gym.data.scene import Scene
+from trafficbots_gym.data.h5io import SceneFormatError, SceneReader, atomic_path
+from trafficbots_gym.data.scene import Scene, SceneValidationError
 from trafficbots_gym.simulation.metrics import (MAX_LANE_DISTANCE, MapGeometry, collisions, lane_distance, offroad,
                                                 red_light_violation)
 from trafficbots_gym.simulation.state import AgentState
@@ -50,10 +50,10 @@ PERCENTILES: tuple[int, ...] = (1, 5, 25, 50, 75, 95, 99)
 FINE_BINS: int = 1000
 """Bins of the streaming histograms (percentile resolution = range / FINE_BINS)."""
 PLOT_BINS: int = 50
-"""Bins of the histograms written to JSON and drawn in the PNG."""
+"""About this many bins in the histograms written to JSON and drawn in the PNG."""
 
 _TYPE_NAMES = {t: t.name.lower() for t in AgentType}
-# Quantity -> (unit, low, high) of its histogram; kinematics per agent type.
+# Quantity -> (unit, low, high) of its histogram; kinematics per agent type. Counts use unit bins.
 _RANGES: dict[str, tuple[str, float, float]] = {
     "speed_vehicle": ("m/s", 0.0, 40.0), "speed_pedestrian": ("m/s", 0.0, 5.0), "speed_cyclist": ("m/s", 0.0, 15.0),
     "acc_vehicle": ("m/s^2", -10.0, 10.0), "acc_pedestrian": ("m/s^2", -10.0, 10.0),
@@ -63,6 +63,7 @@ _RANGES: dict[str, tuple[str, float, float]] = {
     "agents_per_scene": ("agents", 0.0, 65.0),
     "polylines_per_scene": ("polylines", 0.0, 1025.0),
 }
+_COUNTS: frozenset[str] = frozenset({"agents_per_scene", "polylines_per_scene"})
 RATE_DEFINITIONS: dict[str, str] = {
     "overlap": "oriented box overlaps another valid agent's box (separating-axis test, pedestrian pairs "
                "excluded); per valid agent-step",
@@ -83,14 +84,17 @@ RATES: tuple[str, ...] = tuple(RATE_DEFINITIONS)
 
 @dataclass
 class Histogram:
-    """Fixed-range streaming histogram with exact count / mean / min / max and interpolated percentiles.
+    """Fixed-range streaming histogram with exact count / mean / min / max and percentiles.
 
     Values outside [low, high] are counted in the first / last bin (min and max stay exact).
+    Percentiles interpolate linearly within a bin, or, for ``discrete`` (integer counts in unit
+    bins), are the exact integer.
     """
 
     low: float
     high: float
     bins: int = FINE_BINS
+    discrete: bool = False
     counts: np.ndarray = field(init=False)
     n: int = 0
     total: float = 0.0
@@ -119,14 +123,15 @@ class Histogram:
         target = q / 100.0 * self.n
         i = int(np.searchsorted(cum, target, side="left"))
         below = cum[i - 1] if i > 0 else 0
-        frac = (target - below) / max(self.counts[i], 1)
+        frac = 0.0 if self.discrete else (target - below) / max(self.counts[i], 1)
         width = (self.high - self.low) / self.bins
         return float(np.clip(self.low + (i + frac) * width, self.min, self.max))
 
     def coarse(self, bins: int = PLOT_BINS) -> tuple[np.ndarray, np.ndarray]:
-        """(edges [bins + 1], counts [bins]) with ``bins`` dividing the fine bin count."""
-        factor = self.bins // bins
-        return np.linspace(self.low, self.high, bins + 1), self.counts[: factor * bins].reshape(bins, factor).sum(-1)
+        """(edges, counts) merging groups of fine bins into about ``bins`` bins (the last may be narrower)."""
+        starts = np.arange(0, self.bins, max(1, self.bins // bins))
+        width = (self.high - self.low) / self.bins
+        return np.append(self.low + starts * width, self.high), np.add.reduceat(self.counts, starts)
 
     def summary(self, unit: str) -> dict[str, Any]:
         edges, counts = self.coarse()
@@ -168,9 +173,10 @@ class DatasetStats:
     sources: list[str]
     num_scenes: int = 0
     hists: dict[str, Histogram] = field(
-        default_factory=lambda: {k: Histogram(lo, hi) for k, (_, lo, hi) in _RANGES.items()})
+        default_factory=lambda: {k: Histogram(lo, hi, int(hi - lo), True) if k in _COUNTS else Histogram(lo, hi)
+                                 for k, (_, lo, hi) in _RANGES.items()})
     map_types: dict[str, Histogram] = field(
-        default_factory=lambda: {t.name: Histogram(0.0, 1024.0, 1024) for t in MapType})
+        default_factory=lambda: {t.name: Histogram(0.0, 1025.0, 1025, True) for t in MapType})
     tl_counts: np.ndarray = field(default_factory=lambda: np.zeros(len(TLState), np.int64))
     rates: dict[str, Rate] = field(default_factory=lambda: {k: Rate() for k in RATES})
 
@@ -293,9 +299,9 @@ def scene_violations(batch: SceneBatch) -> dict[str, tuple[torch.Tensor, torch.T
 # Reports
 # ----------------------------------------------------------------------------------------------------
 
-def dataset_stats(source: str | os.PathLike, name: str, max_scenes: int | None = None) -> DatasetStats:
+def dataset_stats(source: str | os.PathLike | SceneReader, name: str, max_scenes: int | None = None) -> DatasetStats:
     """Accumulate the statistics of the first ``max_scenes`` scenes of one H5 dataset (progress bar)."""
-    reader = SceneReader(source)
+    reader = source if isinstance(source, SceneReader) else SceneReader(source)
     stats = DatasetStats(name=name, sources=[str(p) for p in reader.files])
     n = len(reader) if max_scenes is None else min(max_scenes, len(reader))
     with torch.no_grad():
@@ -415,8 +421,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.max_scenes is not None and args.max_scenes < 1:
         parser.error(f"--max-scenes must be >= 1, got {args.max_scenes}")
-    reports = [dataset_stats(src, name, args.max_scenes).summary()
-               for src, name in zip(args.sources, dataset_names(args.sources))]
+    try:
+        readers = [SceneReader(src) for src in args.sources]  # fail fast on missing or unreadable inputs
+        reports = [dataset_stats(reader, name, args.max_scenes).summary()
+                   for reader, name in zip(readers, dataset_names(args.sources))]
+    except (SceneFormatError, SceneValidationError) as e:
+        parser.exit(2, f"trafficbots-stats: error: {e}\n")
     print(format_table(reports))
     if args.json:
         write_json(args.json, reports)

@@ -90,6 +90,27 @@ def test_traffic_lights_keep_every_lane_state_per_step(raw: RawScenario) -> None
                                np.broadcast_to([3003.271, -3205.9023, 185.14883], (91, 3)), atol=1e-3)
 
 
+def test_non_numeric_ids_keep_the_lane_graph_stop_signs_and_lights_consistent(raw: RawScenario, source: dict) -> None:
+    token = {k: f"tok-{k}" for k in source["map_features"]}
+
+    def rename(feat: dict) -> dict:
+        feat = dict(feat)
+        for ref in ("exit_lanes", "entry_lanes", "lane"):
+            if ref in feat:
+                feat[ref] = [token[str(k)] for k in feat[ref]]
+        return feat
+
+    data = dict(source, map_features={token[k]: rename(f) for k, f in source["map_features"].items()},
+                dynamic_map_states={k: dict(v, lane=token[str(v["lane"])])
+                                    for k, v in source["dynamic_map_states"].items()})
+    renamed, _ = scenarionet.convert_scenario(data, "mem.pkl")
+    position = {k: i for i, k in enumerate(source["map_features"])}
+    assert renamed.lane_exits == {position[str(a)]: [position[str(b)] for b in bs] for a, bs in raw.lane_exits.items()}
+    assert ({p.feature_id for p in renamed.polylines if p.map_type == MapType.STOP_SIGN}
+            == {position[str(p.feature_id)] for p in raw.polylines if p.map_type == MapType.STOP_SIGN})
+    assert set(renamed.traffic_lights.lane_id[0].tolist()) == {position[str(i)] for i in raw.traffic_lights.lane_id[0]}
+
+
 def test_unsupported_track_and_feature_types_are_skipped_and_counted(source: dict) -> None:
     data = dict(source, tracks=dict(source["tracks"]), map_features=dict(source["map_features"]))
     data["tracks"]["9999"] = dict(source["tracks"]["325"], type="TRAFFIC_CONE")

@@ -144,9 +144,11 @@ def convert_scenario(data: Any, path: str) -> tuple[RawScenario, ImportReport]:
     report = ImportReport()
     track_ids, tracks = _convert_tracks(_get(data, "tracks", dict, path, sid), path, sid, report)
     index = {tid: i for i, tid in enumerate(track_ids)}
-    polylines, lane_exits, stop_lanes = _convert_map(_get(data, "map_features", dict, path, sid), path, sid, report)
+    features = _get(data, "map_features", dict, path, sid)
+    feature_ids = _id_table(features)
+    polylines, lane_exits, stop_lanes = _convert_map(features, feature_ids, path, sid, report)
     relabel_stop_sign_lanes(polylines, stop_lanes)
-    lights = _convert_lights(data.get("dynamic_map_states") or {}, tracks.valid.shape[1], path, sid)
+    lights = _convert_lights(data.get("dynamic_map_states") or {}, feature_ids, tracks.valid.shape[1], path, sid)
     sdc_key = str(metadata.get("sdc_id", ""))
     if sdc_key not in index:
         sdc_pos = metadata.get("sdc_track_index")
@@ -155,15 +157,36 @@ def convert_scenario(data: Any, path: str) -> tuple[RawScenario, ImportReport]:
     if sdc_key not in index:
         raise ScenarioParseError(path, sid, "metadata.sdc_id",
                                  f"SDC track {sdc_key!r} is missing or not a vehicle/pedestrian/cyclist")
-    predict = metadata.get("tracks_to_predict") or {}
-    predict_ids = predict.keys() if isinstance(predict, Mapping) else [str(p.get("track_id", "")) for p in predict]
+    current = metadata.get("current_time_index", 10)
+    if not isinstance(current, int) or not 0 <= current < tracks.valid.shape[1]:
+        raise ScenarioParseError(path, sid, "metadata.current_time_index",
+                                 f"value {current!r} is not a step index in [0, {tracks.valid.shape[1]})")
     return RawScenario(
         scenario_id=sid, tracks=tracks, sdc_index=index[sdc_key], polylines=polylines,
         traffic_lights=lights, lane_exits=lane_exits,
         objects_of_interest=[index[str(k)] for k in metadata.get("objects_of_interest") or [] if str(k) in index],
-        tracks_to_predict=[index[str(k)] for k in predict_ids if str(k) in index],
-        current_index=int(metadata.get("current_time_index", 10)),
+        tracks_to_predict=[index[k] for k in _predict_ids(metadata, path, sid) if k in index],
+        current_index=current,
     ), report
+
+
+def _predict_ids(metadata: Mapping, path: str, sid: str) -> list[str]:
+    """Track ids of ``tracks_to_predict``: a dict keyed by id, or a list of ``{track_id: ...}``."""
+    predict = metadata.get("tracks_to_predict") or {}
+    if isinstance(predict, Mapping):
+        return [str(k) for k in predict]
+    if isinstance(predict, (list, tuple)) and all(isinstance(p, Mapping) and "track_id" in p for p in predict):
+        return [str(p["track_id"]) for p in predict]
+    raise ScenarioParseError(path, sid, "metadata.tracks_to_predict",
+                             "expected a dict keyed by track id or a list of {'track_id': ...}")
+
+
+def _id_table(entries: Mapping) -> dict[str, int]:
+    """Source id -> integer id: the id itself when every id is an integer, else its position."""
+    keys = [str(k) for k in entries]
+    if all(k.lstrip("-").isdigit() for k in keys):
+        return {k: int(k) for k in keys}
+    return {k: i for i, k in enumerate(keys)}
 
 
 def _get(container: Mapping, key: str, kind: type, path: str, sid: str | None, where: str = "") -> Any:
@@ -195,16 +218,12 @@ def _check_time_step(metadata: Mapping, path: str, sid: str) -> None:
         raise ScenarioParseError(path, sid, "metadata.ts", f"time step {dt:.3f} s, expected {DT} s (10 Hz)")
 
 
-def _numeric_id(key: Any, fallback: int) -> int:
-    text = str(key)
-    return int(text) if text.lstrip("-").isdigit() else fallback
-
-
 def _convert_tracks(tracks: Mapping, path: str, sid: str, report: ImportReport) -> tuple[list[str], RawTracks]:
     """Tracks of supported types in source order; ids as strings for the metadata look-ups."""
     keys, types, states = [], [], []
+    ids = _id_table(tracks)
     n_step: int | None = None
-    for n, (key, track) in enumerate(tracks.items()):
+    for key, track in tracks.items():
         where = f"tracks[{key!r}]"
         if not isinstance(track, Mapping):
             raise ScenarioParseError(path, sid, where, f"expected a dict, got {type(track).__name__}")
@@ -227,7 +246,7 @@ def _convert_tracks(tracks: Mapping, path: str, sid: str, report: ImportReport) 
         m = valid[:, None]
         keys.append(str(key))
         types.append(int(_AGENT_TYPES[kind]))
-        states.append((_numeric_id(key, n), valid, np.where(m, pos, 0.0), np.where(m, size, 0.0),
+        states.append((ids[str(key)], valid, np.where(m, pos, 0.0), np.where(m, size, 0.0),
                        np.where(valid, wrap_angle(heading), 0.0), np.where(m, vel, 0.0)))
     if not states:
         raise ScenarioParseError(path, sid, "tracks", "no vehicle, pedestrian or cyclist track")
@@ -245,20 +264,23 @@ def _scalar_series(state: Mapping, name: str, n_step: int, path: str, sid: str, 
     return value
 
 
-def _convert_map(features: Mapping, path: str, sid: str,
+def _convert_map(features: Mapping, ids: dict[str, int], path: str, sid: str,
                  report: ImportReport) -> tuple[list[RawPolyline], dict[int, list[int]], set[int]]:
-    """Polylines with MapType, the lane graph (lane id -> exit lane ids) and stop-sign lane ids."""
+    """Polylines with MapType, the lane graph (lane id -> exit lane ids) and stop-sign lane ids.
+
+    References to features absent from the map (exits, stop-sign lanes) are dropped.
+    """
     polylines: list[RawPolyline] = []
     exits: dict[int, list[int]] = {}
     stop_lanes: set[int] = set()
-    for n, (key, feat) in enumerate(features.items()):
+    for key, feat in features.items():
         where = f"map_features[{key!r}]"
         if not isinstance(feat, Mapping):
             raise ScenarioParseError(path, sid, where, f"expected a dict, got {type(feat).__name__}")
         kind = str(feat.get("type"))
-        fid = _numeric_id(key, -1 - n)
+        fid = ids[str(key)]
         if kind == "STOP_SIGN":
-            stop_lanes.update(_numeric_id(k, -1) for k in feat.get("lane") or [])
+            stop_lanes.update(ids[str(k)] for k in feat.get("lane") or [] if str(k) in ids)
         elif kind in _LANE_TYPES or kind in _LINE_TYPES:
             pts = _points(feat.get("polyline"), path, sid, f"{where}.polyline")
             if len(pts) == 0:
@@ -267,7 +289,7 @@ def _convert_map(features: Mapping, path: str, sid: str,
             map_type = _LANE_TYPES.get(kind, _LINE_TYPES.get(kind))
             polylines.append(RawPolyline(fid, int(map_type), resample_polyline(pts)))
             if kind in _LANE_TYPES:
-                exits[fid] = [_numeric_id(k, -1) for k in feat.get("exit_lanes") or []]
+                exits[fid] = [ids[str(k)] for k in feat.get("exit_lanes") or [] if str(k) in ids]
         elif kind in _POLYGON_TYPES:
             pts = _points(feat.get("polygon"), path, sid, f"{where}.polygon")
             if len(pts) < 3:
@@ -287,8 +309,11 @@ def _points(value: Any, path: str, sid: str, where: str, n: int | None = None) -
     return _array(value, (3,), path, sid, where, n)
 
 
-def _convert_lights(states: Mapping, n_step: int, path: str, sid: str) -> RawTrafficLights:
+def _convert_lights(states: Mapping, ids: dict[str, int], n_step: int, path: str, sid: str) -> RawTrafficLights:
+    """One light entry per controlled lane; a lane missing from the map gets an id no polyline has
+    (the packer then drops the light, as it does for lanes cut from the map)."""
     lanes = []
+    unknown = min(ids.values(), default=0) - 1
     for key, light in states.items():
         where = f"dynamic_map_states[{key!r}]"
         if not isinstance(light, Mapping):
@@ -305,5 +330,6 @@ def _convert_lights(states: Mapping, n_step: int, path: str, sid: str) -> RawTra
         if stop.shape not in ((2,), (3,)):
             raise ScenarioParseError(path, sid, f"{where}.stop_point", f"shape {stop.shape}, expected (3,)")
         stop = np.broadcast_to(np.pad(stop, (0, 3 - len(stop))), (n_step, 3))
-        lanes.append((_numeric_id(light.get("lane", key), -1), state, stop))
+        lane = str(light.get("lane", key))
+        lanes.append((ids.get(lane, unknown - len(lanes)), state, stop))
     return traffic_lights_from_lanes(n_step, lanes)

@@ -59,6 +59,10 @@ DEST_HORIZON: float = 5.0
 DEST_LANE_RADIUS: float = 3.0
 """Lane nodes this close to the goal (m) with agreeing heading are destination candidates."""
 DEST_MAX_HOPS: int = 3
+CMD_STATIONARY_SPEED, CMD_STATIONARY_DISPLACEMENT = 2.0, 5.0
+"""Trajectory class thresholds (Waymo's motion_metrics_utils): m/s, m."""
+CMD_STRAIGHT_LATERAL, CMD_UTURN_LONGITUDINAL, CMD_STRAIGHT_HEADING = 5.0, -5.0, np.pi / 6
+"""m, m, rad."""
 
 
 class PackingError(ValueError):
@@ -686,21 +690,20 @@ def classify_trajectories(valid: np.ndarray, pos: np.ndarray, yaw: np.ndarray, s
     rows = np.arange(len(valid))
     delta = pos[rows, last] - pos[rows, first]
     displacement = np.linalg.norm(delta, axis=-1)
-    yaw0 = np.where(valid.any(1), yaw[rows, first], 0.0)
-    c, s = np.cos(-yaw0), np.sin(-yaw0)
+    c, s = np.cos(-yaw[rows, first]), np.sin(-yaw[rows, first])
     lon = delta[:, 0] * c - delta[:, 1] * s
     lat = delta[:, 0] * s + delta[:, 1] * c
-    turn = np.where(valid.any(1), wrap_angle(yaw[rows, last] - yaw[rows, first]), 0.0)
+    turn = wrap_angle(yaw[rows, last] - yaw[rows, first])
     speed = np.maximum(spd[rows, first], spd[rows, last])
-    straight_limit = np.pi / 6
-    cmd = np.where(lon < -5.0, C.AgentCmd.LEFT_U_TURN, C.AgentCmd.LEFT_TURN)
-    cmd = np.where((turn < -straight_limit) & (lat < 0),
-                   np.where(lon < -5.0, C.AgentCmd.RIGHT_U_TURN, C.AgentCmd.RIGHT_TURN), cmd)
-    straight = np.where(np.abs(lat) < 5.0, C.AgentCmd.STRAIGHT,
+    u_turn = lon < CMD_UTURN_LONGITUDINAL
+    cmd = np.where(u_turn, C.AgentCmd.LEFT_U_TURN, C.AgentCmd.LEFT_TURN)
+    cmd = np.where((turn < -CMD_STRAIGHT_HEADING) & (lat < 0),
+                   np.where(u_turn, C.AgentCmd.RIGHT_U_TURN, C.AgentCmd.RIGHT_TURN), cmd)
+    straight = np.where(np.abs(lat) < CMD_STRAIGHT_LATERAL, C.AgentCmd.STRAIGHT,
                         np.where(lat > 0, C.AgentCmd.STRAIGHT_LEFT, C.AgentCmd.STRAIGHT_RIGHT))
-    cmd = np.where(np.abs(turn) < straight_limit, straight, cmd)
-    cmd = np.where((speed < 2.0) & (displacement < 5.0), C.AgentCmd.STATIONARY, cmd)
-    return cmd.astype(np.int64)
+    cmd = np.where(np.abs(turn) < CMD_STRAIGHT_HEADING, straight, cmd)
+    stationary = ((speed < CMD_STATIONARY_SPEED) & (displacement < CMD_STATIONARY_DISPLACEMENT)) | ~valid.any(1)
+    return np.where(stationary, C.AgentCmd.STATIONARY, cmd).astype(np.int64)
 
 
 def _targets(agents: _Agents, sim: np.ndarray, map_: MapPolylines, lane_exits: dict[int, list[int]],

@@ -131,6 +131,7 @@ def test_truncated_and_garbage_json_give_clear_errors(tmp_path: Path) -> None:
     assert "invalid JSON" in err and "truncated file?" in err
     assert "invalid JSON at line 1 column 1" in _error("\x00garbage{", tmp_path)
     assert "expected a JSON object at the top level" in _error("[1, 2]", tmp_path)
+    assert "non-finite number NaN" in _error('{"scenario_id": "x", "objects": [NaN]}', tmp_path)
 
 
 def test_structure_errors_name_the_json_path(source: dict, tmp_path: Path) -> None:

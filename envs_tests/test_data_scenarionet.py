@@ -152,7 +152,7 @@ def test_truncated_and_garbage_pickles_give_clear_errors(tmp_path: Path) -> None
     assert "expected a ScenarioDescription dict" in str(_only_error(not_a_scene))
 
 
-def test_missing_fields_are_named(source: dict, tmp_path: Path) -> None:
+def test_malformed_fields_are_named(source: dict, tmp_path: Path) -> None:
     data = dict(source, tracks=dict(source["tracks"]))
     state = dict(source["tracks"]["325"]["state"], position=np.zeros((90, 3), np.float32))
     data["tracks"]["325"] = dict(source["tracks"]["325"], state=state)
@@ -160,6 +160,12 @@ def test_missing_fields_are_named(source: dict, tmp_path: Path) -> None:
     path.write_bytes(pickle.dumps(data))
     err = str(_only_error(path))
     assert "tracks['325'].state.position" in err and "(90, 3)" in err
+    position = np.array(source["tracks"]["325"]["state"]["position"])
+    position[source["tracks"]["325"]["state"]["valid"].argmax(), 0] = np.nan
+    data["tracks"]["325"] = dict(source["tracks"]["325"], state=dict(state, position=position))
+    path.write_bytes(pickle.dumps(data))
+    err = str(_only_error(path))
+    assert "tracks['325'].state.position" in err and "non-finite values at valid steps" in err
 
 
 def test_dataset_summary_is_reported_as_not_a_scenario_and_skipped_in_folders(tmp_path: Path) -> None:

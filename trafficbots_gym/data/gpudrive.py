@@ -126,8 +126,11 @@ def load_json(path: str | os.PathLike) -> Any:
         raise ScenarioParseError(path, None, None, f"cannot read file ({e.strerror or e})") from e
     except UnicodeDecodeError as e:
         raise ScenarioParseError(path, None, None, f"not UTF-8 text (byte {e.start})") from e
+    def refuse_constant(name: str) -> float:
+        raise ScenarioParseError(path, None, None, f"non-finite number {name} in JSON")
+
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=refuse_constant)
     except json.JSONDecodeError as e:
         hint = " (truncated file?)" if e.pos >= len(text.rstrip()) else ""
         raise ScenarioParseError(path, None, None,
@@ -144,6 +147,9 @@ def iter_scenarios(path: str | os.PathLike) -> Iterator[RawScenario | RecordErro
             raw, report = convert_scenario(load_json(file), str(file))
         except ScenarioParseError as e:
             yield RecordError(e)
+            continue
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:  # malformed beyond the checks
+            yield RecordError(ScenarioParseError(str(file), None, None, f"malformed scenario ({type(e).__name__}: {e})"))
             continue
         log_report(str(file), raw.scenario_id, report)
         yield raw

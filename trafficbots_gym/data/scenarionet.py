@@ -127,6 +127,9 @@ def iter_scenarios(path: str | os.PathLike) -> Iterator[RawScenario | RecordErro
         except ScenarioParseError as e:
             yield RecordError(e)
             continue
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:  # malformed beyond the checks
+            yield RecordError(ScenarioParseError(str(file), None, None, f"malformed scenario ({type(e).__name__}: {e})"))
+            continue
         log_report(str(file), raw.scenario_id, report)
         yield raw
 
@@ -213,7 +216,10 @@ def _check_time_step(metadata: Mapping, path: str, sid: str) -> None:
     ts = metadata.get("ts")
     if ts is None or len(ts) < 2:
         return
-    dt = float(np.median(np.diff(np.asarray(ts, np.float64))))
+    try:
+        dt = float(np.median(np.diff(np.asarray(ts, np.float64))))
+    except (TypeError, ValueError) as e:
+        raise ScenarioParseError(path, sid, "metadata.ts", f"not a numeric array ({e})") from e
     if abs(dt - DT) > 0.01:
         raise ScenarioParseError(path, sid, "metadata.ts", f"time step {dt:.3f} s, expected {DT} s (10 Hz)")
 
@@ -246,12 +252,15 @@ def _convert_tracks(tracks: Mapping, path: str, sid: str, report: ImportReport) 
         m = valid[:, None]
         keys.append(str(key))
         types.append(int(_AGENT_TYPES[kind]))
+        for name, value in (("position", pos), ("heading", heading), ("velocity", vel), ("size", size)):
+            if not np.isfinite(value[valid]).all():
+                raise ScenarioParseError(path, sid, f"{where}.state.{name}", "non-finite values at valid steps")
         states.append((ids[str(key)], valid, np.where(m, pos, 0.0), np.where(m, size, 0.0),
                        np.where(valid, wrap_angle(heading), 0.0), np.where(m, vel, 0.0)))
     if not states:
         raise ScenarioParseError(path, sid, "tracks", "no vehicle, pedestrian or cyclist track")
-    ids, valid, pos, size, heading, vel = (np.stack(x) for x in zip(*states))
-    return keys, RawTracks(object_id=ids.astype(np.int64), type=np.array(types, np.int64), valid=valid,
+    object_id, valid, pos, size, heading, vel = (np.stack(x) for x in zip(*states))
+    return keys, RawTracks(object_id=object_id.astype(np.int64), type=np.array(types, np.int64), valid=valid,
                            pos=pos, size=size.astype(np.float32), heading=heading.astype(np.float32),
                            vel=vel.astype(np.float32))
 
@@ -282,7 +291,7 @@ def _convert_map(features: Mapping, ids: dict[str, int], path: str, sid: str,
         if kind == "STOP_SIGN":
             stop_lanes.update(ids[str(k)] for k in feat.get("lane") or [] if str(k) in ids)
         elif kind in _LANE_TYPES or kind in _LINE_TYPES:
-            pts = _points(feat.get("polyline"), path, sid, f"{where}.polyline")
+            pts = _finite_points(feat.get("polyline"), path, sid, f"{where}.polyline")
             if len(pts) == 0:
                 report.skipped_features[f"{kind} (empty)"] += 1
                 continue
@@ -291,7 +300,7 @@ def _convert_map(features: Mapping, ids: dict[str, int], path: str, sid: str,
             if kind in _LANE_TYPES:
                 exits[fid] = [ids[str(k)] for k in feat.get("exit_lanes") or [] if str(k) in ids]
         elif kind in _POLYGON_TYPES:
-            pts = _points(feat.get("polygon"), path, sid, f"{where}.polygon")
+            pts = _finite_points(feat.get("polygon"), path, sid, f"{where}.polygon")
             if len(pts) < 3:
                 report.skipped_features[f"{kind} (fewer than 3 vertices)"] += 1
                 continue
@@ -307,6 +316,14 @@ def _points(value: Any, path: str, sid: str, where: str, n: int | None = None) -
         xy = _array(value, (2,), path, sid, where, n)
         return np.concatenate([xy, np.zeros((len(xy), 1))], axis=1)
     return _array(value, (3,), path, sid, where, n)
+
+
+def _finite_points(value: Any, path: str, sid: str, where: str) -> np.ndarray:
+    """Map geometry: like :func:`_points`, and every coordinate must be finite."""
+    pts = _points(value, path, sid, where)
+    if not np.isfinite(pts).all():
+        raise ScenarioParseError(path, sid, where, "non-finite coordinates")
+    return pts
 
 
 def _convert_lights(states: Mapping, ids: dict[str, int], n_step: int, path: str, sid: str) -> RawTrafficLights:

@@ -1,0 +1,127 @@
+"""Specification of the training pipeline: Hydra configs, fit / validate / test, resume, export, import.
+
+Runs on CPU on the two reference scenes with the ``model=tiny`` preset (20-step rollouts) so it stays fast.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from trafficbots_gym.data import SceneReader
+from trafficbots_gym.data.batch import SceneBatch
+from trafficbots_gym.model.checkpoint import load_model
+from trafficbots_gym.model.losses import training_losses
+from training.lightning_module import MODEL_CONFIG_KEY, TrafficBotsModule
+from training.run import checkpoint_kind, run
+
+FIXTURES = Path(__file__).parent / "fixtures" / "reference_vectors"
+SCENES = FIXTURES / "reference_scenes.h5"
+REFERENCE_CKPT = FIXTURES / "reference_random_init.ckpt"
+CONF = Path(__file__).resolve().parent.parent / "training" / "conf"
+METRICS = ("ade", "fde", "collision_rate", "offroad_rate", "outside_map_rate", "dest_reached_rate", "dest_accuracy")
+
+
+def make_cfg(out: Path, *overrides: str) -> DictConfig:
+    """The run config on the fixture scenes, tiny model, no worker processes, no progress bar."""
+    base = [f"output_dir={out}", "model=tiny", f"+datamodule.files={{train: {SCENES}, val: {SCENES}, test: {SCENES}}}",
+            "datamodule.num_workers=0", "datamodule.batch_size=1", "datamodule.pin_memory=false",
+            "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "trainer.log_every_n_steps=1"]
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("run", overrides=base + list(overrides))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on a small shared CPU, thread hand-offs cost more than they gain."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Output folder of a 2-step fit (one epoch of 2 batches, then validation on one batch)."""
+    out = tmp_path_factory.mktemp("fit")
+    metrics = run(make_cfg(out, "trainer.max_steps=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1"))
+    assert math.isfinite(metrics["val/loss"])
+    return out
+
+
+def test_fast_dev_run_fit_on_two_scenes_gives_finite_losses_and_closed_loop_metrics(tmp_path: Path) -> None:
+    metrics = run(make_cfg(tmp_path, "trainer.fast_dev_run=true"))
+    for key in ("loss", "imitation", "kl", "dest_nll"):
+        assert math.isfinite(metrics[f"train/{key}"]), key
+    for proc in ("reactive_replay", "joint_future"):
+        for name in METRICS:
+            assert math.isfinite(metrics[f"val/{proc}/{name}"]), (proc, name)
+    assert 0.0 <= metrics["val/reactive_replay/collision_rate"] <= 1.0
+    assert (tmp_path / "export" / "last.safetensors").is_file()
+
+
+def test_loss_decreases_when_overfitting_one_repeated_batch() -> None:
+    torch.manual_seed(0)
+    batch = SceneBatch.from_scenes([SceneReader(SCENES)[1]])
+    module = TrafficBotsModule(model=dict(hidden_dim=32, n_head=2, d_feedforward=32, dropout=0.0, pe_dim=16,
+                                          map_node_layers=1, as2pl_layers=1, as2tl_layers=1, interaction_layers=1,
+                                          gru_layers=1, dest_gru_layers=1),
+                               optimizer=dict(lr=1e-2, lr_goal=1e-2), p_training_rollout_prior=0.0, n_rollout_steps=20)
+    opt = module.configure_optimizers()["optimizer"]
+    losses = []
+    for _ in range(6):
+        opt.zero_grad()
+        loss = training_losses(module.run_rollout(batch, "training"), batch, module.loss_cfg)["loss"]
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.9 * losses[0], losses
+
+
+def test_fit_writes_best_and_last_checkpoints_with_the_model_config_and_exports_safetensors(fitted: Path) -> None:
+    last = torch.load(fitted / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 2 and last[MODEL_CONFIG_KEY]["hidden_dim"] == 32
+    for name in ("best", "last"):
+        model = load_model(fitted / "export" / f"{name}.safetensors")
+        assert model.cfg.hidden_dim == 32
+    assert (fitted / "csv" / "metrics.csv").is_file() and any((fitted / "tensorboard").iterdir())
+
+
+def test_fit_resumes_from_a_checkpoint_and_continues_the_step_count(fitted: Path, tmp_path: Path) -> None:
+    ckpt = fitted / "checkpoints" / "last.ckpt"
+    assert checkpoint_kind(ckpt) == "lightning"
+    run(make_cfg(tmp_path, f"ckpt_path={ckpt}", "trainer.max_steps=3", "trainer.limit_train_batches=2",
+                 "trainer.limit_val_batches=1"))
+    resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert resumed["global_step"] == 3
+    assert resumed["optimizer_states"][0]["state"], "optimizer state restored and updated"
+
+
+def test_validate_action_evaluates_a_checkpoint_and_reports_the_metrics(fitted: Path, tmp_path: Path) -> None:
+    metrics = run(make_cfg(tmp_path, "action=validate", f"ckpt_path={fitted / 'checkpoints' / 'last.ckpt'}",
+                           "trainer.limit_val_batches=1"))
+    assert math.isfinite(metrics["val/loss"])
+    assert all(f"val/joint_future/{m}" in metrics for m in METRICS)
+
+
+def test_test_action_runs_joint_future_prediction(tmp_path: Path) -> None:
+    metrics = run(make_cfg(tmp_path, "action=test", "trainer.limit_test_batches=1"))
+    assert math.isfinite(metrics["test/joint_future/ade"]) and "test/reactive_replay/ade" not in metrics
+
+
+def test_reference_checkpoint_is_converted_and_evaluated(tmp_path: Path) -> None:
+    assert checkpoint_kind(REFERENCE_CKPT) == "reference"
+    metrics = run(make_cfg(tmp_path, "action=validate", f"ckpt_path={REFERENCE_CKPT}", "trainer.limit_val_batches=1",
+                           "model.val_procedures=[joint_future]"))
+    assert math.isfinite(metrics["val/joint_future/ade"])
+
+
+def test_unknown_action_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="predict"):
+        run(make_cfg(tmp_path, "action=predict"))

@@ -179,6 +179,10 @@ def convert_scenario(doc: Any, path: str) -> tuple[RawScenario, ImportReport]:
         raise j.error("metadata.sdc_track_index",
                       f"{sdc} is not the index of a vehicle, pedestrian or cyclist among {len(objects)} objects")
     by_id = {int(tracks.object_id[i]): i for i in range(tracks.num_tracks)}
+    if len(by_id) != tracks.num_tracks:
+        raise j.error("objects", "object ids are not unique")
+    if tracks.valid.shape[1] <= CURRENT_INDEX:
+        raise j.error("objects[0].valid", f"{tracks.valid.shape[1]} steps, need more than {CURRENT_INDEX}")
     interest = j.numbers(meta.get("objects_of_interest", []), "metadata.objects_of_interest", kind=int)
     predict = j.get(meta, "tracks_to_predict", list, "metadata") if "tracks_to_predict" in meta else []
     predict_idx = [int(j.get(p, "track_index", int, f"metadata.tracks_to_predict[{k}]")) for k, p in enumerate(predict)]

@@ -187,13 +187,14 @@ def _obb_lower_bound(points: torch.Tensor, geom: MapGeometry) -> torch.Tensor:
     return torch.sqrt(ex * ex + en * en)
 
 
-def _candidate_segments(points: torch.Tensor, geom: MapGeometry, mask: torch.Tensor,
-                        k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _candidate_segments(points: torch.Tensor, geom: MapGeometry, mask: torch.Tensor, k: int,
+                        lower_bound: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Segments of the ``k`` polylines of ``mask`` [B, P] nearest to points [B, Q, 2] (by lower bound).
 
     Returns start [B, Q, k*N, 2], vec [B, Q, k*N, 2] and valid [B, Q, k*N].
     """
-    lb = _obb_lower_bound(points, geom).masked_fill(~mask.unsqueeze(1), float("inf"))
+    lb = _obb_lower_bound(points, geom) if lower_bound is None else lower_bound
+    lb = lb.masked_fill(~mask.unsqueeze(1), float("inf"))
     k = min(k, lb.shape[-1])
     lb_k, idx = torch.topk(lb, k, dim=-1, largest=False)          # [B, Q, k]
     rows = torch.arange(idx.shape[0], device=idx.device).view(-1, 1, 1)
@@ -211,9 +212,13 @@ def point_segment_distance(points: torch.Tensor, start: torch.Tensor, vec: torch
     return (rel - t.unsqueeze(-1) * vec).norm(dim=-1)
 
 
-def lane_distance(points: torch.Tensor, geom: MapGeometry, k: int = LANE_CANDIDATES) -> torch.Tensor:
-    """[B, Q] distance from points [B, Q, 2] to the nearest vehicle-lane centreline (inf without lanes)."""
-    start, vec, valid = _candidate_segments(points, geom, geom.is_lane, k)
+def lane_distance(points: torch.Tensor, geom: MapGeometry, k: int = LANE_CANDIDATES,
+                  lower_bound: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, Q] distance from points [B, Q, 2] to the nearest vehicle-lane centreline (inf without lanes).
+
+    ``lower_bound``: a precomputed ``_obb_lower_bound(points, geom)`` to reuse.
+    """
+    start, vec, valid = _candidate_segments(points, geom, geom.is_lane, k, lower_bound)
     dist = point_segment_distance(points, start, vec).masked_fill(~valid, float("inf"))
     return dist.amin(-1)
 
@@ -244,9 +249,10 @@ def offroad(state: AgentState, size: torch.Tensor, agent_type: torch.Tensor, geo
             max_lane_distance: float = MAX_LANE_DISTANCE) -> torch.Tensor:
     """[B, A] bool: valid vehicles off the road (box touches a road edge, or centre far from every lane)."""
     length, width = size[..., 0], size[..., 1]
-    start, vec, valid = _candidate_segments(state.pos, geom, geom.is_edge, EDGE_CANDIDATES)
+    lb = _obb_lower_bound(state.pos, geom)
+    start, vec, valid = _candidate_segments(state.pos, geom, geom.is_edge, EDGE_CANDIDATES, lb)
     on_edge = box_touches_segments(state.pos, state.yaw, length, width, start, vec, valid)
-    far = (lane_distance(state.pos, geom) > max_lane_distance) & geom.has_lane.unsqueeze(-1)
+    far = (lane_distance(state.pos, geom, lower_bound=lb) > max_lane_distance) & geom.has_lane.unsqueeze(-1)
     vehicle = agent_type[..., AgentType.VEHICLE].bool()
     return (on_edge | far) & vehicle & state.valid
 
@@ -372,19 +378,30 @@ class LoggedPath:
         return LoggedPath(**{f.name: getattr(self, f.name)[rows, agent].unsqueeze(1) for f in fields(self)})
 
     def interpolate(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Position [B, A, 2] and heading [B, A] at arc length ``s`` [B, A] (clamped to the path)."""
+        """Position [B, A, (Q,) 2] and heading [B, A, (Q)] at arc lengths ``s`` [B, A] or [B, A, Q] (clamped)."""
+        single = s.ndim == self.arc.ndim - 1
+        q = s.unsqueeze(-1) if single else s
         k = self.arc.shape[-1]
-        i = torch.searchsorted(self.arc.contiguous(), s.unsqueeze(-1).contiguous(), right=True).squeeze(-1)
+        i = torch.searchsorted(self.arc.contiguous(), q.contiguous(), right=True)
         i = (i - 1).clamp(0, max(k - 2, 0))
         j = (i + 1).clamp(max=k - 1)
-        a0 = torch.gather(self.arc, -1, i.unsqueeze(-1)).squeeze(-1)
-        a1 = torch.gather(self.arc, -1, j.unsqueeze(-1)).squeeze(-1)
-        w = ((s - a0) / (a1 - a0).clamp(min=1e-6)).clamp(0.0, 1.0)
-        p0 = torch.gather(self.points, -2, i[..., None, None].expand(*i.shape, 1, 2)).squeeze(-2)
-        p1 = torch.gather(self.points, -2, j[..., None, None].expand(*j.shape, 1, 2)).squeeze(-2)
-        y0 = torch.gather(self.yaw, -1, i.unsqueeze(-1)).squeeze(-1)
-        y1 = torch.gather(self.yaw, -1, j.unsqueeze(-1)).squeeze(-1)
-        return p0 + w.unsqueeze(-1) * (p1 - p0), y0 + w * (y1 - y0)
+        a0, a1 = torch.gather(self.arc, -1, i), torch.gather(self.arc, -1, j)
+        w = ((q - a0) / (a1 - a0).clamp(min=1e-6)).clamp(0.0, 1.0)
+        p0 = torch.gather(self.points, -2, i.unsqueeze(-1).expand(*i.shape, 2))
+        p1 = torch.gather(self.points, -2, j.unsqueeze(-1).expand(*j.shape, 2))
+        y0, y1 = torch.gather(self.yaw, -1, i), torch.gather(self.yaw, -1, j)
+        pos, yaw = p0 + w.unsqueeze(-1) * (p1 - p0), y0 + w * (y1 - y0)
+        return (pos.squeeze(-2), yaw.squeeze(-1)) if single else (pos, yaw)
+
+    def window(self, s: torch.Tensor, n_points: int, spacing: float) -> "LoggedPath":
+        """The path ahead of arc length ``s`` [B, A], resampled at ``n_points`` points ``spacing`` m apart.
+
+        The window's arc length is measured from ``s``; positions beyond the path's end are clamped to it.
+        """
+        offsets = spacing * torch.arange(n_points, device=s.device, dtype=s.dtype)
+        points, yaw = self.interpolate(s.unsqueeze(-1) + offsets)
+        arc = offsets.expand(*s.shape, n_points)
+        return LoggedPath(points=points, yaw=yaw, arc=arc, length=arc[..., -1], valid=self.valid)
 
     def project(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Project points [B, A, Q, 2] onto each agent's path.
@@ -400,9 +417,9 @@ class LoggedPath:
         dist = (rel - t.unsqueeze(-1) * vec).norm(dim=-1)
         best, seg = dist.min(-1)
         t_best = torch.gather(t, -1, seg.unsqueeze(-1)).squeeze(-1)
-        arc0 = torch.gather(self.arc[..., :-1].unsqueeze(-2).expand(*seg.shape, -1), -1, seg.unsqueeze(-1)).squeeze(-1)
-        seg_len = torch.gather(seg_len2.sqrt(), -1, seg.unsqueeze(-1)).squeeze(-1)
-        return arc0 + t_best * seg_len, best, seg
+        arc0 = torch.gather(self.arc[..., :-1].unsqueeze(-2).expand(*seg.shape, -1), -1, seg.unsqueeze(-1))
+        seg_len = torch.gather(seg_len2.sqrt().expand(*seg.shape, -1), -1, seg.unsqueeze(-1))
+        return arc0.squeeze(-1) + t_best * seg_len.squeeze(-1), best, seg
 
 
 def path_progress(pos: torch.Tensor, path: LoggedPath) -> torch.Tensor:

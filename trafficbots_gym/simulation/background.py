@@ -1,0 +1,121 @@
+"""Background-agent models of the batched simulator, selected by name.
+
+* ``"log_replay"``: non-reactive; every non-ego agent follows the log and vanishes when its log ends.
+* ``"constant_velocity"``: every non-ego agent keeps the speed and heading of its last logged state
+  (step 10, or its spawn step).
+* ``"idm"``: longitudinal IDM along each agent's logged path (:mod:`trafficbots_gym.simulation.idm`).
+* ``"trafficbots"``: the learned TrafficBots policy drives every non-ego agent.
+* ``"mixed"``: agents within ``mixed_radius`` m of the ego at reset are TrafficBots-driven; the rest
+  (including agents that appear later) replay the log.
+
+A model moves the agents of its *reactive mask*; the simulator replays the log for the others.
+Every model implements ``reset(batch, ego_index, *, env_ids, generator)`` and
+``propose(state, step) -> AgentState`` (the state at ``step`` of every agent from the state at
+``step - 1``; invalid agents stay invalid).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from trafficbots_gym.data.batch import SceneBatch
+from trafficbots_gym.data.constants import STEP_CURRENT
+from trafficbots_gym.simulation.idm import IDMBackground, IDMParams
+from trafficbots_gym.simulation.state import AgentState
+
+if TYPE_CHECKING:
+    from trafficbots_gym.model.policy import TrafficBotsPolicy
+
+BACKGROUNDS: tuple[str, ...] = ("log_replay", "constant_velocity", "idm", "trafficbots", "mixed")
+"""Valid background names."""
+LEARNED_BACKGROUNDS: tuple[str, ...] = ("trafficbots", "mixed")
+
+
+class Background(Protocol):
+    """What the simulator needs from a background model."""
+
+    def reset(self, batch: SceneBatch, ego_index: torch.Tensor, *, env_ids: torch.Tensor | None = None,
+              generator: torch.Generator | None = None) -> None: ...
+
+    def propose(self, state: AgentState, step: torch.Tensor) -> AgentState: ...
+
+
+class LogReplay:
+    """No reactive agents: the simulator replays the log for every non-ego agent."""
+
+    name = "log_replay"
+
+    def reset(self, batch: SceneBatch, ego_index: torch.Tensor, *, env_ids: torch.Tensor | None = None,
+              generator: torch.Generator | None = None) -> None:
+        """Nothing to cache."""
+
+    def propose(self, state: AgentState, step: torch.Tensor) -> AgentState:
+        """Unused by the simulator (no agent is reactive); returns ``state``."""
+        return state
+
+
+class ConstantVelocity:
+    """Every agent keeps its current speed and heading (zero acceleration and yaw rate)."""
+
+    name = "constant_velocity"
+
+    def reset(self, batch: SceneBatch, ego_index: torch.Tensor, *, env_ids: torch.Tensor | None = None,
+              generator: torch.Generator | None = None) -> None:
+        """Nothing to cache: the initial state is the logged step-10 (or spawn) state."""
+
+    def propose(self, state: AgentState, step: torch.Tensor) -> AgentState:
+        zeros = torch.zeros_like(state.spd)
+        return state.step(zeros, zeros)
+
+
+class LearnedBackground:
+    """The TrafficBots policy: encodes the scenes at reset (warm start on logged steps 0..10), then
+    integrates its physical (acc, yaw rate) actions with the unicycle dynamics every step."""
+
+    name = "trafficbots"
+
+    def __init__(self, policy: "TrafficBotsPolicy", *, latent: str = "prior", destination: str = "sample",
+                 deterministic_action: bool = True) -> None:
+        self.policy = policy
+        self.latent, self.destination, self.deterministic_action = latent, destination, deterministic_action
+
+    def reset(self, batch: SceneBatch, ego_index: torch.Tensor, *, env_ids: torch.Tensor | None = None,
+              generator: torch.Generator | None = None) -> None:
+        """(Re-)encode ``batch`` (rows ``env_ids`` only, when given)."""
+        self.policy.reset(batch, env_ids=env_ids, generator=generator, latent=self.latent,
+                          destination=self.destination, deterministic_action=self.deterministic_action)
+
+    def propose(self, state: AgentState, step: torch.Tensor) -> AgentState:
+        action = self.policy.act(state, step)
+        return state.step(action[..., 0], action[..., 1])
+
+
+def make_background(name: str, policy: "TrafficBotsPolicy | None" = None, *, idm_params: IDMParams | None = None,
+                    latent: str = "prior", destination: str = "sample",
+                    deterministic_action: bool = True) -> Background:
+    """The background model called ``name`` (one of :data:`BACKGROUNDS`)."""
+    if name not in BACKGROUNDS:
+        raise ValueError(f"unknown background {name!r}; valid choices: {', '.join(BACKGROUNDS)}")
+    if name in LEARNED_BACKGROUNDS:
+        if policy is None:
+            raise ValueError(f"background {name!r} needs a TrafficBotsPolicy (policy=None given)")
+        return LearnedBackground(policy, latent=latent, destination=destination,
+                                 deterministic_action=deterministic_action)
+    if name == "idm":
+        return IDMBackground(idm_params)
+    return ConstantVelocity() if name == "constant_velocity" else LogReplay()
+
+
+def reactive_mask(name: str, batch: SceneBatch, ego_index: torch.Tensor, mixed_radius: float) -> torch.Tensor:
+    """[B, A] agents moved by the background model ``name`` (the others replay the log; the ego is never in)."""
+    n_agent = batch.agent_valid.shape[-1]
+    rows = torch.arange(ego_index.shape[0], device=ego_index.device)
+    not_ego = torch.arange(n_agent, device=ego_index.device).unsqueeze(0) != ego_index.unsqueeze(-1)
+    if name == "log_replay":
+        return torch.zeros_like(not_ego)
+    if name == "mixed":
+        pos = batch.agent_pos[:, STEP_CURRENT]
+        dist = (pos - pos[rows, ego_index].unsqueeze(1)).norm(dim=-1)
+        return not_ego & batch.agent_valid[:, STEP_CURRENT] & (dist <= mixed_radius)
+    return not_ego

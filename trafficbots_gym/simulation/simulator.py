@@ -1,0 +1,302 @@
+"""``BatchedSimulator``: B scenes stepped together on one device, one ego per scene, everything ``[B, A]``.
+
+Per step (from step t-1 to t, t = 11, 12, ...):
+
+1. the ego moves with its physical action (acc, yaw rate), clipped to its type's limits, through the
+   midpoint unicycle (the same dynamics as every simulated agent);
+2. the background model moves its reactive agents (:mod:`trafficbots_gym.simulation.background`);
+   the other non-ego agents take their logged state of step t (and vanish once their log ends,
+   in particular for t > 90);
+3. reactive agents that first appear in the log at step t are spawned at their logged state;
+   reactive agents outside the map rectangle while not in the log are removed (reference ``kill``);
+4. collisions, off-road, red-light crossings (lights of step min(t, 90)), map exits and the ego's
+   progress along its logged path, distance to its goal and destination flag are computed on device.
+
+``step`` makes no host synchronisation and has no Python loop over scenes or agents.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, TypeVar
+
+import torch
+
+from trafficbots_gym.data.batch import SceneBatch
+from trafficbots_gym.data.constants import DT, STEP_CURRENT
+from trafficbots_gym.simulation import metrics
+from trafficbots_gym.simulation.background import BACKGROUNDS, make_background, reactive_mask
+from trafficbots_gym.simulation.dynamics import action_limits, unicycle_step
+from trafficbots_gym.simulation.idm import IDMParams
+from trafficbots_gym.simulation.metrics import LoggedPath, MapGeometry
+from trafficbots_gym.simulation.state import AgentState
+
+if TYPE_CHECKING:
+    from trafficbots_gym.model.policy import TrafficBotsPolicy
+
+_D = TypeVar("_D")
+
+
+@dataclass
+class StepOutput:
+    """Everything the simulator reports after one step (all tensors on the simulator's device)."""
+
+    state: AgentState               # state of every agent at ``step``
+    step: torch.Tensor              # [B] long, the step just entered
+    collided: torch.Tensor          # [B, A] bool
+    offroad: torch.Tensor           # [B, A] bool (vehicles)
+    red_light: torch.Tensor         # [B, A] bool (vehicles crossing a STOP stop point)
+    outside_map: torch.Tensor       # [B, A] bool
+    ego_collided: torch.Tensor      # [B] bool
+    ego_offroad: torch.Tensor       # [B] bool
+    ego_red_light: torch.Tensor     # [B] bool
+    ego_outside_map: torch.Tensor   # [B] bool
+    ego_progress: torch.Tensor      # [B] m along the ego's logged path (from step 10)
+    ego_path_length: torch.Tensor   # [B] m, length of the ego's logged path from step 10
+    ego_dist_to_goal: torch.Tensor  # [B] m to the ego's goal (its last logged position)
+    ego_dest_reached: torch.Tensor  # [B] bool (false where the destination is unknown)
+    ego_log_distance: torch.Tensor  # [B] m from the ego to its logged position at ``step`` (0 if no log)
+    ego_log_valid: torch.Tensor     # [B] bool, the ego's log exists at ``step``
+
+
+class BatchedSimulator:
+    """Closed-loop simulation of B scenes with one externally controlled ego per scene.
+
+    ``background``: one of :data:`~trafficbots_gym.simulation.background.BACKGROUNDS`;
+    ``policy``: a :class:`~trafficbots_gym.model.policy.TrafficBotsPolicy`, needed for "trafficbots"
+    and "mixed"; ``mixed_radius``: m around the ego at reset within which "mixed" agents are reactive.
+    """
+
+    def __init__(self, *, background: str, policy: "TrafficBotsPolicy | None" = None,
+                 device: torch.device | str = "cpu", mixed_radius: float = 30.0,
+                 idm_params: IDMParams | None = None, latent: str = "prior", destination: str = "sample",
+                 deterministic_action: bool = True) -> None:
+        if background not in BACKGROUNDS:
+            raise ValueError(f"unknown background {background!r}; valid choices: {', '.join(BACKGROUNDS)}")
+        if mixed_radius <= 0:
+            raise ValueError(f"mixed_radius must be positive, got {mixed_radius}")
+        self.background_name = background
+        self.device = torch.device(device)
+        self.mixed_radius = float(mixed_radius)
+        self._background = make_background(background, policy, idm_params=idm_params, latent=latent,
+                                           destination=destination, deterministic_action=deterministic_action)
+        self._batch: SceneBatch | None = None
+        self._state: AgentState | None = None
+        self._step: torch.Tensor | None = None
+        self._ego: torch.Tensor | None = None
+        self._reactive: torch.Tensor | None = None
+        self._geometry: MapGeometry | None = None
+        self._ego_path: LoggedPath | None = None
+
+    # ------------------------------------------------------------------------------------------------
+    # properties
+    # ------------------------------------------------------------------------------------------------
+
+    @property
+    def batch(self) -> SceneBatch:
+        """The current scenes."""
+        return _require(self._batch)
+
+    @property
+    def state(self) -> AgentState:
+        """The current state of every agent."""
+        return _require(self._state)
+
+    @property
+    def step_index(self) -> torch.Tensor:
+        """[B] long, the current step of each scene (10 right after reset)."""
+        return _require(self._step)
+
+    @property
+    def ego_index(self) -> torch.Tensor:
+        """[B] long, the ego's agent slot in each scene."""
+        return _require(self._ego)
+
+    @property
+    def reactive(self) -> torch.Tensor:
+        """[B, A] bool, agents moved by the background model (the other non-ego agents replay the log)."""
+        return _require(self._reactive)
+
+    @property
+    def geometry(self) -> MapGeometry:
+        """Static per-scene map geometry used by the metrics."""
+        return _require(self._geometry)
+
+    @property
+    def ego_mask(self) -> torch.Tensor:
+        """[B, A] bool one-hot of the ego slot."""
+        n = self.batch.agent_valid.shape[-1]
+        return torch.arange(n, device=self.device).unsqueeze(0) == self.ego_index.unsqueeze(-1)
+
+    # ------------------------------------------------------------------------------------------------
+    # reset / step
+    # ------------------------------------------------------------------------------------------------
+
+    def reset(self, batch: SceneBatch, ego_index: torch.Tensor, *, env_ids: torch.Tensor | None = None,
+              generator: torch.Generator | None = None) -> None:
+        """Start the scenes of ``batch`` at step 10 with ego slots ``ego_index``.
+
+        Without ``env_ids`` the whole simulator is replaced. With ``env_ids`` [R] only those rows are
+        replaced and the other rows continue untouched; ``batch`` then holds either the R new scenes
+        (row i goes to ``env_ids[i]``, ``ego_index`` [R]) or a full batch of B scenes whose rows
+        ``env_ids`` are taken (``ego_index`` [B] or [R]).
+        """
+        batch = batch.to(self.device)
+        ego_index = torch.as_tensor(ego_index, dtype=torch.long, device=self.device).reshape(-1)
+        if env_ids is None:
+            self._check_new_rows(batch, ego_index)
+            self._batch, self._ego = batch, ego_index
+            self._geometry = MapGeometry.from_batch(batch)
+            self._ego_path = LoggedPath.from_batch(batch).select_agent(ego_index)
+            self._state = AgentState.from_log(batch, STEP_CURRENT).masked()
+            self._step = torch.full((batch.batch_size,), STEP_CURRENT, dtype=torch.long, device=self.device)
+            self._reactive = reactive_mask(self.background_name, batch, ego_index, self.mixed_radius)
+        else:
+            env_ids = torch.as_tensor(env_ids, dtype=torch.long, device=self.device).reshape(-1)
+            batch, ego_index = self._new_rows(batch, ego_index, env_ids)
+            self._check_new_rows(batch, ego_index)
+            self._batch = replace_rows(self.batch, env_ids, batch)
+            self._ego = self.ego_index.index_copy(0, env_ids, ego_index)
+            self._geometry = replace_rows(self.geometry, env_ids, MapGeometry.from_batch(batch))
+            self._ego_path = replace_rows(_require(self._ego_path), env_ids,
+                                          LoggedPath.from_batch(batch).select_agent(ego_index))
+            self._state = replace_rows(self.state, env_ids, AgentState.from_log(batch, STEP_CURRENT).masked())
+            self._step = self.step_index.index_fill(0, env_ids, STEP_CURRENT)
+            self._reactive = self.reactive.index_copy(
+                0, env_ids, reactive_mask(self.background_name, batch, ego_index, self.mixed_radius))
+        self._background.reset(self.batch, self.ego_index, env_ids=env_ids, generator=generator)
+
+    def step(self, ego_action: torch.Tensor) -> StepOutput:
+        """Advance every scene by one step with the ego's physical action [B, 2] (acc m/s^2, yaw rate rad/s)."""
+        batch, prev = self.batch, self.state
+        t = self.step_index + 1
+        ego = self.ego_mask
+        log_next = self.log_state(t)
+        log_prev_valid = self.log_state(t - 1).valid
+        moved = self._background.propose(prev, t)
+        nxt = moved.where(~self.reactive, log_next)
+        spawn = self.reactive & log_next.valid & ~log_prev_valid
+        nxt = nxt.where(spawn, log_next)
+        gone = self.reactive & ~log_next.valid & metrics.outside_map(nxt, batch.map_boundary)
+        nxt = AgentState(**{**_as_dict(nxt), "valid": nxt.valid & ~gone}).masked()
+        nxt = nxt.where(ego, self._ego_next(prev, ego_action))
+        self._state, self._step = nxt, t
+        return self._report(prev, nxt, t, log_next)
+
+    # ------------------------------------------------------------------------------------------------
+    # helpers
+    # ------------------------------------------------------------------------------------------------
+
+    def log_state(self, step: torch.Tensor | int) -> AgentState:
+        """The logged state of every agent at ``step`` (int or [B] long); invalid beyond the log's end."""
+        batch = self.batch
+        steps = torch.as_tensor(step, dtype=torch.long, device=self.device).expand(batch.batch_size)
+        in_log = (steps >= 0) & (steps < batch.num_steps)
+        t = steps.clamp(0, batch.num_steps - 1)
+        rows = torch.arange(batch.batch_size, device=self.device)
+        state = AgentState(valid=batch.agent_valid[rows, t] & in_log.unsqueeze(-1), pos=batch.agent_pos[rows, t],
+                           yaw=batch.agent_yaw[rows, t], spd=batch.agent_spd[rows, t], vel=batch.agent_vel[rows, t],
+                           acc=batch.agent_acc[rows, t], yaw_rate=batch.agent_yaw_rate[rows, t])
+        return state.masked()
+
+    def traffic_lights(self, step: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(valid [B, S], state [B, S, 5], pos, dir [B, S, 2]) of ``step`` [B]; the last logged step holds after."""
+        batch = self.batch
+        t = step.clamp(0, batch.num_steps - 1)
+        rows = torch.arange(batch.batch_size, device=self.device)
+        return batch.tl_valid[rows, t], batch.tl_state[rows, t], batch.tl_pos[rows, t], batch.tl_dir[rows, t]
+
+    def _ego_next(self, prev: AgentState, ego_action: torch.Tensor) -> AgentState:
+        """The ego moved by its clipped physical action, broadcast over [B, A] (only the ego slot is used)."""
+        batch = self.batch
+        rows = torch.arange(batch.batch_size, device=self.device)
+        action = ego_action.to(self.device, prev.pos.dtype).reshape(batch.batch_size, 2)
+        limit = action_limits(batch.agent_type[rows, self.ego_index]).to(action.dtype)
+        action = torch.maximum(torch.minimum(action, limit), -limit)
+        e = self.ego_index
+        pos, yaw, spd, vel = unicycle_step(prev.pos[rows, e], prev.yaw[rows, e], prev.spd[rows, e],
+                                           action[:, 0], action[:, 1], DT)
+        return AgentState(valid=torch.ones_like(prev.valid), pos=pos.unsqueeze(1).expand_as(prev.pos),
+                          yaw=yaw.unsqueeze(1).expand_as(prev.yaw), spd=spd.unsqueeze(1).expand_as(prev.spd),
+                          vel=vel.unsqueeze(1).expand_as(prev.vel), acc=action[:, :1].expand_as(prev.acc),
+                          yaw_rate=action[:, 1:].expand_as(prev.yaw_rate))
+
+    def _report(self, prev: AgentState, state: AgentState, t: torch.Tensor, log: AgentState) -> StepOutput:
+        batch, geom = self.batch, self.geometry
+        rows = torch.arange(batch.batch_size, device=self.device)
+        e = self.ego_index
+        tl_valid, tl_state, tl_pos, tl_dir = self.traffic_lights(t)
+        collided = metrics.collisions(state, batch.agent_size, batch.agent_type)
+        off = metrics.offroad(state, batch.agent_size, batch.agent_type, geom)
+        red = metrics.red_light_violation(prev, state, tl_valid, tl_state, tl_pos, batch.agent_type, tl_dir=tl_dir)
+        out = metrics.outside_map(state, batch.map_boundary)
+        ego_pos = state.pos[rows, e]
+        ego_path = _require(self._ego_path)
+        progress = metrics.path_progress(ego_pos.unsqueeze(1), ego_path).squeeze(1)
+        ego_state = _select_agent(state, e)
+        dest = batch.agent_dest[rows, e].unsqueeze(1)
+        dest_ok = metrics.destination_reached(ego_state, dest, geom, batch.map_type).squeeze(1) & batch.agent_dest_known
+        log_valid = log.valid[rows, e]
+        log_dist = torch.where(log_valid, (ego_pos - log.pos[rows, e]).norm(dim=-1), torch.zeros_like(progress))
+        return StepOutput(state=state, step=t, collided=collided, offroad=off, red_light=red, outside_map=out,
+                          ego_collided=collided[rows, e], ego_offroad=off[rows, e], ego_red_light=red[rows, e],
+                          ego_outside_map=out[rows, e], ego_progress=progress,
+                          ego_path_length=ego_path.length.squeeze(1),
+                          ego_dist_to_goal=(ego_pos - batch.agent_goal[rows, e, :2]).norm(dim=-1),
+                          ego_dest_reached=dest_ok, ego_log_distance=log_dist, ego_log_valid=log_valid)
+
+    def _new_rows(self, batch: SceneBatch, ego_index: torch.Tensor,
+                  env_ids: torch.Tensor) -> tuple[SceneBatch, torch.Tensor]:
+        """The sub-batch and ego slots of the rows ``env_ids`` (see :meth:`reset`)."""
+        current = self.batch
+        if batch.num_steps != current.num_steps:
+            raise ValueError(f"new scenes have {batch.num_steps} steps, the running ones {current.num_steps}")
+        r = env_ids.shape[0]
+        if batch.batch_size != r:
+            if batch.batch_size != current.batch_size:
+                raise ValueError(f"reset with {r} env_ids needs {r} or {current.batch_size} scenes, "
+                                 f"got {batch.batch_size}")
+            batch = batch.index(env_ids)
+            if ego_index.shape[0] == current.batch_size:
+                ego_index = ego_index[env_ids]
+        if ego_index.shape[0] != r:
+            raise ValueError(f"ego_index has {ego_index.shape[0]} entries for {r} reset rows")
+        return batch, ego_index
+
+    @staticmethod
+    def _check_new_rows(batch: SceneBatch, ego_index: torch.Tensor) -> None:
+        """Reset-time checks (host sync allowed here): shapes, ego slots in range and valid at step 10."""
+        if ego_index.shape[0] != batch.batch_size:
+            raise ValueError(f"ego_index has {ego_index.shape[0]} entries for {batch.batch_size} scenes")
+        n_agent = batch.agent_valid.shape[-1]
+        if batch.num_steps <= STEP_CURRENT:
+            raise ValueError(f"scenes need more than {STEP_CURRENT} steps, got {batch.num_steps}")
+        bad = (ego_index < 0) | (ego_index >= n_agent)
+        if bool(bad.any()):
+            raise ValueError(f"ego_index {ego_index[bad].tolist()} outside [0, {n_agent})")
+        rows = torch.arange(batch.batch_size, device=ego_index.device)
+        invalid = ~batch.agent_valid[rows, STEP_CURRENT, ego_index]
+        if bool(invalid.any()):
+            raise ValueError(f"ego agents of scene rows {rows[invalid].tolist()} (slots "
+                             f"{ego_index[invalid].tolist()}) are not valid at step {STEP_CURRENT}")
+
+
+def replace_rows(old: _D, rows: torch.Tensor, new: _D) -> _D:
+    """A copy of dataclass-of-tensors ``old`` whose batch rows ``rows`` come from ``new``."""
+    return type(old)(**{f.name: getattr(old, f.name).index_copy(0, rows, getattr(new, f.name))
+                        for f in fields(old)})  # type: ignore[arg-type]
+
+
+def _select_agent(state: AgentState, agent: torch.Tensor) -> AgentState:
+    """One agent per scene as a [B, 1] state."""
+    rows = torch.arange(agent.shape[0], device=agent.device)
+    return AgentState(**{k: v[rows, agent].unsqueeze(1) for k, v in _as_dict(state).items()})
+
+
+def _as_dict(state: AgentState) -> dict[str, torch.Tensor]:
+    return {f.name: getattr(state, f.name) for f in fields(state)}
+
+
+def _require(value: _D | None) -> _D:
+    if value is None:
+        raise RuntimeError("BatchedSimulator.reset must be called first")
+    return value

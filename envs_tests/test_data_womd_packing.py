@@ -99,6 +99,19 @@ def test_map_polylines_keep_every_second_proto_point(proto: Scenario, raw: RawSc
             assert by_id[mf.id].is_polygon and len(by_id[mf.id].points) == len(getattr(mf, kind).polygon)
 
 
+def test_map_point_without_a_coordinate_is_read_point_by_point(proto: Scenario, raw: RawScenario) -> None:
+    def edit(m: Scenario) -> None:
+        lane = next(f for f in m.map_features if f.WhichOneof("feature_data") == "lane")
+        lane.lane.polyline[0].ClearField("z")  # the coordinate columns no longer line up
+    changed = scenario_from_bytes(_modified(proto, edit), FIXTURE, 0)
+    first_lane = next(i for i, f in enumerate(proto.map_features) if f.WhichOneof("feature_data") == "lane")
+    k = [pl.feature_id for pl in raw.polylines].index(proto.map_features[first_lane].id)
+    assert changed.polylines[k].points[0, 2] == 0.0  # an unset field reads as 0, like protobuf does
+    np.testing.assert_array_equal(changed.polylines[k].points[1:], raw.polylines[k].points[1:])
+    assert all(np.array_equal(a.points, b.points) for i, (a, b) in enumerate(zip(changed.polylines, raw.polylines))
+               if i != k)
+
+
 def test_lanes_listed_by_stop_signs_are_relabelled_and_lane_graph_is_kept(proto: Scenario, raw: RawScenario) -> None:
     stop_lanes = {lane for mf in proto.map_features if mf.WhichOneof("feature_data") == "stop_sign"
                   for lane in mf.stop_sign.lane}

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from operator import attrgetter
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from trafficbots_gym.data.errors import RecordError, ScenarioParseError
 from trafficbots_gym.data.importing import ImportReport
 from trafficbots_gym.data.raw import RawPolyline, RawScenario, RawTracks, RawTrafficLights
 from trafficbots_gym.data.tfrecord import TFRecordError, iter_records
-from trafficbots_gym.data.womd_proto import Scenario
+from trafficbots_gym.data.womd_proto import Scenario, ScenarioColumns
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +70,46 @@ def iter_scenarios(path: str | os.PathLike) -> Iterator[RawScenario | RecordErro
             yield RecordError(e)
 
 
+class _MisalignedPoints(Exception):
+    """A map point lacks x, y or z, so the columnar reading cannot pair the coordinates."""
+
+
+def _xyz_of_columns(columns) -> np.ndarray:
+    if not len(columns.x) == len(columns.y) == len(columns.z):
+        raise _MisalignedPoints
+    return np.array([columns.x, columns.y, columns.z], np.float64).T.reshape(-1, 3)
+
+
+def _xyz_of_messages(points) -> np.ndarray:
+    return np.asarray(list(map(_XYZ, points)), np.float64).reshape(-1, 3)
+
+
 def scenario_from_bytes(data: bytes, path: str | os.PathLike = "<bytes>", record: int | None = None) -> RawScenario:
-    """Parse one serialized ``Scenario`` and convert it; errors name ``path`` and ``record``."""
-    proto = Scenario()
+    """Parse one serialized ``Scenario`` and convert it; errors name ``path`` and ``record``.
+
+    Map points are read column-wise (``ScenarioColumns``); a record with a point that lacks a
+    coordinate is re-read point by point with the exact schema.
+    """
+    proto = ScenarioColumns()
     try:
         proto.ParseFromString(data)
     except DecodeError as e:
         raise ScenarioParseError(str(path), record, None, f"not a Scenario proto ({e})") from e
-    return scenario_from_proto(proto, path, record)
+    try:
+        return _convert(proto, _xyz_of_columns, str(path), record)
+    except _MisalignedPoints:
+        exact = Scenario()
+        exact.ParseFromString(data)  # the same bytes just parsed, with the exact schema
+        return _convert(exact, _xyz_of_messages, str(path), record)
 
 
 def scenario_from_proto(proto: Scenario, path: str | os.PathLike = "<proto>",
                         record: int | None = None) -> RawScenario:
-    """Convert a parsed ``Scenario`` message to a :class:`RawScenario` (world frame)."""
-    path = str(path)
+    """Convert a parsed ``Scenario`` message (exact schema) to a :class:`RawScenario` (world frame)."""
+    return _convert(proto, _xyz_of_messages, str(path), record)
+
+
+def _convert(proto, xyz: Callable[[object], np.ndarray], path: str, record: int | None) -> RawScenario:
     report = ImportReport()
     tracks, kept = _tracks(proto, path, record, report)
     n_step = tracks.valid.shape[1]
@@ -101,7 +127,7 @@ def scenario_from_proto(proto: Scenario, path: str | os.PathLike = "<proto>",
             predict.append(new_index[req.track_index])
     index_of_id = {int(oid): i for i, oid in enumerate(tracks.object_id)}
     interest = [index_of_id[oid] for oid in proto.objects_of_interest if oid in index_of_id]
-    polylines, lane_exits = _map(proto, path, record, report)
+    polylines, lane_exits = _map(proto, xyz, path, record, report)
     current = int(proto.current_time_index) if proto.HasField("current_time_index") else 10
     if not 0 <= current < n_step:
         raise ScenarioParseError(path, record, "current_time_index", f"value {current} outside [0, {n_step})")
@@ -149,14 +175,13 @@ def _tracks(proto: Scenario, path: str, record: int | None, report: ImportReport
     return tracks, kept
 
 
-def _points(points, path: str, record: int | None, field: str, step: int = 1) -> np.ndarray:
-    xyz = np.asarray(list(map(_XYZ, points[::step])), np.float64).reshape(-1, 3)
-    if not np.isfinite(xyz).all():
+def _finite(points: np.ndarray, path: str, record: int | None, field: str) -> np.ndarray:
+    if not np.isfinite(points).all():
         raise ScenarioParseError(path, record, field, "non-finite point coordinates")
-    return xyz
+    return points
 
 
-def _map(proto: Scenario, path: str, record: int | None,
+def _map(proto: Scenario, xyz: Callable[[object], np.ndarray], path: str, record: int | None,
          report: ImportReport) -> tuple[list[RawPolyline], dict[int, list[int]]]:
     polylines: list[RawPolyline] = []
     lane_exits: dict[int, list[int]] = {}
@@ -172,7 +197,7 @@ def _map(proto: Scenario, path: str, record: int | None,
             stop_sign_lanes.update(int(lane) for lane in feature.lane)
             continue
         if kind in POLYGON_TYPES:
-            points = _points(feature.polygon, path, record, f"{field}.polygon")
+            points = _finite(xyz(feature.polygon), path, record, f"{field}.polygon")
             if len(points):
                 polylines.append(RawPolyline(int(mf.id), int(POLYGON_TYPES[kind]), points, is_polygon=True))
             continue
@@ -188,7 +213,7 @@ def _map(proto: Scenario, path: str, record: int | None,
                 report.skipped_features[skip] += 1
                 continue
             raise ScenarioParseError(path, record, f"{field}.type", f"unknown {kind} type {feature.type}")
-        points = _points(feature.polyline, path, record, f"{field}.polyline", step=2)
+        points = _finite(xyz(feature.polyline)[::2], path, record, f"{field}.polyline")
         if len(points):
             polylines.append(RawPolyline(int(mf.id), int(table[feature.type]), points))
     for pl in polylines:

@@ -10,8 +10,14 @@ Enum-typed fields (object type, lane type, signal state, ...) are declared as ``
 encoding is identical, but an out-of-range value stays visible as its number instead of being
 moved to the unknown fields and read back as the default, so the converter can report it.
 
-The classes live in a private descriptor pool, so they never clash with a real Waymo package
+The classes live in private descriptor pools, so they never clash with a real Waymo package
 imported in the same process.
+
+``ScenarioColumns`` is a second, wire-compatible reading of the same bytes for speed: every map
+polyline / polygon (``repeated MapPoint``) is declared as one ``PointColumns`` message with
+``repeated double x, y, z``. Protobuf merges repeated occurrences of a singular message field, so
+parsing concatenates the points into three columns that convert to numpy in one call. The columns
+line up only if every point sets all three coordinates; readers must check the lengths.
 """
 from __future__ import annotations
 
@@ -60,8 +66,12 @@ _ONEOFS = {"MapFeature": ("feature_data", {"lane", "road_line", "road_edge", "st
                                            "speed_bump", "driveway"})}
 
 
-def file_descriptor() -> descriptor_pb2.FileDescriptorProto:
-    """The ``FileDescriptorProto`` of the schema subset above."""
+_POINT_FIELDS = {"LaneCenter": "polyline", "RoadLine": "polyline", "RoadEdge": "polyline", "Crosswalk": "polygon",
+                 "SpeedBump": "polygon", "Driveway": "polygon"}
+
+
+def file_descriptor(columnar_points: bool = False) -> descriptor_pb2.FileDescriptorProto:
+    """The ``FileDescriptorProto`` of the schema subset above (``columnar_points``: see module doc)."""
     fdp = descriptor_pb2.FileDescriptorProto(name="trafficbots_womd_scenario.proto", package=PACKAGE,
                                              syntax="proto2")
     for msg_name, fields in _SCHEMA.items():
@@ -79,15 +89,27 @@ def file_descriptor() -> descriptor_pb2.FileDescriptorProto:
                 field.type_name = f".{PACKAGE}.{type_name}"
             if name in oneof_members:
                 field.oneof_index = 0
+            if columnar_points and _POINT_FIELDS.get(msg_name) == name:
+                field.label = _F.LABEL_OPTIONAL
+                field.type_name = f".{PACKAGE}.PointColumns"
+    if columnar_points:
+        columns = fdp.message_type.add(name="PointColumns")
+        for number, name in enumerate("xyz", start=1):
+            columns.field.add(name=name, number=number, label=_F.LABEL_REPEATED, type=_F.TYPE_DOUBLE)
     return fdp
 
 
-_POOL = descriptor_pool.DescriptorPool()
-_POOL.Add(file_descriptor())
+def _pool(columnar_points: bool) -> descriptor_pool.DescriptorPool:
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file_descriptor(columnar_points))
+    return pool
 
 
-def _message_class(name: str) -> type:
-    return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(f"{PACKAGE}.{name}"))
+_POOL, _COLUMNS_POOL = _pool(False), _pool(True)
+
+
+def _message_class(name: str, pool: descriptor_pool.DescriptorPool = _POOL) -> type:
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{PACKAGE}.{name}"))
 
 
 Scenario = _message_class("Scenario")
@@ -98,6 +120,7 @@ MapPoint = _message_class("MapPoint")
 DynamicMapState = _message_class("DynamicMapState")
 TrafficSignalLaneState = _message_class("TrafficSignalLaneState")
 RequiredPrediction = _message_class("RequiredPrediction")
+ScenarioColumns = _message_class("Scenario", _COLUMNS_POOL)
 
 __all__ = ["Scenario", "Track", "ObjectState", "MapFeature", "MapPoint", "DynamicMapState",
-           "TrafficSignalLaneState", "RequiredPrediction", "file_descriptor"]
+           "TrafficSignalLaneState", "RequiredPrediction", "ScenarioColumns", "file_descriptor"]

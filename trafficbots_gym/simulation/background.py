@@ -76,15 +76,18 @@ class LearnedBackground:
     name = "trafficbots"
 
     def __init__(self, policy: "TrafficBotsPolicy", *, latent: str = "prior", destination: str = "sample",
-                 deterministic_action: bool = True) -> None:
+                 deterministic_action: bool = True, deterministic_latent: bool = False) -> None:
         self.policy = policy
-        self.latent, self.destination, self.deterministic_action = latent, destination, deterministic_action
+        self.latent, self.destination = latent, destination
+        self.deterministic_action, self.deterministic_latent = deterministic_action, deterministic_latent
 
     def reset(self, batch: SceneBatch, ego_index: torch.Tensor, *, env_ids: torch.Tensor | None = None,
               generator: torch.Generator | None = None) -> None:
-        """(Re-)encode ``batch`` (rows ``env_ids`` only, when given)."""
-        self.policy.reset(batch, env_ids=env_ids, generator=generator, latent=self.latent,
-                          destination=self.destination, deterministic_action=self.deterministic_action)
+        """(Re-)encode ``batch`` (only its rows ``env_ids``, when given) and warm-start on steps 0..10."""
+        scenes = batch if env_ids is None else batch.index(env_ids)
+        self.policy.reset(scenes, env_ids=env_ids, generator=generator, latent=self.latent,  # type: ignore[arg-type]
+                          destination=self.destination, deterministic_action=self.deterministic_action,  # type: ignore[arg-type]
+                          deterministic_latent=self.deterministic_latent)
 
     def propose(self, state: AgentState, step: torch.Tensor) -> AgentState:
         action = self.policy.act(state, step)
@@ -92,16 +95,17 @@ class LearnedBackground:
 
 
 def make_background(name: str, policy: "TrafficBotsPolicy | None" = None, *, idm_params: IDMParams | None = None,
-                    latent: str = "prior", destination: str = "sample",
-                    deterministic_action: bool = True) -> Background:
-    """The background model called ``name`` (one of :data:`BACKGROUNDS`)."""
+                    latent: str = "prior", destination: str = "sample", deterministic_action: bool = True,
+                    deterministic_latent: bool = False) -> Background:
+    """The background model called ``name`` (one of :data:`BACKGROUNDS`); ``latent``, ``destination`` and
+    the ``deterministic_*`` flags configure the policy's reset (see ``TrafficBotsPolicy.reset``)."""
     if name not in BACKGROUNDS:
         raise ValueError(f"unknown background {name!r}; valid choices: {', '.join(BACKGROUNDS)}")
     if name in LEARNED_BACKGROUNDS:
         if policy is None:
             raise ValueError(f"background {name!r} needs a TrafficBotsPolicy (policy=None given)")
         return LearnedBackground(policy, latent=latent, destination=destination,
-                                 deterministic_action=deterministic_action)
+                                 deterministic_action=deterministic_action, deterministic_latent=deterministic_latent)
     if name == "idm":
         return IDMBackground(idm_params)
     return ConstantVelocity() if name == "constant_velocity" else LogReplay()

@@ -63,13 +63,15 @@ class BatchedSimulator:
 
     ``background``: one of :data:`~trafficbots_gym.simulation.background.BACKGROUNDS`;
     ``policy``: a :class:`~trafficbots_gym.model.policy.TrafficBotsPolicy`, needed for "trafficbots"
-    and "mixed"; ``mixed_radius``: m around the ego at reset within which "mixed" agents are reactive.
+    and "mixed"; ``mixed_radius``: m around the ego at reset within which "mixed" agents are reactive;
+    ``idm_params``: IDM constants; ``latent``, ``destination``, ``deterministic_action`` and
+    ``deterministic_latent``: how the policy draws its latents, destinations and actions at reset.
     """
 
     def __init__(self, *, background: str, policy: "TrafficBotsPolicy | None" = None,
                  device: torch.device | str = "cpu", mixed_radius: float = 30.0,
                  idm_params: IDMParams | None = None, latent: str = "prior", destination: str = "sample",
-                 deterministic_action: bool = True) -> None:
+                 deterministic_action: bool = True, deterministic_latent: bool = False) -> None:
         if background not in BACKGROUNDS:
             raise ValueError(f"unknown background {background!r}; valid choices: {', '.join(BACKGROUNDS)}")
         if mixed_radius <= 0:
@@ -78,7 +80,8 @@ class BatchedSimulator:
         self.device = torch.device(device)
         self.mixed_radius = float(mixed_radius)
         self._background = make_background(background, policy, idm_params=idm_params, latent=latent,
-                                           destination=destination, deterministic_action=deterministic_action)
+                                           destination=destination, deterministic_action=deterministic_action,
+                                           deterministic_latent=deterministic_latent)
         self._batch: SceneBatch | None = None
         self._state: AgentState | None = None
         self._step: torch.Tensor | None = None

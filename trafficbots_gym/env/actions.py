@@ -52,7 +52,7 @@ class ActionMapper:
             if a.shape != (num_envs,) or ((a < 0) | (a >= len(self.grid))).any():
                 raise ValueError(f"expected {num_envs} discrete actions in [0, {len(self.grid)}), got {actions!r}")
             return self.grid[a]
-        a = a.to(torch.float32).reshape(num_envs, -1) if a.numel() == 2 * num_envs else a
+        a = a.to(torch.float32)
         if a.shape != (num_envs, 2):
             raise ValueError(f"expected continuous actions of shape ({num_envs}, 2), got shape {tuple(a.shape)}")
         if not torch.isfinite(a).all():

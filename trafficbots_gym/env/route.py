@@ -44,9 +44,9 @@ class Route:
         """[B] logged route length (m)."""
         return self.path.length[:, 0]
 
-    def locate(self, pos: torch.Tensor) -> RoutePosition:
-        """Project ego positions ``pos`` [B, 2] onto the route."""
-        s = self.path.project(pos[:, None, None, :])[0][:, :, 0]              # [B, 1]
+    def locate(self, pos: torch.Tensor, s: torch.Tensor | None = None) -> RoutePosition:
+        """Project ego positions ``pos`` [B, 2] onto the route (``s`` [B]: their known arc lengths)."""
+        s = self.path.project(pos[:, None, None, :])[0][:, :, 0] if s is None else s.unsqueeze(1)  # [B, 1]
         foot, yaw = self.path.interpolate(s)
         offset = pos - foot[:, 0]
         yaw = yaw[:, 0]

@@ -1,0 +1,312 @@
+"""``EpisodeBatch``: the episodes of B envs run in one ``BatchedSimulator`` -- the shared engine of the
+single env (B = 1), the vector env and the SB3 adapter, so all three give identical trajectories.
+
+It owns scene choice and loading (per-row ``np_random``, prefetch of each row's next random scene),
+ego choice, action mapping, observations, reward terms, termination/truncation, per-step metrics and
+the episode summary. Everything stays in torch on the simulation device; conversion to numpy happens at
+the env boundary.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+
+from trafficbots_gym.data.batch import SceneBatch, collate_arrays
+from trafficbots_gym.data.constants import DT, STEP_CURRENT, AgentRole
+from trafficbots_gym.env.actions import ActionMapper
+from trafficbots_gym.env.config import EnvConfig, ego_spec, resolve_device
+from trafficbots_gym.env.observation import EgoView, ObservationBuilder
+from trafficbots_gym.env.reward import StepEvents, terminated, total_reward, weighted_terms
+from trafficbots_gym.env.route import Route, RoutePosition
+from trafficbots_gym.env.scenes import SceneArrays, SceneLoader, SceneSource
+from trafficbots_gym.simulation.background import LEARNED_BACKGROUNDS
+from trafficbots_gym.simulation.simulator import BatchedSimulator, StepOutput
+
+STEP_INFO_KEYS: tuple[str, ...] = ("step", "speed", "acc", "yaw_rate", "jerk", "progress", "route_completion",
+                                   "lateral_offset", "dist_to_goal", "log_deviation", "collided", "offroad",
+                                   "red_light", "outside_map", "goal_reached", "dest_reached")
+"""Per-step metric keys of ``info`` (docs/env.md gives units)."""
+EPISODE_KEYS: tuple[str, ...] = ("r", "l", "t", "goal_reached", "collided", "offroad", "red_light_violations",
+                                 "progress", "route_completion", "ade", "max_jerk")
+"""Keys of ``info["episode"]`` at the end of an episode (r, l, t as SB3 / Gymnasium episode statistics)."""
+
+
+@dataclass
+class EpisodeStats:
+    """Per-row accumulators of the running episodes, [B] each."""
+
+    elapsed: torch.Tensor        # long: controlled steps taken
+    route_s: torch.Tensor        # m along the route
+    prev_acc: torch.Tensor       # m/s^2, ego acceleration of the previous step
+    goal_active: torch.Tensor    # bool: the ego started farther than goal_radius from its goal
+    goal_reached: torch.Tensor   # bool, ever
+    collided: torch.Tensor       # bool, ever
+    offroad: torch.Tensor        # bool, ever
+    red_lights: torch.Tensor     # long, crossings
+    log_dev_sum: torch.Tensor    # m
+    log_dev_count: torch.Tensor  # long
+    max_jerk: torch.Tensor       # m/s^3
+    ret: torch.Tensor            # episode return
+
+    @staticmethod
+    def start(prev_acc: torch.Tensor, goal_active: torch.Tensor) -> "EpisodeStats":
+        zeros_f, zeros_l = torch.zeros_like(prev_acc), torch.zeros_like(prev_acc, dtype=torch.long)
+        zeros_b = torch.zeros_like(prev_acc, dtype=torch.bool)
+        return EpisodeStats(elapsed=zeros_l, route_s=zeros_f.clone(), prev_acc=prev_acc.clone(),
+                            goal_active=goal_active.clone(), goal_reached=zeros_b, collided=zeros_b.clone(), offroad=zeros_b.clone(),
+                            red_lights=zeros_l.clone(), log_dev_sum=zeros_f.clone(), log_dev_count=zeros_l.clone(),
+                            max_jerk=zeros_f.clone(), ret=zeros_f.clone())
+
+    def replace_rows(self, rows: torch.Tensor, other: "EpisodeStats") -> None:
+        for f in fields(self):
+            getattr(self, f.name)[rows] = getattr(other, f.name)
+
+
+@dataclass
+class StepResult:
+    """One step of every row (tensors [B] on the simulation device)."""
+
+    reward: torch.Tensor
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+    info: dict[str, torch.Tensor]      # STEP_INFO_KEYS
+    rewards: dict[str, torch.Tensor]   # weighted reward terms
+    episode: dict[str, torch.Tensor]   # EPISODE_KEYS (meaningful where terminated | truncated)
+
+
+def make_policy(config: EnvConfig, device: torch.device) -> Any:
+    """The TrafficBots policy of a learned background (None for the other backgrounds)."""
+    if config.background not in LEARNED_BACKGROUNDS:
+        return None
+    from trafficbots_gym.model.checkpoint import load_model
+    from trafficbots_gym.model.policy import TrafficBotsPolicy
+    return TrafficBotsPolicy(load_model(config.checkpoint), device=device)
+
+
+def resolve_ego(arrays: SceneArrays, ego: Any, scenario_id: str) -> int:
+    """The agent slot of ``ego`` ("sdc", index or {"track_id": n}) in one scene; it must be valid at step 10."""
+    kind, value = ego_spec(ego)
+    valid_now = arrays["agent_valid"][STEP_CURRENT]
+    if kind == "sdc":
+        sdc = np.flatnonzero(arrays["agent_role"][:, AgentRole.SDC])
+        if len(sdc) == 0:
+            raise ValueError(f"scene {scenario_id!r} marks no SDC; pass ego=<agent index> or ego={{'track_id': n}}")
+        index = int(sdc[0])
+    elif kind == "track_id":
+        match = np.flatnonzero(arrays["agent_object_id"] == value)
+        if len(match) == 0:
+            ids = arrays["agent_object_id"][valid_now].tolist()
+            raise ValueError(f"scene {scenario_id!r} has no agent with track id {value}; "
+                             f"track ids valid at step {STEP_CURRENT}: {ids}")
+        index = int(match[0])
+    else:
+        index = value
+        if index >= len(valid_now):
+            raise ValueError(f"ego index {index} out of range: scene {scenario_id!r} has {len(valid_now)} agent slots")
+    if not valid_now[index]:
+        raise ValueError(f"ego {ego!r} (agent {index}) of scene {scenario_id!r} is not valid at step {STEP_CURRENT}; "
+                         f"agents valid then: {np.flatnonzero(valid_now).tolist()}")
+    return index
+
+
+class EpisodeBatch:
+    """B concurrent episodes in one ``BatchedSimulator`` (see the module docstring)."""
+
+    def __init__(self, config: EnvConfig, num_envs: int) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.config = config
+        self.num_envs = num_envs
+        self.device = resolve_device(config.device)
+        self.source = SceneSource(config.scenes, split=config.split, validate=config.validate_scenes)
+        self.loader = SceneLoader(self.source, background=config.prefetch)
+        self.sim = BatchedSimulator(background=config.background, policy=make_policy(config, self.device),
+                                    device=self.device, mixed_radius=config.mixed_radius)
+        self.observer = ObservationBuilder(config)
+        self.actions = ActionMapper(config, self.device)
+        self.rngs: list[np.random.Generator | None] = [None] * num_envs
+        self.generator = torch.Generator(device=self.device)
+        self.scene_index = np.zeros(num_envs, np.int64)
+        self.scenario_ids = [""] * num_envs
+        self.started = np.zeros(num_envs)                     # wall time of each episode start
+        self._next_random: list[int | None] = [None] * num_envs
+        self._route: Route | None = None
+        self._where: RoutePosition | None = None
+        self._stats: EpisodeStats | None = None
+        self._ego_type: torch.Tensor | None = None
+
+    # -------------------------------------------------------------------------------------------- seeding
+    def seed_row(self, row: int, rng: np.random.Generator, *, seed_torch: bool) -> None:
+        """Give row ``row`` its random generator (drops its pre-drawn scene); ``seed_torch`` reseeds the
+        simulation's torch generator from it (one draw)."""
+        self.rngs[row] = rng
+        self._next_random[row] = None
+        if seed_torch:
+            self.generator.manual_seed(int(rng.integers(2**63 - 1)))
+
+    # --------------------------------------------------------------------------------------------- resets
+    def reset(self, rows: Sequence[int] | None = None, options: Sequence[Mapping[str, Any] | None] | None = None) -> None:
+        """Start new episodes in ``rows`` (all rows when None; the first reset must cover all rows)."""
+        all_rows = rows is None or (len(rows) == self.num_envs and list(rows) == list(range(self.num_envs)))
+        rows = list(range(self.num_envs)) if rows is None else list(rows)
+        if not all_rows and self._stats is None:
+            raise RuntimeError("the first reset must start every row")
+        options = list(options) if options is not None else [None] * len(rows)
+        indices = [self._choose(r, o) for r, o in zip(rows, options)]
+        arrays = [self.loader.load(i) for i in indices]
+        egos = [resolve_ego(a, (o or {}).get("ego", self.config.ego), self.source.scenario_id(i))
+                for a, o, i in zip(arrays, options, indices)]
+        batch = collate_arrays(arrays).to(self.device)
+        ego = torch.tensor(egos, dtype=torch.long, device=self.device)
+        env_ids = None if all_rows else torch.tensor(rows, dtype=torch.long, device=self.device)
+        self.sim.reset(batch, ego, env_ids=env_ids, generator=self.generator)
+        self._start_rows(batch, ego, env_ids)
+        for r, i in zip(rows, indices):
+            self.scene_index[r], self.scenario_ids[r] = i, self.source.scenario_id(i)
+            self.started[r] = time.perf_counter()
+            self._prefetch_next(r)
+
+    def _choose(self, row: int, options: Mapping[str, Any] | None) -> int:
+        rng = self._rng(row)
+        if options and ("scene_index" in options or "scenario_id" in options):
+            return self.source.choose(rng, options)
+        pending, self._next_random[row] = self._next_random[row], None
+        return pending if pending is not None else self.source.choose(rng)
+
+    def _prefetch_next(self, row: int) -> None:
+        if self.config.prefetch:
+            index = self.source.choose(self._rng(row))
+            self._next_random[row] = index
+            self.loader.prefetch(index)
+
+    def _rng(self, row: int) -> np.random.Generator:
+        rng = self.rngs[row]
+        if rng is None:
+            raise RuntimeError(f"row {row} has no random generator: seed_row must run before reset")
+        return rng
+
+    def _start_rows(self, batch: SceneBatch, ego: torch.Tensor, env_ids: torch.Tensor | None) -> None:
+        rows = torch.arange(batch.batch_size, device=self.device)
+        route = Route.from_log(batch, ego)
+        where = route.locate(batch.agent_pos[rows, STEP_CURRENT, ego])
+        start = batch.agent_pos[rows, STEP_CURRENT, ego]
+        goal_active = (start - batch.agent_goal[rows, ego, :2]).norm(dim=-1) > self.config.goal_radius
+        stats = EpisodeStats.start(batch.agent_acc[rows, STEP_CURRENT, ego], goal_active)
+        ego_type = batch.agent_type[rows, ego]
+        self.observer.set_scenes(batch, env_ids)
+        if env_ids is None or self._route is None or self._where is None or self._stats is None:
+            self._route, self._where, self._stats, self._ego_type = route, where, stats, ego_type
+            return
+        assert self._ego_type is not None
+        self._route.replace_rows(env_ids, route)
+        for f in fields(RoutePosition):
+            getattr(self._where, f.name)[env_ids] = getattr(where, f.name)
+        self._stats.replace_rows(env_ids, stats)
+        self._ego_type[env_ids] = ego_type
+
+    # ---------------------------------------------------------------------------------------------- steps
+    def step(self, actions: np.ndarray | torch.Tensor) -> StepResult:
+        """Advance every row with the env actions ([B, 2] continuous or [B] discrete)."""
+        stats, route = self._require_started()
+        physical = self.actions.physical(self.actions.normalised(actions, self.num_envs), self._ego_type)
+        out = self.sim.step(physical)
+        rows = torch.arange(self.num_envs, device=self.device)
+        ego = self.sim.ego_index
+        state = out.state
+        acc, spd, yaw_rate = state.acc[rows, ego], state.spd[rows, ego], state.yaw_rate[rows, ego]
+        jerk = (acc - stats.prev_acc).abs() / DT
+        reached = (out.ego_dist_to_goal < self.config.goal_radius) & stats.goal_active
+        events = StepEvents(progress=out.ego_progress - stats.route_s, goal_reached=reached & ~stats.goal_reached,
+                            collided=out.ego_collided, offroad=out.ego_offroad, red_light=out.ego_red_light,
+                            outside_map=out.ego_outside_map, acc_magnitude=torch.hypot(acc, spd * yaw_rate),
+                            jerk=jerk, log_deviation=out.ego_log_distance)
+        rewards = weighted_terms(events, self.config.reward)
+        reward = total_reward(rewards)
+        self._accumulate(stats, out, events, acc, reward)
+        self._where = route.locate(state.pos[rows, ego], out.ego_progress)
+        done_terminated = terminated(events, stats.goal_reached, self.config.termination)
+        truncated = stats.elapsed >= self.config.horizon
+        info = {"step": out.step, "speed": spd, "acc": acc, "yaw_rate": yaw_rate, "jerk": jerk,
+                "progress": out.ego_progress, "route_completion": self._completion(out.ego_progress),
+                "lateral_offset": self._where.lateral, "dist_to_goal": out.ego_dist_to_goal,
+                "log_deviation": out.ego_log_distance, "collided": out.ego_collided, "offroad": out.ego_offroad,
+                "red_light": out.ego_red_light, "outside_map": out.ego_outside_map,
+                "goal_reached": stats.goal_reached.clone(), "dest_reached": out.ego_dest_reached}
+        return StepResult(reward=reward, terminated=done_terminated, truncated=truncated, info=info,
+                          rewards=rewards, episode=self._episode(stats))
+
+    def _accumulate(self, stats: EpisodeStats, out: StepOutput, events: StepEvents, acc: torch.Tensor,
+                    reward: torch.Tensor) -> None:
+        stats.elapsed += 1
+        stats.route_s = out.ego_progress
+        stats.prev_acc = acc
+        stats.goal_reached |= events.goal_reached
+        stats.collided |= events.collided
+        stats.offroad |= events.offroad
+        stats.red_lights += events.red_light.long()
+        stats.log_dev_sum += torch.where(out.ego_log_valid, out.ego_log_distance, torch.zeros_like(acc))
+        stats.log_dev_count += out.ego_log_valid.long()
+        stats.max_jerk = torch.maximum(stats.max_jerk, events.jerk)
+        stats.ret += reward
+
+    def _completion(self, s: torch.Tensor) -> torch.Tensor:
+        _, route = self._require_started()
+        return s / route.length.clamp_min(1.0)
+
+    def _episode(self, stats: EpisodeStats) -> dict[str, torch.Tensor]:
+        wall = torch.as_tensor(time.perf_counter() - self.started, dtype=torch.float32, device=self.device)
+        return {"r": stats.ret.clone(), "l": stats.elapsed.clone(), "t": wall,
+                "goal_reached": stats.goal_reached.clone(), "collided": stats.collided.clone(),
+                "offroad": stats.offroad.clone(), "red_light_violations": stats.red_lights.clone(),
+                "progress": stats.route_s.clone(), "route_completion": self._completion(stats.route_s),
+                "ade": stats.log_dev_sum / stats.log_dev_count.clamp_min(1), "max_jerk": stats.max_jerk.clone()}
+
+    # -------------------------------------------------------------------------------------- observations
+    def observe(self) -> dict[str, torch.Tensor]:
+        """The observation groups [B, ...] of every row's current state."""
+        stats, route = self._require_started()
+        assert self._where is not None
+        view = EgoView(index=self.sim.ego_index, step=self.sim.step_index, elapsed=stats.elapsed, route=self._where)
+        return self.observer.build(self.sim.batch, self.sim.state, view, route)
+
+    def format_obs(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | torch.Tensor:
+        """``obs`` in the configured mode: the dict, or the flat [B, D] tensor."""
+        return obs if self.config.obs_mode == "dict" else self.observer.flatten(obs)
+
+    def row_info(self) -> dict[str, Any]:
+        """Host-side identification of every row: scene index, scenario id, ego slot and track id."""
+        ego = self.sim.ego_index.cpu().numpy()
+        track = self.sim.batch.agent_object_id[torch.arange(self.num_envs, device=self.device),
+                                               self.sim.ego_index].cpu().numpy()
+        return {"scene_index": self.scene_index.copy(), "scenario_id": np.array(self.scenario_ids, dtype=object),
+                "ego_index": ego, "ego_track_id": track}
+
+    def _require_started(self) -> tuple[EpisodeStats, Route]:
+        if self._stats is None or self._route is None:
+            raise RuntimeError("reset() must be called before step()")
+        return self._stats, self._route
+
+    def close(self) -> None:
+        self.loader.close()
+
+
+def tensors_to_numpy(values: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Move a dict of [B] tensors to numpy with one device transfer; bool/int/float dtypes kept."""
+    if not values:
+        return {}
+    stacked = torch.stack([v.to(torch.float64) for v in values.values()]).cpu().numpy()
+    out = {}
+    for row, (key, v) in zip(stacked, values.items()):
+        if v.dtype == torch.bool:
+            out[key] = row.astype(bool)
+        elif not v.is_floating_point():
+            out[key] = row.astype(np.int64)
+        else:
+            out[key] = row.astype(np.float32)
+    return out
+

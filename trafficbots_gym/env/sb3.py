@@ -1,0 +1,116 @@
+"""Stable-Baselines3 ``VecEnv`` adapter: N TrafficBots envs in one batched simulator, SB3 semantics.
+
+Finished rows reset in the same step (SB3 autoreset): the returned observation is the new episode's,
+``infos[i]["terminal_observation"]`` holds the last one and ``infos[i]["TimeLimit.truncated"]`` tells a
+horizon cut from a real termination. ``infos[i]["episode"]`` carries the episode summary (incl. SB3's
+``r`` / ``l`` / ``t``), so PPO logs returns without a ``VecMonitor``. All rows share one simulator:
+``get_attr`` / ``set_attr`` / ``env_method`` act on it and return one entry per requested row.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
+
+from trafficbots_gym.env.config import EnvConfig
+from trafficbots_gym.env.vector_env import TrafficBotsVecEnv
+
+
+class TrafficBotsSB3VecEnv(VecEnv):
+    """``TrafficBotsSB3VecEnv(num_envs, config=None, **keys)`` with the keys of ``EnvConfig``."""
+
+    def __init__(self, num_envs: int = 1, config: Mapping[str, Any] | EnvConfig | None = None, *,
+                 render_mode: str | None = None, **overrides: Any) -> None:
+        self.venv = TrafficBotsVecEnv(num_envs, config, autoreset_mode=AutoresetMode.SAME_STEP,
+                                      render_mode=render_mode, **overrides)
+        self._actions: np.ndarray | None = None
+        super().__init__(num_envs, self.venv.single_observation_space, self.venv.single_action_space)
+
+    def reset(self) -> VecEnvObs:
+        seeds = None if all(s is None for s in self._seeds) else list(self._seeds)
+        obs, infos = self.venv.reset(seed=seeds, options=self._merged_options())
+        self.reset_infos = row_dicts(infos, self.num_envs)
+        self._reset_seeds()
+        self._reset_options()
+        return obs
+
+    def _merged_options(self) -> dict[str, Any] | None:
+        if not any(self._options):
+            return None
+        keys = set(self._options[0])
+        if any(set(o) != keys for o in self._options):
+            raise ValueError(f"reset options must name the same keys for every env, got {self._options}")
+        return {k: [o[k] for o in self._options] for k in keys}
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def step_wait(self) -> VecEnvStepReturn:
+        if self._actions is None:
+            raise RuntimeError("step_async must be called before step_wait")
+        obs, reward, terminated, truncated, infos = self.venv.step(self._actions)
+        self._actions = None
+        dones = terminated | truncated
+        rows = row_dicts(infos, self.num_envs)
+        if dones.any():
+            finals = row_dicts(infos["final_info"], self.num_envs)
+            for i in np.flatnonzero(dones):
+                rows[i].update(finals[i])
+                rows[i]["terminal_observation"] = infos["final_obs"][i]
+                rows[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
+        return obs, reward.astype(np.float32), dones, rows
+
+    def close(self) -> None:
+        self.venv.close()
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        return [getattr(self.venv, attr_name)] * len(self._rows(indices))
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        setattr(self.venv, attr_name, value)
+
+    def env_method(self, method_name: str, *method_args: Any, indices: VecEnvIndices = None,
+                   **method_kwargs: Any) -> list[Any]:
+        result = getattr(self.venv, method_name)(*method_args, **method_kwargs)
+        return [result] * len(self._rows(indices))
+
+    def env_is_wrapped(self, wrapper_class: type, indices: VecEnvIndices = None) -> list[bool]:
+        return [False] * len(self._rows(indices))
+
+    def get_images(self) -> list[np.ndarray | None]:
+        frames = self.venv.render()
+        return list(frames) if frames is not None else [None] * self.num_envs
+
+    def _rows(self, indices: VecEnvIndices) -> list[int]:
+        if indices is None:
+            return list(range(self.num_envs))
+        return [indices] if isinstance(indices, int) else list(indices)
+
+
+def make_sb3_vec_env(num_envs: int = 1, **env_kwargs: Any) -> TrafficBotsSB3VecEnv:
+    """An SB3 ``VecEnv`` of ``num_envs`` TrafficBots envs in one batched simulator (keys as ``gym.make``)."""
+    return TrafficBotsSB3VecEnv(num_envs, **env_kwargs)
+
+
+def row_dicts(infos: Mapping[str, Any], num_envs: int) -> list[dict[str, Any]]:
+    """Gymnasium vector infos (``{key: [N], "_key": mask}``, nested) -> one plain dict per row."""
+    rows: list[dict[str, Any]] = [{} for _ in range(num_envs)]
+    for key, value in infos.items():
+        if key.startswith("_") or key in ("final_obs", "final_info"):
+            continue
+        mask = infos.get(f"_{key}", np.ones(num_envs, bool))
+        nested = row_dicts(value, num_envs) if isinstance(value, Mapping) else None
+        for i in _true(mask):
+            rows[i][key] = nested[i] if nested is not None else _scalar(value[i])
+    return rows
+
+
+def _true(mask: Iterable[bool]) -> list[int]:
+    return np.flatnonzero(np.asarray(mask)).tolist()
+
+
+def _scalar(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

@@ -96,7 +96,7 @@ def test_a_file_that_cannot_be_read_fails_the_run_but_not_the_other_files(tmp_pa
 def test_output_names_keep_shard_numbers_and_drop_known_extensions() -> None:
     assert output_name(Path("motion.tfrecord")) == "motion.h5"
     assert output_name(Path("training.tfrecord-00007-of-01000")) == "training.tfrecord-00007-of-01000.h5"
-    assert output_name(Path("sd_training.tfrecord-00000-of-01000_2a1e.pkl")) == "sd_training.tfrecord-00000-of-01000_2a1e.h5"
+    assert output_name(Path("sd.tfrecord-00000-of-01000_2a1e.pkl")) == "sd.tfrecord-00000-of-01000_2a1e.h5"
     assert output_name(Path("scene.json")) == "scene.h5"
 
 

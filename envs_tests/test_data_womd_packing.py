@@ -225,7 +225,8 @@ def test_twelve_signalised_lanes_give_twelve_stop_points_per_step(raw: RawScenar
     assert set(scene.map.id[controlled].tolist()) == set(raw.traffic_lights.lane_id.ravel().tolist())
     first_chunk = {int(i): k for k, i in reversed(list(enumerate(scene.map.id)))}
     for k in range(12):
-        np.testing.assert_allclose(stops.dir[0, k], scene.map.dir[first_chunk[int(raw.traffic_lights.lane_id[0, k])], 0])
+        lane_chunk = first_chunk[int(raw.traffic_lights.lane_id[0, k])]
+        np.testing.assert_allclose(stops.dir[0, k], scene.map.dir[lane_chunk, 0])
 
 
 def test_validation_frame_is_the_sdc_pose_and_training_frame_is_randomised(raw: RawScenario, packed: dict) -> None:
@@ -578,6 +579,12 @@ def test_unpackable_inputs_raise_packing_errors_naming_the_field(edit, field: st
     edit(raw)
     with pytest.raises(PackingError, match="scenario 'synthetic', " + field.replace("[", r"\[").replace("]", r"\]")):
         pack_scenario(raw, "training", rng=np.random.default_rng(0))
+
+
+def test_more_relevant_agents_than_simulation_slots_is_an_error() -> None:
+    raw = scenario(tracks(np.stack([np.arange(70) * 3.0, np.zeros(70)], 1)), tracks_to_predict=list(range(1, 70)))
+    with pytest.raises(PackingError, match="70 relevant agents"):
+        pack_scenario(raw, "validation", rng=np.random.default_rng(0))
 
 
 def test_testing_split_packs_history_only_scenarios_with_and_without_map() -> None:

@@ -27,7 +27,8 @@ from trafficbots_gym.data.raw import RawScenario
 from trafficbots_gym.data.tfrecord import masked_crc32c, read_records
 from trafficbots_gym.data.womd import iter_scenarios
 
-FIXTURE = Path(__file__).resolve().parents[2] / "envs_tests" / "fixtures" / "real_womd" / "motion_data_one_scenario.tfrecord"
+FIXTURE = (Path(__file__).resolve().parents[2] / "envs_tests" / "fixtures" / "real_womd"
+           / "motion_data_one_scenario.tfrecord")
 REFERENCE_SCENES_PER_S = 486_995 / (2 * 24 * 3600)
 """Reference TrafficBots packer (TensorFlow record reading, one process): training split in ~2 days."""
 
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> None:
     header = ("split", "read ms", "pack ms", "write ms", "read+pack scenes/s", "end-to-end scenes/s", "vs reference")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join(["---"] * len(header)) + "|")
-    print(f"| reference packer (README: 487k training scenes in ~2 days) | | | | | {REFERENCE_SCENES_PER_S:.1f} | 1.0x |")
+    print("| reference packer (README: 487k training scenes in ~2 days) | | | | | "
+          f"{REFERENCE_SCENES_PER_S:.1f} | 1.0x |")
     for split, read_ms, pack_ms, write_ms in rows:
         total = read_ms + pack_ms + write_ms
         print(f"| {split} | {read_ms:.1f} | {pack_ms:.1f} | {write_ms:.1f} | {1000 / (read_ms + pack_ms):.1f} | "

@@ -18,18 +18,21 @@ It follows the reference TrafficBots packer (trafficbots_spec.md §1.3) step by 
    destinations by a random lane-graph walk, non-simulated agents, ``map/boundary``.
 
 Deliberate differences from the reference, all for cases where it crashes or is order-dependent:
-no scratch capacities (any number of chunks, tracks or lights per step), > 100 ``tl_lane`` entries
-or > 40 lights per step are truncated with a warning, > 256 non-simulated agents keep the 256
-nearest to the relevant agents with a warning, a destination without any road edge falls back to
-the nearest map node, the parked-vehicle heuristic measures each vehicle's own distance to the
-relevant agents (the reference reuses stale positions), the trajectory class wraps the heading
-change, and stop-sign / polygon quirks (zero-length polygon sides) are skipped instead of
-producing NaNs. Every random draw uses the ``rng`` argument, so packing is deterministic per seed.
+no scratch capacities (any number of chunks, tracks or lights per step); > 100 ``tl_lane`` entries
+or > 40 lights per step are truncated with a warning; > 256 non-simulated agents keep the 256
+nearest to the relevant agents with a warning; a destination without any road edge falls back to
+the nearest map node; a lane without exits ends the destination walk; the parked-vehicle
+heuristic measures each vehicle's own distance to the relevant agents (the reference reuses stale
+positions); the trajectory class wraps the heading change; zero-length polygon sides are skipped
+instead of producing NaNs; headings are wrapped to [-pi, pi) on input (WOMD stores some
+unwrapped); world coordinates stay float64 until the final cast to float32. Every random draw uses
+the ``rng`` argument, so packing is deterministic per seed.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -54,6 +57,15 @@ MIN_POLYLINE_NODES: int = 4
 """Polylines with fewer valid nodes are dropped."""
 THRESH_AGENT: float = 120.0
 """First distance threshold of the agent pruning (m)."""
+STILL_TRAVEL_FULL, STILL_TRAVEL_HISTORY = 2.0, 0.5
+"""Agents travelling less (m, summed signed speed x dt over the selection steps) count as still."""
+STILL_FAR, PARKED_FAR = 20.0, 10.0
+"""Still agents farther (m) from relevant agents and map nodes / parked vehicles farther from
+relevant agents (and not on a vehicle lane) are dropped first."""
+JITTER_YAW, JITTER_YAW_ALWAYS = 0.5, 1.5
+"""Largest per-step heading change (rad) of a slow / of any agent before it counts as jittery."""
+JITTER_SLOW_VEHICLE, JITTER_SLOW_OTHER = 6.0, 1.0
+"""Travel (m) below which a vehicle / pedestrian or cyclist counts as slow for the jitter rule."""
 DEST_HORIZON: float = 5.0
 """Seconds of constant-speed extrapolation of the goal for destination search."""
 DEST_LANE_RADIUS: float = 3.0
@@ -111,7 +123,7 @@ def pack_scenario(raw: RawScenario, split: str, *, rng: np.random.Generator, ran
 
     agents = _agents_from_raw(raw)
     chunks = chunk_polylines(raw.polylines)
-    lights = _Lights(raw.traffic_lights.valid.copy(), raw.traffic_lights.state.astype(np.int64),
+    lights = _Lights(raw.traffic_lights.valid.astype(bool), raw.traffic_lights.state.astype(np.int64),
                      raw.traffic_lights.lane_id.astype(np.int64), raw.traffic_lights.stop_point.astype(np.float64))
     center, yaw = _scene_frame(agents, rng, rand_pos, rand_yaw)
     agents.to_frame(center, yaw)
@@ -131,15 +143,14 @@ def pack_scenario(raw: RawScenario, split: str, *, rng: np.random.Generator, ran
 
     sel_steps = slice(0, raw.num_steps) if training else hist
     if with_map:
-        sim = select_agents(agents, sel_steps, map_, training, raw.scenario_id)
+        sim = select_agents(agents, sel_steps, map_, training)
     else:
         sim = _select_first(agents, sel_steps)
-    views: dict[str, object] = {}
+    views: dict[str, AgentTracks | NoSimAgents | TrafficLightLanes | TrafficLightStops] = {}
     if split != "testing":
         full = slice(0, C.N_STEP)
-        views["agent"] = _agent_view(agents, sim, full)
-        views["agent"].cmd, views["agent"].goal, views["agent"].dest = _targets(
-            agents, sim, map_, raw.lane_exits, rng, dest_extend)
+        targets = _targets(agents, sim, map_, raw.lane_exits, rng, dest_extend)
+        views["agent"] = _agent_view(agents, sim, full, targets)
         views["tl_lane"], views["tl_stop"] = _light_views(lights, full, map_, raw.scenario_id)
     if split != "training":
         no_sim = _no_sim_agents(agents, sim, sel_steps, raw.scenario_id)
@@ -190,6 +201,10 @@ def _check_raw(raw: RawScenario, split: str) -> None:
         bad = [i for i in getattr(raw, name) if not 0 <= i < n]
         if bad:
             raise PackingError(sid, name, f"track indices {bad} out of range for {n} tracks")
+    relevant = {raw.sdc_index, *raw.objects_of_interest, *raw.tracks_to_predict}
+    if len(relevant) > C.N_AGENT:
+        raise PackingError(sid, "tracks_to_predict", f"{len(relevant)} relevant agents (SDC, interest, predict), "
+                                                     f"at most {C.N_AGENT} can be simulated")
     if not tr.valid[raw.sdc_index, :C.N_STEP_HISTORY].any():
         raise PackingError(sid, "sdc_index", "the SDC is not observed in the history steps")
     v = tr.valid
@@ -241,6 +256,7 @@ class _Agents:
 
 
 def _agents_from_raw(raw: RawScenario) -> _Agents:
+    """World-frame agents with wrapped headings, signed speed, mean size and roles; SDC swapped to 0."""
     tr = raw.tracks
     n = tr.num_tracks
     order = np.arange(n)
@@ -267,7 +283,8 @@ def _rotate(xy: np.ndarray, angle: float) -> np.ndarray:
     return np.stack([c * xy[..., 0] - s * xy[..., 1], s * xy[..., 0] + c * xy[..., 1]], axis=-1)
 
 
-def _scene_frame(agents: _Agents, rng: np.random.Generator, rand_pos: float, rand_yaw: float) -> tuple[np.ndarray, float]:
+def _scene_frame(agents: _Agents, rng: np.random.Generator, rand_pos: float,
+                 rand_yaw: float) -> tuple[np.ndarray, float]:
     """Reference pose: the SDC at step 0 (its first observed step if step 0 is missing), plus noise.
 
     Rounded to float32 so that the stored ``scenario_center`` / ``scenario_yaw`` reproduce the exact
@@ -333,6 +350,7 @@ class Chunks:
     id: np.ndarray
 
     def to_frame(self, center: np.ndarray, yaw: float) -> None:
+        """Move valid nodes into the scene frame (points shifted and rotated, vectors rotated)."""
         v = self.valid[..., None]
         self.pos[..., :2] = np.where(v, _rotate(self.pos[..., :2] - center, -yaw), 0.0)
         self.dir[..., :2] = np.where(v, _rotate(self.dir[..., :2], -yaw), 0.0)
@@ -495,7 +513,7 @@ class _LaneNodes:
 # --------------------------------------------------------------------------------------------------
 
 
-def select_agents(agents: _Agents, steps: slice, map_: MapPolylines, training: bool, scenario_id: str = "",
+def select_agents(agents: _Agents, steps: slice, map_: MapPolylines, training: bool,
                   n_agent: int = C.N_AGENT) -> np.ndarray:
     """[N] mask of the (<= ``n_agent``) simulated agents, by the reference heuristics on ``steps``.
 
@@ -505,20 +523,18 @@ def select_agents(agents: _Agents, steps: slice, map_: MapPolylines, training: b
     agents with jittery yaw (all of them); then distance pruning like the map, halving from 120 m.
     """
     relevant = agents.role.any(1)
-    if relevant.sum() > n_agent:
-        raise PackingError(scenario_id, "roles", f"{relevant.sum()} relevant agents, at most {n_agent} fit")
     valid = agents.valid[:, steps]
     ref = agents.pos[relevant, steps, :2][valid[relevant]]
     travel = agents.spd[:, steps].sum(1) * C.DT
-    still = (travel < (2.0 if training else 0.5)) & ~relevant
+    still = (travel < (STILL_TRAVEL_FULL if training else STILL_TRAVEL_HISTORY)) & ~relevant
     keep = valid.any(1) & (relevant | valid[:, :C.N_STEP_HISTORY].any(1))
 
     if keep.sum() > n_agent:  # still agents far from everything
         cand = np.flatnonzero(still & keep)
         start, end = _endpoints(agents, cand, steps)
         nodes = map_.pos[map_.valid].astype(np.float64)
-        far = ((_min_dist(start, ref) > 20) & (_min_dist(end, ref) > 20)
-               & (_min_dist(start, nodes) > 20) & (_min_dist(end, nodes) > 20))
+        far = ((_min_dist(start, ref) > STILL_FAR) & (_min_dist(end, ref) > STILL_FAR)
+               & (_min_dist(start, nodes) > STILL_FAR) & (_min_dist(end, nodes) > STILL_FAR))
         _drop_first(keep, _mask(len(keep), cand[far]), n_agent)
 
     if keep.sum() > n_agent:  # parked vehicles off the vehicle lanes
@@ -529,15 +545,14 @@ def select_agents(agents: _Agents, steps: slice, map_: MapPolylines, training: b
         lanes = _LaneNodes(map_, C.VEHICLE_LANE_TYPES)
         off_lane = np.array([lanes.nearest(e, np.array([np.cos(h), np.sin(h)]), DEST_LANE_RADIUS) is None
                              for e, h in zip(end, heading)], bool)
-        far = (_min_dist(start, ref) > 10) & (_min_dist(end, ref) > 10) & off_lane
+        far = (_min_dist(start, ref) > PARKED_FAR) & (_min_dist(end, ref) > PARKED_FAR) & off_lane
         _drop_first(keep, _mask(len(keep), cand[far]), n_agent)
 
     if training and keep.sum() > n_agent:  # jittery headings
         both = (valid[:, :-1] & valid[:, 1:]) & keep[:, None]
         jump = np.where(both, np.abs(wrap_angle(np.diff(agents.yaw[:, steps], axis=1))), 0.0).max(1, initial=0.0)
-        is_veh = agents.type == C.AgentType.VEHICLE
-        slow = travel < np.where(is_veh, 6.0, 1.0)
-        keep &= ~(((slow & (jump > 0.5)) | (jump > 1.5)) & ~relevant)
+        slow = travel < np.where(agents.type == C.AgentType.VEHICLE, JITTER_SLOW_VEHICLE, JITTER_SLOW_OTHER)
+        keep &= ~(((slow & (jump > JITTER_YAW)) | (jump > JITTER_YAW_ALWAYS)) & ~relevant)
 
     if keep.sum() > n_agent:  # distance pruning
         idx = np.flatnonzero(keep)
@@ -561,8 +576,7 @@ def _select_first(agents: _Agents, steps: slice, n_agent: int = C.N_AGENT) -> np
     """Map-less (testing) selection: relevant agents, then the first observed agents in track order."""
     seen = agents.valid[:, steps].any(1)
     keep = seen & agents.role.any(1)
-    room = n_agent - int(keep.sum())
-    keep[np.flatnonzero(seen & ~keep)[:max(room, 0)]] = True
+    keep[np.flatnonzero(seen & ~keep)[:n_agent - int(keep.sum())]] = True
     return keep
 
 
@@ -617,8 +631,11 @@ def unwrap_valid(yaw: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return yaw + np.cumsum(correction, axis=1)
 
 
-def _agent_view(agents: _Agents, sim: np.ndarray, steps: slice, n_agent: int = C.N_AGENT) -> AgentTracks:
-    """Simulated agents over ``steps`` with gaps interpolated and finite-difference acc / yaw rate."""
+def _agent_view(agents: _Agents, sim: np.ndarray, steps: slice,
+                targets: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                n_agent: int = C.N_AGENT) -> AgentTracks:
+    """Simulated agents over ``steps`` with gaps interpolated and finite-difference acc / yaw rate;
+    ``targets`` = (cmd, goal, dest) of the full view."""
     idx = np.flatnonzero(sim)
     valid = agents.valid[idx, steps]
     yaw = unwrap_valid(agents.yaw[idx, steps], valid)
@@ -628,52 +645,42 @@ def _agent_view(agents: _Agents, sim: np.ndarray, steps: slice, n_agent: int = C
     pair = filled[:, 1:] & filled[:, :-1]
     rate = np.zeros_like(val[..., 5:7])
     rate[:, 1:] = np.where(pair[..., None], np.diff(val[..., 5:7], axis=1) / C.DT, 0.0)
-    n, t = len(idx), filled.shape[1]
-
-    def per_step(x: np.ndarray) -> np.ndarray:
-        out = np.zeros((t, n_agent) + x.shape[2:], np.float32)
-        out[:, :n] = x.transpose(1, 0, *range(2, x.ndim))
-        return out
-
-    valid_out = np.zeros((t, n_agent), bool)
-    valid_out[:, :n] = filled.T
-    object_id = np.full(n_agent, -1, np.int64)
-    object_id[:n] = agents.object_id[idx]
-    types = np.zeros((n_agent, C.N_AGENT_TYPE), bool)
-    types[np.arange(n), agents.type[idx]] = True
-    role = np.zeros((n_agent, C.N_AGENT_ROLE), bool)
-    role[:n] = agents.role[idx]
-    size = np.zeros((n_agent, 3), np.float32)
-    size[:n] = agents.size[idx]
-    return AgentTracks(valid=valid_out, pos=per_step(val[..., 0:2]), z=per_step(val[..., 2:3]),
-                       vel=per_step(val[..., 3:5]), spd=per_step(val[..., 5:6]), acc=per_step(rate[..., 0:1]),
-                       yaw_bbox=per_step(val[..., 6:7]), yaw_rate=per_step(rate[..., 1:2]), object_id=object_id,
-                       type=types, role=role, size=size)
+    step = partial(_time_major, width=n_agent)
+    role = _padded(agents.role[idx], n_agent, False)
+    return AgentTracks(valid=_time_major(filled, n_agent, bool), pos=step(val[..., 0:2]), z=step(val[..., 2:3]),
+                       vel=step(val[..., 3:5]), spd=step(val[..., 5:6]), acc=step(rate[..., 0:1]),
+                       yaw_bbox=step(val[..., 6:7]), yaw_rate=step(rate[..., 1:2]), role=role,
+                       **_attributes(agents, idx, n_agent), **dict(zip(("cmd", "goal", "dest"), targets or ())))
 
 
 def _no_sim_view(agents: _Agents, idx: np.ndarray, steps: slice, n_max: int = C.N_AGENT_NO_SIM) -> NoSimAgents:
     """Raw (not interpolated) states of the non-simulated agents ``idx`` over ``steps``."""
-    n = len(idx)
-    valid = agents.valid[idx, steps]
-    t = valid.shape[1]
+    def step(x: np.ndarray) -> np.ndarray:
+        return _time_major(x[idx, steps], n_max)
 
-    def per_step(x: np.ndarray) -> np.ndarray:
-        out = np.zeros((t, n_max) + x.shape[2:], np.float32)
-        out[:, :n] = x.transpose(1, 0, *range(2, x.ndim))
-        return out
+    return NoSimAgents(valid=_time_major(agents.valid[idx, steps], n_max, bool), pos=step(agents.pos[..., :2]),
+                       z=step(agents.pos[..., 2:3]), vel=step(agents.vel), spd=step(agents.spd[..., None]),
+                       yaw_bbox=step(agents.yaw[..., None]), **_attributes(agents, idx, n_max))
 
-    valid_out = np.zeros((t, n_max), bool)
-    valid_out[:, :n] = valid.T
-    object_id = np.full(n_max, -1, np.int64)
-    object_id[:n] = agents.object_id[idx]
-    types = np.zeros((n_max, C.N_AGENT_TYPE), bool)
-    types[np.arange(n), agents.type[idx]] = True
-    size = np.zeros((n_max, 3), np.float32)
-    size[:n] = agents.size[idx]
-    return NoSimAgents(valid=valid_out, pos=per_step(agents.pos[idx, steps, :2]),
-                       z=per_step(agents.pos[idx, steps, 2:3]), vel=per_step(agents.vel[idx, steps]),
-                       spd=per_step(agents.spd[idx, steps, None]), yaw_bbox=per_step(agents.yaw[idx, steps, None]),
-                       object_id=object_id, type=types, size=size)
+
+def _padded(x: np.ndarray, width: int, fill: float | bool | int = 0) -> np.ndarray:
+    """``x`` [n, ...] padded with ``fill`` to [width, ...]."""
+    out = np.full((width,) + x.shape[1:], fill, x.dtype)
+    out[: len(x)] = x
+    return out
+
+
+def _time_major(x: np.ndarray, width: int, dtype: type = np.float32) -> np.ndarray:
+    """[n, T, ...] per-agent series -> zero-padded [T, width, ...] of ``dtype``."""
+    return np.ascontiguousarray(_padded(x.astype(dtype), width).swapaxes(0, 1))
+
+
+def _attributes(agents: _Agents, idx: np.ndarray, width: int) -> dict[str, np.ndarray]:
+    """object_id (-1 padding), one-hot type and mean size of agents ``idx``, padded to ``width``."""
+    types = np.zeros((len(idx), C.N_AGENT_TYPE), bool)
+    types[np.arange(len(idx)), agents.type[idx]] = True
+    return {"object_id": _padded(agents.object_id[idx], width, -1), "type": _padded(types, width, False),
+            "size": _padded(agents.size[idx], width)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -800,6 +807,7 @@ class _Lights:
     stop: np.ndarray
 
     def to_frame(self, center: np.ndarray, yaw: float) -> None:
+        """Move valid stop points into the scene frame."""
         self.stop[..., :2] = np.where(self.valid[..., None], _rotate(self.stop[..., :2] - center, -yaw), 0.0)
 
 
@@ -813,7 +821,8 @@ def _light_views(lights: _Lights, steps: slice, map_: MapPolylines,
                               idx=np.full((t, C.N_TL_LANE), -1, np.int64))
     stops = TrafficLightStops(valid=np.zeros((t, C.N_TL_STOP), bool),
                               state=np.zeros((t, C.N_TL_STOP, C.N_TL_STATE), bool),
-                              pos=np.zeros((t, C.N_TL_STOP, 2), np.float32), dir=np.zeros((t, C.N_TL_STOP, 2), np.float32))
+                              pos=np.zeros((t, C.N_TL_STOP, 2), np.float32),
+                              dir=np.zeros((t, C.N_TL_STOP, 2), np.float32))
     if not valid.any():
         return lanes, stops
     pl_valid = map_.valid.any(1)

@@ -152,7 +152,8 @@ def _tracks(proto: Scenario, path: str, record: int | None, report: ImportReport
             report.skipped_tracks[TRACK_TYPES_SKIP[track.object_type]] += 1
             continue
         if track.object_type not in TRACK_TYPES:
-            raise ScenarioParseError(path, record, f"tracks[{i}].object_type", f"unknown object type {track.object_type}")
+            raise ScenarioParseError(path, record, f"tracks[{i}].object_type",
+                                     f"unknown object type {track.object_type}")
         if len(track.states) != n_step:
             raise ScenarioParseError(path, record, f"tracks[{i}].states",
                                      f"{len(track.states)} states, expected {n_step} like tracks[0]")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -130,6 +131,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
 @hydra.main(version_base="1.3", config_path="conf", config_name="run")
 def main(cfg: DictConfig) -> None:
     """Console entry point (Hydra parses the overrides)."""
+    # Lightning's DDP launcher re-runs this script with hydra.run.dir set to rank 0's folder: take the
+    # folder from Hydra so that every rank agrees even when output_dir holds a ${now:...} timestamp.
+    cfg.output_dir = HydraConfig.get().runtime.output_dir
     metrics = run(cfg)
     if metrics:
         width = max(map(len, metrics))

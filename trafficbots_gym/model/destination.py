@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from trafficbots_gym.data.constants import AgentType, MapType
 from trafficbots_gym.model.config import TrafficBotsConfig
-from trafficbots_gym.model.layers import MLP, gru_sequence, last_valid
+from trafficbots_gym.model.layers import MLP, gru_sequence, last_valid, make_gru
 
 N_DEST_TYPES = MapType.ROAD_EDGE_BOUNDARY + 1
 """Destination candidates are polylines of classes 0..4 (lanes, bike lanes, road-edge boundaries)."""
@@ -36,7 +36,7 @@ class DestPredictor(nn.Module):
     def __init__(self, cfg: TrafficBotsConfig) -> None:
         super().__init__()
         d = cfg.hidden_dim
-        self.gru = nn.GRU(d, d, cfg.dest_gru_layers, dropout=cfg.dropout)
+        self.gru = make_gru(d, cfg.dest_gru_layers, cfg.dropout)
         self.mlp = MLP([2 * d, d, d, 1], layernorm=True, end_activation=False)
 
     def forward(self, agent_tokens: Tensor, agent_valid: Tensor, agent_type: Tensor, map_feature: Tensor,

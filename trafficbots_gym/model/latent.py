@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from trafficbots_gym.model.config import TrafficBotsConfig
 from trafficbots_gym.model.distributions import DiagGaussian
-from trafficbots_gym.model.layers import MLP, TransformerBlock, gru_sequence, interact, max_valid
+from trafficbots_gym.model.layers import MLP, TransformerBlock, gru_sequence, interact, make_gru, max_valid
 
 
 class LatentHead(nn.Module):
@@ -22,7 +22,7 @@ class LatentHead(nn.Module):
         super().__init__()
         d = cfg.hidden_dim
         self.interaction = TransformerBlock(cfg.interaction_layers, d, cfg.n_head, cfg.d_feedforward, cfg.dropout)
-        self.gru = nn.GRU(d, d, cfg.gru_layers, dropout=cfg.dropout)
+        self.gru = make_gru(d, cfg.gru_layers, cfg.dropout)
         self.mean = MLP([d, d, cfg.latent_dim], end_activation=False)
         self.log_std = nn.Parameter(torch.full((cfg.latent_dim,), float(cfg.latent_log_std_init)))
 

@@ -149,6 +149,11 @@ def interact(block: TransformerBlock, x: Tensor, valid: Tensor) -> Tensor:
     return torch.where(single, x, out)
 
 
+def make_gru(dim: int, n_layer: int, dropout: float) -> nn.GRU:
+    """Multi-layer GRU (dropout between layers only when there is more than one)."""
+    return nn.GRU(dim, dim, n_layer, dropout=dropout if n_layer > 1 else 0.0)
+
+
 def gru_step(gru: nn.GRU, x: Tensor, valid: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
     """One GRU step for every agent: ``x`` [B, A, d], ``hidden`` [L, B*A, d] -> (out [B, A, d], hidden).
 

@@ -24,7 +24,7 @@ from trafficbots_gym.model.destination import DestPredictor
 from trafficbots_gym.model.distributions import DiagGaussian
 from trafficbots_gym.model.encoders import InputPeEncoder, MapEncoder, PosePE, wrap_angle
 from trafficbots_gym.model.latent import LatentHead
-from trafficbots_gym.model.layers import KeyValue, ResidualFusion, TransformerBlock, gru_step, interact
+from trafficbots_gym.model.layers import KeyValue, ResidualFusion, TransformerBlock, gru_step, interact, make_gru
 
 
 @dataclass
@@ -72,7 +72,7 @@ class TrafficBots(nn.Module):
         self.latent_prior = LatentHead(cfg)
         self.latent_post = LatentHead(cfg)
         self.interaction = TransformerBlock(cfg.interaction_layers, **tf)
-        self.temporal = nn.GRU(d, d, cfg.gru_layers, dropout=cfg.dropout)
+        self.temporal = make_gru(d, cfg.gru_layers, cfg.dropout)
         self.add_goal = ResidualFusion(d, d, cfg.add_goal_mlp_in_layers, layernorm=cfg.add_goal_layernorm,
                                        dropout=cfg.dropout)
         self.add_latent = ResidualFusion(cfg.latent_dim, d, cfg.add_latent_mlp_in_layers, layernorm=False,

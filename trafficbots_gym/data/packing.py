@@ -777,13 +777,13 @@ class DestinationFinder:
 
     def walk(self, lane: int) -> int:
         """Feature id of the lane reached by the random forward walk from ``lane``."""
-        for hop in range(1, DEST_MAX_HOPS + 2):
+        hop = 1
+        while True:
             exits = self.lane_exits.get(lane, [])
             nxt = exits[int(self.rng.integers(len(exits)))] if exits else -1
             if nxt not in self.last_chunk or (len(exits) > 1 and hop > 1) or hop > DEST_MAX_HOPS:
                 return lane
-            lane = nxt
-        return lane
+            lane, hop = nxt, hop + 1
 
     def road_edge(self, target: np.ndarray) -> int:
         """Nearest road-edge boundary node's polyline (any class if the map has none, 0 if no map)."""
@@ -813,8 +813,11 @@ class _Lights:
 
 def _light_views(lights: _Lights, steps: slice, map_: MapPolylines,
                  scenario_id: str) -> tuple[TrafficLightLanes, TrafficLightStops]:
-    """``tl_lane`` (one entry per light x chunk of its lane) and ``tl_stop`` (one per light) over ``steps``."""
-    valid = lights.valid[steps]
+    """``tl_lane`` (one entry per light x chunk of its lane) and ``tl_stop`` (one per light) over ``steps``.
+
+    Entries keep the order of the raw lane states; states are one-hot and-ed with valid.
+    """
+    valid, lane_id, state = lights.valid[steps], lights.lane_id[steps], lights.state[steps]
     t = valid.shape[0]
     lanes = TrafficLightLanes(valid=np.zeros((t, C.N_TL_LANE), bool),
                               state=np.zeros((t, C.N_TL_LANE, C.N_TL_STATE), bool),
@@ -823,42 +826,37 @@ def _light_views(lights: _Lights, steps: slice, map_: MapPolylines,
                               state=np.zeros((t, C.N_TL_STOP, C.N_TL_STATE), bool),
                               pos=np.zeros((t, C.N_TL_STOP, 2), np.float32),
                               dir=np.zeros((t, C.N_TL_STOP, 2), np.float32))
-    if not valid.any():
-        return lanes, stops
-    pl_valid = map_.valid.any(1)
-    key = np.where(pl_valid, map_.id, np.iinfo(np.int64).max)
+    # chunks of each lane id: order[first : first + count] (ascending polyline index)
+    key = np.where(map_.valid.any(1), map_.id, np.iinfo(np.int64).max)
     order = np.argsort(key, kind="stable")
-    ids_sorted = key[order]
-    lane_id = lights.lane_id[steps]
-    first = np.searchsorted(ids_sorted, lane_id, side="left")
-    count = np.where(valid, np.searchsorted(ids_sorted, lane_id, side="right") - first, 0)
-    state = lights.state[steps]
+    first = np.searchsorted(key[order], lane_id, side="left")
+    count = np.where(valid, np.searchsorted(key[order], lane_id, side="right") - first, 0)
 
-    slot = np.cumsum(valid, axis=1) - 1
     tt, kk = np.nonzero(valid)
-    ok = slot[tt, kk] < C.N_TL_STOP
-    if not ok.all():
-        log.warning("scenario %s: up to %d traffic lights per step, keeping the first %d", scenario_id,
-                    int(valid.sum(1).max()), C.N_TL_STOP)
-    tt, kk = tt[ok], kk[ok]
-    s = slot[tt, kk]
-    stops.valid[tt, s] = True
-    stops.state[tt, s, state[tt, kk]] = True
-    stops.pos[tt, s] = lights.stop[steps][tt, kk, :2]
-    stops.dir[tt, s] = map_.dir[order[first[tt, kk]], 0]
+    slot = (np.cumsum(valid, axis=1) - 1)[tt, kk]
+    tt, kk, slot = _truncate(tt, kk, slot, C.N_TL_STOP, f"scenario {scenario_id}: traffic lights per step")
+    stops.valid[tt, slot] = True
+    stops.state[tt, slot, state[tt, kk]] = True
+    stops.pos[tt, slot] = lights.stop[steps][tt, kk, :2]
+    stops.dir[tt, slot] = map_.dir[order[first[tt, kk]], 0]
 
-    start = np.cumsum(count, axis=1) - count
     tt, kk = np.nonzero(count)
     n = count[tt, kk]
-    rep_t, rep_k = np.repeat(tt, n), np.repeat(kk, n)
+    tt, kk = np.repeat(tt, n), np.repeat(kk, n)
     within = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
-    slot = start[rep_t, rep_k] + within
-    ok = slot < C.N_TL_LANE
-    if not ok.all():
-        log.warning("scenario %s: up to %d tl_lane entries per step, keeping the first %d", scenario_id,
-                    int(count.sum(1).max()), C.N_TL_LANE)
-    rep_t, rep_k, slot, within = rep_t[ok], rep_k[ok], slot[ok], within[ok]
-    lanes.valid[rep_t, slot] = True
-    lanes.state[rep_t, slot, state[rep_t, rep_k]] = True
-    lanes.idx[rep_t, slot] = order[first[rep_t, rep_k] + within]
+    slot = (np.cumsum(count, axis=1) - count)[tt, kk] + within
+    tt, kk, slot, within = _truncate(tt, kk, slot, C.N_TL_LANE, f"scenario {scenario_id}: tl_lane entries per step",
+                                     within)
+    lanes.valid[tt, slot] = True
+    lanes.state[tt, slot, state[tt, kk]] = True
+    lanes.idx[tt, slot] = order[first[tt, kk] + within]
     return lanes, stops
+
+
+def _truncate(step: np.ndarray, entry: np.ndarray, slot: np.ndarray, width: int, what: str,
+              *more: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Keep the (step, entry, slot, ...) rows whose slot fits ``width``; log a warning if any does not."""
+    ok = slot < width
+    if not ok.all():
+        log.warning("%s: up to %d, keeping the first %d", what, int(slot.max()) + 1, width)
+    return tuple(a[ok] for a in (step, entry, slot, *more))

@@ -1,0 +1,151 @@
+"""Specification of the simulator-facing policy API (trafficbots_gym.model.policy.TrafficBotsPolicy)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from trafficbots_gym.data.batch import SceneBatch
+from trafficbots_gym.data.h5io import SceneReader
+from trafficbots_gym.model.config import TrafficBotsConfig
+from trafficbots_gym.model.navigation import outside_map
+from trafficbots_gym.model.policy import TrafficBotsPolicy
+from trafficbots_gym.model.reference_import import import_reference_checkpoint
+from trafficbots_gym.model.rollout import rollout
+from trafficbots_gym.model.traffic_bots import TrafficBots
+from trafficbots_gym.simulation.state import AgentState
+
+VECTORS = Path(__file__).parent / "fixtures" / "reference_vectors"
+TINY = dict(hidden_dim=32, n_head=2, d_feedforward=32, pe_dim=16, map_node_layers=1, as2pl_layers=1,
+            as2tl_layers=1, interaction_layers=1, gru_layers=2, dest_gru_layers=1, add_goal_mlp_in_layers=1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def scenes() -> list:
+    reader = SceneReader(VECTORS / "reference_scenes.h5")
+    return [reader[0], reader[1]]
+
+
+@pytest.fixture(scope="module")
+def batch(scenes) -> SceneBatch:
+    return SceneBatch.from_scenes(scenes)
+
+
+def tiny_model(compat: bool = False) -> TrafficBots:
+    torch.manual_seed(0)
+    return TrafficBots(TrafficBotsConfig(**TINY, reference_compat=compat)).eval()
+
+
+def drive(policy: TrafficBotsPolicy, batch: SceneBatch, start: AgentState, first: int, last: int) -> list[AgentState]:
+    """A minimal simulator: every agent follows the policy; agents leaving the map off-log are removed."""
+    state, states = start, []
+    for t in range(first, last + 1):
+        action = policy.act(state, torch.full((batch.batch_size,), t))
+        state = state.step(action[..., 0], action[..., 1])
+        gone = outside_map(state.valid, state.pos, batch.map_boundary) & ~batch.agent_valid[:, t]
+        state.valid = state.valid & ~gone
+        states.append(state)
+    return states
+
+
+def test_policy_driven_loop_reproduces_the_joint_future_rollout_exactly(batch):
+    model, _ = import_reference_checkpoint(VECTORS / "reference_random_init.ckpt")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        ref = rollout(model, batch, procedure="joint_future", n_steps=30)
+    policy = TrafficBotsPolicy(model)
+    policy.reset(batch, latent="prior", deterministic_latent=True, destination="argmax")
+    warm = policy.warm_start_state
+    assert torch.equal(warm.pos[batch.agent_valid[:, 10]], batch.agent_pos[:, 10][batch.agent_valid[:, 10]])
+    states = drive(policy, batch, warm, 11, 30)
+    for i, state in enumerate(states):
+        step_index = 10 + i
+        assert torch.equal(state.pos[ref.pred_valid[:, step_index]],
+                           ref.pred_pos[:, step_index][ref.pred_valid[:, step_index]]), step_index
+    assert torch.equal(policy.dest_reached, ref.dest_reached[:, 29])
+
+
+def test_actions_respect_the_type_limits_and_invalid_agents_get_zero(batch):
+    policy = TrafficBotsPolicy(tiny_model())
+    policy.reset(batch, generator=torch.Generator().manual_seed(0))
+    state = policy.warm_start_state
+    state.valid[0, :5] = False
+    action = policy.act(state, torch.full((2,), 11))
+    assert action.shape == (2, 64, 2) and action.dtype == torch.float32
+    assert not action[0, :5].any()
+    assert not policy._loop.hidden.view(-1, 2, 64, 32)[:, 0, :5].any()
+    veh = batch.agent_type[..., 0]
+    assert (action[veh].abs() <= torch.tensor([5.0, 1.5]) + 1e-6).all()
+
+
+def test_same_generator_seed_same_episode_different_seed_different_episode(batch):
+    def episode(seed: int) -> torch.Tensor:
+        policy = TrafficBotsPolicy(tiny_model())
+        policy.reset(batch, generator=torch.Generator().manual_seed(seed), deterministic_action=False)
+        return torch.stack([s.pos for s in drive(policy, batch, policy.warm_start_state, 11, 14)])
+
+    a, b, c = episode(5), episode(5), episode(6)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_partial_reset_replaces_only_the_given_rows(scenes, batch):
+    policy = TrafficBotsPolicy(tiny_model())
+    policy.reset(batch, destination="argmax", deterministic_latent=True)
+    state = policy.warm_start_state
+    for t in (11, 12):
+        policy.act(state, torch.full((2,), t))
+    hidden_row0 = policy._loop.hidden.view(2, 2, 64, 32)[:, 0].clone()
+    dest_row0 = policy.destinations[0].clone()
+
+    scene0 = SceneBatch.from_scenes([scenes[0]])
+    policy.reset(scene0, env_ids=torch.tensor([1]), destination="argmax", deterministic_latent=True)
+    assert torch.equal(policy._loop.hidden.view(2, 2, 64, 32)[:, 0], hidden_row0)
+    assert torch.equal(policy.destinations[0], dest_row0)
+    assert torch.equal(policy.destinations[1], policy.destinations[0])   # row 1 now holds scene 0 too
+
+    fresh = TrafficBotsPolicy(policy.model)
+    fresh.reset(scene0, destination="argmax", deterministic_latent=True)
+    mixed = policy.warm_start_state
+    step = torch.tensor([13, 11])
+    action = policy.act(mixed, step)
+    expected = fresh.act(fresh.warm_start_state, torch.tensor([11]))
+    torch.testing.assert_close(action[1], expected[0], atol=1e-5, rtol=0)
+
+
+def test_fixed_mode_reads_the_simulated_kinematics_compat_mode_latches_them(batch):
+    for compat in (False, True):
+        policy = TrafficBotsPolicy(tiny_model(compat))
+        policy.reset(batch, destination="argmax", deterministic_latent=True)
+        state = policy.warm_start_state
+        hidden = policy._loop.hidden.clone()
+        a = policy.act(state, torch.full((2,), 11))
+        policy._loop.hidden = hidden
+        moved = state.clone()
+        moved.vel = moved.vel + 3.0
+        moved.acc = moved.acc + 1.0
+        b = policy.act(moved, torch.full((2,), 11))
+        assert torch.equal(a, b) == compat
+
+
+def test_misuse_is_reported(batch, scenes):
+    policy = TrafficBotsPolicy(tiny_model())
+    with pytest.raises(RuntimeError, match="reset"):
+        policy.act(AgentState.from_log(batch, 10), torch.full((2,), 11))
+    history = SceneBatch.from_scenes(scenes, history_only=True)
+    with pytest.raises(ValueError, match="posterior"):
+        policy.reset(history, latent="posterior")
+    with pytest.raises(ValueError, match="logged destinations"):
+        policy.reset(history, destination="logged")
+    policy.reset(history)   # prior latent + predicted destination work from the history alone
+    with pytest.raises(ValueError, match="env_ids"):
+        policy.reset(history, env_ids=torch.tensor([0]))

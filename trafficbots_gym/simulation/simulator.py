@@ -3,7 +3,8 @@
 Per step (from step t-1 to t, t = 11, 12, ...):
 
 1. the ego moves with its physical action (acc, yaw rate), clipped to its type's limits, through the
-   midpoint unicycle (the same dynamics as every simulated agent);
+   midpoint unicycle (the same dynamics as every simulated agent); with no ego action (``None``) the
+   ego slot moves like the other agents instead;
 2. the background model moves its reactive agents (:mod:`trafficbots_gym.simulation.background`);
    the other non-ego agents take their logged state of step t (and vanish once their log ends,
    in particular for t > 90);
@@ -159,7 +160,7 @@ class BatchedSimulator:
             self._check_new_rows(batch, ego_index)
             self._batch = replace_rows(self.batch, env_ids, batch)
             self._ego = self.ego_index.index_copy(0, env_ids, ego_index)
-            self._geometry = replace_rows(self.geometry, env_ids, MapGeometry.from_batch(batch))
+            self._geometry = self.geometry.replace_rows(env_ids, MapGeometry.from_batch(batch))
             self._ego_path = replace_rows(_require(self._ego_path), env_ids,
                                           LoggedPath.from_batch(batch).select_agent(ego_index))
             self._state = replace_rows(self.state, env_ids, AgentState.from_log(batch, STEP_CURRENT).masked())
@@ -168,8 +169,13 @@ class BatchedSimulator:
                 0, env_ids, reactive_mask(self.background_name, batch, ego_index, self.mixed_radius))
         self._background.reset(self.batch, self.ego_index, env_ids=env_ids, generator=generator)
 
-    def step(self, ego_action: torch.Tensor) -> StepOutput:
-        """Advance every scene by one step with the ego's physical action [B, 2] (acc m/s^2, yaw rate rad/s)."""
+    def step(self, ego_action: torch.Tensor | None) -> StepOutput:
+        """Advance every scene by one step with the ego's physical action [B, 2] (acc m/s^2, yaw rate rad/s).
+
+        ``ego_action=None``: no external ego this step; the ego slot moves like every other agent (by the
+        background model, or along its log under "log_replay"), as in a WOSAC rollout where every agent
+        is simulated.
+        """
         batch, prev = self.batch, self.state
         t = self.step_index + 1
         ego = self.ego_mask
@@ -181,7 +187,11 @@ class BatchedSimulator:
         nxt = nxt.where(spawn, log_next)
         gone = self.reactive & ~log_next.valid & metrics.outside_map(nxt, batch.map_boundary)
         nxt = AgentState(**{**_as_dict(nxt), "valid": nxt.valid & ~gone}).masked()
-        nxt = nxt.where(ego, self._ego_next(prev, ego_action))
+        if ego_action is None:
+            ego_next = log_next if self.background_name == "log_replay" else moved
+        else:
+            ego_next = self._ego_next(prev, ego_action)
+        nxt = nxt.where(ego, ego_next)
         self._state, self._step = nxt, t
         return self._report(prev, nxt, t, log_next)
 

@@ -7,7 +7,8 @@
   validation, ``val/loss`` = the training loss of the first validation procedure;
 * Adam with a second parameter group (``lr_goal``) for the destination predictor and StepLR per epoch,
   as the reference;
-* checkpoints also carry the model config under :data:`MODEL_CONFIG_KEY`.
+* checkpoints also carry the model config under :data:`MODEL_CONFIG_KEY`;
+* the action log-stds are frozen: training executes the action mean, so they never get a gradient.
 """
 from __future__ import annotations
 
@@ -72,6 +73,9 @@ class TrafficBotsModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = TrafficBots(TrafficBotsConfig.from_dict(dict(model or {})))
+        # Training rollouts execute the action mean, so the action log-stds get no gradient (as in the
+        # reference, they stay at their initial value). Frozen, DDP needs no unused-parameter search.
+        self.model.action_head.log_std.requires_grad_(False)
         self.optim_cfg = OptimizerConfig(**(optimizer or {}))
         self.loss_cfg = LossConfig(**(loss or {}))
         for name, procs in (("val_procedures", val_procedures), ("test_procedures", test_procedures)):

@@ -220,8 +220,9 @@ def nearest(points: torch.Tensor, origin: torch.Tensor, mask: torch.Tensor, k: i
     Also returns their validity [B, k]: slots beyond the available entries or farther than ``max_dist``
     are invalid (index 0). Nearest first.
     """
-    dist = (points - origin.unsqueeze(1)).norm(dim=-1)
-    d = torch.where(mask & (dist <= max_dist), dist, torch.full_like(dist, float("inf")))
+    delta = points - origin.unsqueeze(1)
+    dist_sq = delta[..., 0] * delta[..., 0] + delta[..., 1] * delta[..., 1]
+    d = torch.where(mask & (dist_sq <= max_dist * max_dist), dist_sq, torch.full_like(dist_sq, float("inf")))
     n = min(k, d.shape[1])
     values, idx = torch.topk(d, n, dim=1, largest=False, sorted=True)
     valid = torch.isfinite(values)

@@ -1,8 +1,9 @@
 """Stable-Baselines3 ``VecEnv`` adapter: N TrafficBots envs in one batched simulator, SB3 semantics.
 
 Finished rows reset in the same step (SB3 autoreset): the returned observation is the new episode's,
-``infos[i]["terminal_observation"]`` holds the last one and ``infos[i]["TimeLimit.truncated"]`` tells a
-horizon cut from a real termination. ``infos[i]["episode"]`` carries the episode summary (incl. SB3's
+``infos[i]`` is the final step's info with ``terminal_observation`` (the last observation) and
+``TimeLimit.truncated`` (a horizon cut, not a termination); the new episode's reset info goes to
+``reset_infos[i]``. ``infos[i]["episode"]`` carries the episode summary (incl. SB3's
 ``r`` / ``l`` / ``t``), so PPO logs returns without a ``VecMonitor``. All rows share one simulator:
 ``get_attr`` / ``set_attr`` / ``env_method`` act on it and return one entry per requested row.
 """
@@ -58,6 +59,7 @@ class TrafficBotsSB3VecEnv(VecEnv):
         if dones.any():
             finals = row_dicts(infos["final_info"], self.num_envs)
             for i in np.flatnonzero(dones):
+                self.reset_infos[i] = dict(rows[i])
                 rows[i].update(finals[i])
                 rows[i]["terminal_observation"] = infos["final_obs"][i]
                 rows[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])

@@ -143,7 +143,7 @@ def pack_scenario(raw: RawScenario, split: str, *, rng: np.random.Generator, ran
 
     sel_steps = slice(0, raw.num_steps) if training else hist
     if with_map:
-        sim = select_agents(agents, sel_steps, map_, training)
+        sim = _select_agents(agents, sel_steps, map_, training)
     else:
         sim = _select_first(agents, sel_steps)
     views: dict[str, AgentTracks | NoSimAgents | TrafficLightLanes | TrafficLightStops] = {}
@@ -513,7 +513,7 @@ class _LaneNodes:
 # --------------------------------------------------------------------------------------------------
 
 
-def select_agents(agents: _Agents, steps: slice, map_: MapPolylines, training: bool,
+def _select_agents(agents: _Agents, steps: slice, map_: MapPolylines, training: bool,
                   n_agent: int = C.N_AGENT) -> np.ndarray:
     """[N] mask of the (<= ``n_agent``) simulated agents, by the reference heuristics on ``steps``.
 

@@ -435,17 +435,17 @@ def test_a_polygon_becomes_both_directions_of_its_two_long_sides() -> None:
     assert polygon_to_polylines(np.zeros((3, 3))) == []  # degenerate: no NaN polylines
 
 
-def _crowd(n_near: int, n_far: int, split: str, **kwargs) -> tuple:
+def _crowd(n_near: int, n_far: int, split: str, **kwargs):
+    """SDC at the origin, then half of the far agents (250-500 m), the near ones (5-60 m), the rest."""
     near = np.stack([np.linspace(5, 60, n_near), np.zeros(n_near)], 1)
     far = np.stack([np.linspace(250, 500, n_far), np.full(n_far, 4.0)], 1)
     start = np.concatenate([[[0.0, 0.0]], far[: n_far // 2], near, far[n_far // 2:]])
-    raw = scenario(tracks(start, speed=2.0), **kwargs)
-    return raw, pack_scenario(raw, split, rng=np.random.default_rng(0))
+    return pack_scenario(scenario(tracks(start, speed=2.0), **kwargs), split, rng=np.random.default_rng(0))
 
 
 @pytest.mark.parametrize("split", C.SPLITS)
 def test_crowded_scenes_prune_far_agents_in_track_order_down_to_64(split: str) -> None:
-    raw, scene = _crowd(30, 50, split, tracks_to_predict=[80])
+    scene = _crowd(30, 50, split, tracks_to_predict=[80])
     agents = scene.sim_agents
     assert agents.valid.any(0).sum() == 64 and agents.object_id[0] == 100
     kept = set(agents.object_id[agents.object_id >= 0].tolist())
@@ -478,7 +478,7 @@ def test_more_than_256_unsimulated_agents_keep_the_nearest_with_a_warning(caplog
     assert no_sim.valid.any(0).sum() == 256 and "337 non-simulated agents" in caplog.text
     sim_x = scene.agent.pos[0, scene.agent.valid[0], 0]
     no_sim_x = no_sim.pos[0, no_sim.valid[0], 0]
-    dropped = set(range(101, 401)) - set(scene.agent.object_id.tolist()) - set(no_sim.object_id.tolist())
+    dropped = set(range(101, 501)) - set(scene.agent.object_id.tolist()) - set(no_sim.object_id.tolist())
     assert len(dropped) == 400 - 63 - 256 and sim_x.max() < no_sim_x.min()
     dropped_x = [start[i - 100, 0] for i in dropped]
     assert min(dropped_x) > no_sim_x.max() + scene.scenario_center[0] - 1e-3  # the farthest are the ones dropped

@@ -136,14 +136,31 @@ def test_lane_distance_matches_brute_force_on_reference_scenes():
     reader = SceneReader(FIXTURE)
     batch = SceneBatch.from_scenes([reader[0], reader[1]])
     geom = M.MapGeometry.from_batch(batch)
-    points = batch.agent_pos[:, 40]
+    bound = batch.map_boundary
+    u = torch.rand(2, 1500, 2, generator=torch.Generator().manual_seed(0))
+    points = torch.stack([bound[:, None, 0] + u[..., 0] * (bound[:, None, 1] - bound[:, None, 0]),
+                          bound[:, None, 2] + u[..., 1] * (bound[:, None, 3] - bound[:, None, 2])], -1)
+    points = torch.cat([points, batch.agent_pos[:, 40]], dim=1)
     fast = M.lane_distance(points, geom)
+    is_lane = batch.map_type[..., :3].any(-1) & batch.map_valid.any(-1)
     for b in range(2):
-        lane = geom.is_lane[b]
+        lane = is_lane[b]
         d = M.point_segment_distance(points[b], batch.map_pos[b][lane].reshape(-1, 2),
                                      batch.map_dir[b][lane].reshape(-1, 2))
         d = d.masked_fill(~batch.map_valid[b][lane].reshape(-1), float("inf")).amin(-1)
         torch.testing.assert_close(fast[b], d)
+
+
+def test_map_geometry_rows_can_be_replaced_by_scenes_with_more_polylines():
+    reader = SceneReader(FIXTURE)
+    batch = SceneBatch.from_scenes([reader[1], reader[1]])
+    small = M.MapGeometry.from_batch(batch)
+    big = M.MapGeometry.from_batch(SceneBatch.from_scenes([reader[0]]))
+    assert big.lanes.capacity > small.lanes.capacity
+    mixed = small.replace_rows(torch.tensor([1]), big)
+    points = batch.agent_pos[:, 30]
+    torch.testing.assert_close(M.lane_distance(points, mixed)[0], M.lane_distance(points[:1], small.index(torch.tensor([0])))[0])
+    torch.testing.assert_close(M.lane_distance(points, mixed)[1], M.lane_distance(points[1:], big)[0])
 
 
 def _light(state: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

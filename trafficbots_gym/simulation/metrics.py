@@ -35,7 +35,7 @@ from trafficbots_gym.simulation.state import AgentState
 
 MAX_LANE_DISTANCE = 3.5
 """Off-road if a vehicle centre is farther than this (m) from every vehicle-lane centreline."""
-LANE_CANDIDATES = 16
+LANE_CANDIDATES = 8
 """Lane polylines examined exactly per agent (the nearest by an oriented-box lower bound)."""
 EDGE_CANDIDATES = 8
 """Road-edge polylines examined exactly per agent."""
@@ -105,47 +105,137 @@ def collisions(state: AgentState, size: torch.Tensor, agent_type: torch.Tensor, 
 # Static map geometry (once per reset)
 # ----------------------------------------------------------------------------------------------------
 
-@dataclass
-class MapGeometry:
-    """Per-scene static map tensors for the metrics, precomputed once per reset.
+_FAR = 1.0e6
+"""Bounding-box centre (m) given to padding polylines so that they rank last."""
 
-    Every polyline carries an oriented bounding box (axis = its chord) used as a tight lower bound of
-    the distance to its segments, so only the few nearest polylines are examined exactly.
+
+@dataclass
+class PolylineSet:
+    """The polylines of one class group (e.g. vehicle lanes), compacted to ``L`` slots per scene.
+
+    Each polyline carries an oriented bounding box (axis = its chord): the distance to the box is a
+    tight lower bound of the distance to its segments (the 20-node chunks are nearly straight), so only
+    the few nearest polylines need an exact test. Padding slots have no valid node and a far-away box.
     """
 
-    seg_start: torch.Tensor   # [B, P, N, 2] node positions
-    seg_vec: torch.Tensor     # [B, P, N, 2] node -> next point
-    seg_valid: torch.Tensor   # [B, P, N] bool
-    is_lane: torch.Tensor     # [B, P] bool: valid vehicle-lane polyline
-    is_edge: torch.Tensor     # [B, P] bool: valid road-edge polyline
-    obb_center: torch.Tensor  # [B, P, 2]
-    obb_axis: torch.Tensor    # [B, P, 2] unit chord direction
-    obb_half: torch.Tensor    # [B, P, 2] half extents along (axis, normal)
+    start: torch.Tensor   # [B, L, N, 2] node positions
+    vec: torch.Tensor     # [B, L, N, 2] node -> next point
+    valid: torch.Tensor   # [B, L, N] bool
+    frame: torch.Tensor   # [B, 2L, 2]: rows 2l, 2l+1 = unit axis and normal of box l
+    offset: torch.Tensor  # [B, 2L]: box centre projected on those rows
+    half: torch.Tensor    # [B, 2L]: half extents along those rows
+
+    @staticmethod
+    def select(pos: torch.Tensor, vec: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor,
+               capacity: int | None = None) -> "PolylineSet":
+        """The polylines of ``mask`` [B, P] first, padded to ``capacity`` (default: the largest count)."""
+        count = int(mask.sum(-1).max()) if mask.numel() else 0
+        capacity = max(count if capacity is None else capacity, 1)
+        order = torch.argsort((~mask).to(torch.uint8), dim=-1, stable=True)
+        if order.shape[-1] < capacity:
+            order = torch.cat([order, order[..., :1].expand(*order.shape[:-1], capacity - order.shape[-1])], -1)
+        order = order[..., :capacity]
+        rows = torch.arange(pos.shape[0], device=pos.device).unsqueeze(-1)
+        keep = torch.gather(mask, -1, order)
+        sel_valid = valid[rows, order] & keep.unsqueeze(-1)
+        sel_pos, sel_vec = pos[rows, order], vec[rows, order]
+        center, axis, half = _polyline_obbs(sel_pos, sel_vec, sel_valid)
+        center = torch.where(keep.unsqueeze(-1), center, torch.full_like(center, _FAR))
+        normal = torch.stack([-axis[..., 1], axis[..., 0]], dim=-1)
+        frame = torch.stack([axis, normal], dim=-2).flatten(-3, -2)                 # [B, 2L, 2]
+        offset = (torch.stack([(center * axis).sum(-1), (center * normal).sum(-1)], -1)).flatten(-2)
+        return PolylineSet(start=sel_pos, vec=sel_vec, valid=sel_valid, frame=frame, offset=offset,
+                           half=half.flatten(-2))
+
+    @property
+    def capacity(self) -> int:
+        return int(self.valid.shape[1])
+
+    def pad_to(self, capacity: int) -> "PolylineSet":
+        """The same set with ``capacity`` slots (padding appended)."""
+        extra = capacity - self.capacity
+        if extra <= 0:
+            return self
+
+        def pad(x: torch.Tensor, dim_scale: int, value: float) -> torch.Tensor:
+            shape = list(x.shape)
+            shape[1] = extra * dim_scale
+            return torch.cat([x, torch.full(shape, value, dtype=x.dtype, device=x.device)], dim=1)
+
+        frame = pad(self.frame, 2, 0.0)
+        frame[:, 2 * self.capacity::2, 0] = 1.0
+        frame[:, 2 * self.capacity + 1::2, 1] = 1.0
+        return PolylineSet(start=pad(self.start, 1, 0.0), vec=pad(self.vec, 1, 0.0), valid=pad(self.valid, 1, False),
+                           frame=frame, offset=pad(self.offset, 2, _FAR), half=pad(self.half, 2, 0.0))
+
+    def lower_bound_sq(self, points: torch.Tensor) -> torch.Tensor:
+        """[B, Q, L] squared distance from points [B, Q, 2] to every bounding box (<= the true distance²)."""
+        proj = torch.baddbmm(-self.offset.unsqueeze(1), points, self.frame.transpose(1, 2))  # [B, Q, 2L]
+        excess = (proj.abs() - self.half.unsqueeze(1)).clamp(min=0.0)
+        return (excess * excess).unflatten(-1, (-1, 2)).sum(-1)
+
+    def candidates(self, points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Segments of the ``k`` polylines nearest to points [B, Q, 2] by the bounding-box bound:
+        start [B, Q, k*N, 2], vec [B, Q, k*N, 2] and valid [B, Q, k*N]."""
+        k = min(k, self.capacity)
+        _, idx = torch.topk(self.lower_bound_sq(points), k, dim=-1, largest=False)    # [B, Q, k]
+        rows = torch.arange(idx.shape[0], device=idx.device).view(-1, 1, 1)
+        b, q = points.shape[:2]
+        return (self.start[rows, idx].reshape(b, q, -1, 2), self.vec[rows, idx].reshape(b, q, -1, 2),
+                self.valid[rows, idx].reshape(b, q, -1))
+
+    def index(self, rows: torch.Tensor) -> "PolylineSet":
+        return PolylineSet(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    def replace_rows(self, rows: torch.Tensor, new: "PolylineSet") -> "PolylineSet":
+        """A copy whose scenes ``rows`` come from ``new`` (capacities are padded to the larger one)."""
+        capacity = max(self.capacity, new.capacity)
+        old, new = self.pad_to(capacity), new.pad_to(capacity)
+        return PolylineSet(**{f.name: getattr(old, f.name).index_copy(0, rows, getattr(new, f.name))
+                              for f in fields(self)})
+
+
+@dataclass
+class MapGeometry:
+    """Per-scene static map tensors for the metrics, precomputed once per reset."""
+
+    lanes: PolylineSet        # vehicle lanes (classes 0-2)
+    edges: PolylineSet        # road edges (classes 4, 5)
+    map_pos: torch.Tensor     # [B, P, N, 2] every polyline, by its map index (for destinations)
+    map_dir: torch.Tensor     # [B, P, N, 2]
+    map_valid: torch.Tensor   # [B, P, N] bool
     has_lane: torch.Tensor    # [B] bool: the scene has vehicle lanes
     boundary: torch.Tensor    # [B, 4] xmin, xmax, ymin, ymax
 
     @staticmethod
     def from_batch(batch: SceneBatch) -> "MapGeometry":
-        """Derive the geometry of every scene of ``batch`` (on the batch's device)."""
+        """Derive the geometry of every scene of ``batch`` (on the batch's device; one host sync)."""
         pos, vec, valid = batch.map_pos, batch.map_dir, batch.map_valid
         pl_valid = valid.any(-1)
-        lane_cols = list(VEHICLE_LANE_TYPES)
-        edge_cols = list(ROAD_EDGE_TYPES)
-        is_lane = batch.map_type[..., lane_cols].any(-1) & pl_valid
-        is_edge = batch.map_type[..., edge_cols].any(-1) & pl_valid
-        center, axis, half = _polyline_obbs(pos, vec, valid)
-        return MapGeometry(seg_start=pos, seg_vec=vec, seg_valid=valid, is_lane=is_lane, is_edge=is_edge,
-                           obb_center=center, obb_axis=axis, obb_half=half, has_lane=is_lane.any(-1),
-                           boundary=batch.map_boundary)
+        is_lane = batch.map_type[..., list(VEHICLE_LANE_TYPES)].any(-1) & pl_valid
+        is_edge = batch.map_type[..., list(ROAD_EDGE_TYPES)].any(-1) & pl_valid
+        return MapGeometry(lanes=PolylineSet.select(pos, vec, valid, is_lane),
+                           edges=PolylineSet.select(pos, vec, valid, is_edge), map_pos=pos, map_dir=vec,
+                           map_valid=valid, has_lane=is_lane.any(-1), boundary=batch.map_boundary)
 
     def index(self, rows: torch.Tensor) -> "MapGeometry":
         """The geometry of scenes ``rows``."""
-        return MapGeometry(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+        return MapGeometry(**{f.name: getattr(self, f.name).index(rows) if isinstance(getattr(self, f.name),
+                                                                                       PolylineSet)
+                              else getattr(self, f.name)[rows] for f in fields(self)})
+
+    def replace_rows(self, rows: torch.Tensor, new: "MapGeometry") -> "MapGeometry":
+        """A copy whose scenes ``rows`` come from ``new``."""
+        out = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(new, f.name)
+            out[f.name] = a.replace_rows(rows, b) if isinstance(a, PolylineSet) else a.index_copy(0, rows, b)
+        return MapGeometry(**out)
 
 
 def _polyline_obbs(pos: torch.Tensor, vec: torch.Tensor,
                    valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Oriented bounding boxes (center, unit axis, half extents) of polylines incl. their end points."""
+    """Oriented bounding boxes (center, unit axis, half extents [.., 2]) of polylines incl. their end points."""
     points = torch.cat([pos, pos + vec], dim=-2)                 # [B, P, 2N, 2]
     pvalid = torch.cat([valid, valid], dim=-1)
     node = torch.arange(valid.shape[-1], device=valid.device)
@@ -175,36 +265,6 @@ def _polyline_obbs(pos: torch.Tensor, vec: torch.Tensor,
     return center, axis, half
 
 
-def _obb_lower_bound(points: torch.Tensor, geom: MapGeometry) -> torch.Tensor:
-    """[B, Q, P] distance from points [B, Q, 2] to every polyline's bounding box (<= true distance)."""
-    d = points.unsqueeze(2) - geom.obb_center.unsqueeze(1)       # [B, Q, P, 2]
-    axis = geom.obb_axis.unsqueeze(1)
-    along = (d * axis).sum(-1)
-    across = d[..., 1] * axis[..., 0] - d[..., 0] * axis[..., 1]
-    half = geom.obb_half.unsqueeze(1)
-    ex = (along.abs() - half[..., 0]).clamp(min=0.0)
-    en = (across.abs() - half[..., 1]).clamp(min=0.0)
-    return torch.sqrt(ex * ex + en * en)
-
-
-def _candidate_segments(points: torch.Tensor, geom: MapGeometry, mask: torch.Tensor, k: int,
-                        lower_bound: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Segments of the ``k`` polylines of ``mask`` [B, P] nearest to points [B, Q, 2] (by lower bound).
-
-    Returns start [B, Q, k*N, 2], vec [B, Q, k*N, 2] and valid [B, Q, k*N].
-    """
-    lb = _obb_lower_bound(points, geom) if lower_bound is None else lower_bound
-    lb = lb.masked_fill(~mask.unsqueeze(1), float("inf"))
-    k = min(k, lb.shape[-1])
-    lb_k, idx = torch.topk(lb, k, dim=-1, largest=False)          # [B, Q, k]
-    rows = torch.arange(idx.shape[0], device=idx.device).view(-1, 1, 1)
-    start = geom.seg_start[rows, idx]                             # [B, Q, k, N, 2]
-    vec = geom.seg_vec[rows, idx]
-    valid = geom.seg_valid[rows, idx] & torch.isfinite(lb_k).unsqueeze(-1)
-    b, q = points.shape[:2]
-    return start.reshape(b, q, -1, 2), vec.reshape(b, q, -1, 2), valid.reshape(b, q, -1)
-
-
 def point_segment_distance(points: torch.Tensor, start: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
     """Distance from points [..., 2] to segments ``start`` -> ``start + vec`` [..., S, 2]; returns [..., S]."""
     rel = points.unsqueeze(-2) - start
@@ -212,13 +272,9 @@ def point_segment_distance(points: torch.Tensor, start: torch.Tensor, vec: torch
     return (rel - t.unsqueeze(-1) * vec).norm(dim=-1)
 
 
-def lane_distance(points: torch.Tensor, geom: MapGeometry, k: int = LANE_CANDIDATES,
-                  lower_bound: torch.Tensor | None = None) -> torch.Tensor:
-    """[B, Q] distance from points [B, Q, 2] to the nearest vehicle-lane centreline (inf without lanes).
-
-    ``lower_bound``: a precomputed ``_obb_lower_bound(points, geom)`` to reuse.
-    """
-    start, vec, valid = _candidate_segments(points, geom, geom.is_lane, k, lower_bound)
+def lane_distance(points: torch.Tensor, geom: MapGeometry, k: int = LANE_CANDIDATES) -> torch.Tensor:
+    """[B, Q] distance from points [B, Q, 2] to the nearest vehicle-lane centreline (inf without lanes)."""
+    start, vec, valid = geom.lanes.candidates(points, k)
     dist = point_segment_distance(points, start, vec).masked_fill(~valid, float("inf"))
     return dist.amin(-1)
 
@@ -249,10 +305,9 @@ def offroad(state: AgentState, size: torch.Tensor, agent_type: torch.Tensor, geo
             max_lane_distance: float = MAX_LANE_DISTANCE) -> torch.Tensor:
     """[B, A] bool: valid vehicles off the road (box touches a road edge, or centre far from every lane)."""
     length, width = size[..., 0], size[..., 1]
-    lb = _obb_lower_bound(state.pos, geom)
-    start, vec, valid = _candidate_segments(state.pos, geom, geom.is_edge, EDGE_CANDIDATES, lb)
+    start, vec, valid = geom.edges.candidates(state.pos, EDGE_CANDIDATES)
     on_edge = box_touches_segments(state.pos, state.yaw, length, width, start, vec, valid)
-    far = (lane_distance(state.pos, geom, lower_bound=lb) > max_lane_distance) & geom.has_lane.unsqueeze(-1)
+    far = (lane_distance(state.pos, geom) > max_lane_distance) & geom.has_lane.unsqueeze(-1)
     vehicle = agent_type[..., AgentType.VEHICLE].bool()
     return (on_edge | far) & vehicle & state.valid
 
@@ -304,9 +359,9 @@ def destination_reached(state: AgentState, dest: torch.Tensor, geom: MapGeometry
     road-edge destination (classes 4, 5): some node within 10 m. ``map_type`` [B, P, 11] one-hot.
     """
     rows = torch.arange(dest.shape[0], device=dest.device).unsqueeze(-1)
-    node = geom.seg_start[rows, dest]                                         # [B, A, N, 2]
-    vec = geom.seg_vec[rows, dest]
-    nvalid = geom.seg_valid[rows, dest]
+    node = geom.map_pos[rows, dest]                                           # [B, A, N, 2]
+    vec = geom.map_dir[rows, dest]
+    nvalid = geom.map_valid[rows, dest]
     is_edge = map_type[rows, dest][..., list(ROAD_EDGE_TYPES)].any(-1)        # [B, A]
     dist = (node - state.pos.unsqueeze(-2)).norm(dim=-1)
     heading = torch.stack([torch.cos(state.yaw), torch.sin(state.yaw)], -1).unsqueeze(-2)

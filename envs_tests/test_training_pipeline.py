@@ -110,6 +110,19 @@ def test_validate_action_evaluates_a_checkpoint_and_reports_the_metrics(fitted: 
     assert all(f"val/joint_future/{m}" in metrics for m in METRICS)
 
 
+def test_exported_safetensors_weights_can_be_evaluated(fitted: Path, tmp_path: Path) -> None:
+    weights = fitted / "export" / "best.safetensors"
+    assert checkpoint_kind(weights) == "safetensors"
+    metrics = run(make_cfg(tmp_path, "action=validate", f"ckpt_path={weights}", "trainer.limit_val_batches=1",
+                           "model.val_procedures=[reactive_replay]"))
+    assert math.isfinite(metrics["val/reactive_replay/fde"])
+
+
+def test_a_missing_checkpoint_is_reported_by_path(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="nowhere.ckpt"):
+        run(make_cfg(tmp_path, f"ckpt_path={tmp_path / 'nowhere.ckpt'}"))
+
+
 def test_test_action_runs_joint_future_prediction(tmp_path: Path) -> None:
     metrics = run(make_cfg(tmp_path, "action=test", "trainer.limit_test_batches=1"))
     assert math.isfinite(metrics["test/joint_future/ade"]) and "test/reactive_replay/ade" not in metrics

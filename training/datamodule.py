@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from trafficbots_gym.data.batch import collate_arrays, scene_to_arrays
 from trafficbots_gym.data.h5io import H5_SUFFIXES, SceneFormatError, SceneReader
@@ -124,7 +124,7 @@ class _SceneDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = self.dataset("train")
-        if not hasattr(ds, "__len__"):  # iterable dataset: it draws its own windows
+        if isinstance(ds, IterableDataset):  # it draws its own windows
             return self._loader(ds, self.batch_size, None)
         n = len(ds)  # type: ignore[arg-type]
         sampler = ReplacementSampler(n, self.epoch_size or n, self.seed)

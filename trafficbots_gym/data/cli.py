@@ -192,13 +192,14 @@ def run_tasks(tasks: Sequence[Task], workers: int) -> Iterator[FileResult]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="trafficbots-pack", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="trafficbots-pack",
+                                description="Pack WOMD TFRecords (*.tfrecord*), ScenarioNet pickles (*.pkl) or "
+                                            "GPUDrive scenes (*.json) into TrafficBots H5 shards, one per input file.")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="source files or folders")
     p.add_argument("--out", required=True, type=Path, help="output folder of the H5 shards")
     p.add_argument("--split", required=True, choices=SPLITS, help="which keys to write and how to select agents")
-    p.add_argument("--workers", type=int, default=1, help="worker processes (one file each)")
-    p.add_argument("--seed", type=int, default=0, help="base seed of the per-file random streams")
+    p.add_argument("--workers", type=int, default=1, help="worker processes, one input file each (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="base seed of the per-file random streams (default 0)")
     p.add_argument("--rand-pos", type=float, default=None,
                    help="random frame shift per axis (m); default 50 for training, off otherwise; <= 0 = off")
     p.add_argument("--rand-yaw", type=float, default=None,

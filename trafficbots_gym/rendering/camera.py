@@ -29,15 +29,6 @@ class Camera:
         ca, sa = math.cos(a), math.sin(a)
         return np.stack([self.anchor[0] + u * ca + v * sa, self.anchor[1] - u * sa + v * ca], axis=-1)
 
-    def screen_to_world(self, px: np.ndarray) -> np.ndarray:
-        """Inverse of :meth:`world_to_screen`."""
-        px = np.asarray(px, dtype=np.float64)
-        du, dv = px[..., 0] - self.anchor[0], px[..., 1] - self.anchor[1]
-        a = math.radians(self.angle_deg)
-        ca, sa = math.cos(a), math.sin(a)
-        u, v = du * ca - dv * sa, du * sa + dv * ca
-        return np.stack([self.center[0] + u / self.scale, self.center[1] - v / self.scale], axis=-1)
-
 
 def heading_up_angle(yaw: float) -> float:
     """The camera angle (degrees) that turns a heading ``yaw`` (rad, world) to point up on screen."""

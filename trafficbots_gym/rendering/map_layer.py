@@ -49,10 +49,6 @@ class MapLayer:
         self._tiles: dict[tuple[int, int], pygame.Surface | None] = {}
         self._scratch: dict[tuple[int, int], pygame.Surface] = {}
 
-    @property
-    def num_polylines(self) -> int:
-        return len(self._polylines)
-
     def raster_of(self, xy: np.ndarray) -> np.ndarray:
         """World points ``[..., 2]`` (m) to raster pixels ``[..., 2]`` (float)."""
         xy = np.asarray(xy, dtype=np.float64)

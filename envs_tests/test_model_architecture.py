@@ -13,7 +13,8 @@ from trafficbots_gym.model.config import TrafficBotsConfig
 from trafficbots_gym.model.destination import destination_mask
 from trafficbots_gym.model.distributions import DiagGaussian, categorical_sample
 from trafficbots_gym.model.encoders import MapEncoder, PosePE
-from trafficbots_gym.model.layers import MLP, CrossAttentionLayer, TransformerBlock, interact, last_valid, max_valid
+from trafficbots_gym.model.layers import (MLP, CrossAttentionLayer, TransformerBlock, attention_mask, interact,
+                                         last_valid, max_valid)
 from trafficbots_gym.model.traffic_bots import TrafficBots
 
 SMALL = TrafficBotsConfig(hidden_dim=32, n_head=2, d_feedforward=32, pe_dim=16, map_node_layers=1, dropout=0.0)
@@ -69,9 +70,10 @@ def test_mlp_zeroes_invalid_rows_and_ends_without_activation_when_asked():
 def test_a_query_without_any_valid_key_gets_no_attention_update():
     layer = CrossAttentionLayer(16, 2, 16, dropout=0.0).eval()
     src, tgt = torch.randn(1, 3, 16), torch.randn(1, 5, 16)
-    allowed = torch.tensor([[[True, True, False, False, False]]]).expand(1, 3, 5).clone()
-    allowed[0, 1] = False
-    out = layer(src, None, layer.project_kv(tgt), allowed)
+    key_valid = torch.tensor([[True, True, False, False, False]])
+    forbidden = torch.zeros(3, 5, dtype=torch.bool)
+    forbidden[1] = True                                   # query 1 may not attend to any key
+    out = layer(src, None, layer.project_kv(tgt), attention_mask(key_valid, forbidden))
     ff_only = src[:, 1] + layer.linear2(torch.relu(layer.linear1(layer.norm2(src[:, 1]))))
     torch.testing.assert_close(out[:, 1], ff_only)
     assert torch.isfinite(out).all()

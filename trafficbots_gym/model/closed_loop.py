@@ -18,6 +18,7 @@ from torch.utils.checkpoint import checkpoint
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.model.distributions import DiagGaussian
 from trafficbots_gym.model.navigation import DestinationGeometry, outside_map
+from trafficbots_gym.model.layers import KeyValue
 from trafficbots_gym.model.traffic_bots import AgentKinematics, MapContext, TrafficBots
 from trafficbots_gym.simulation.dynamics import unicycle_step
 from trafficbots_gym.simulation.state import AgentState
@@ -40,7 +41,7 @@ class EpisodeContext:
     """Per-episode constants of the closed loop (rows = scenes)."""
 
     map: MapContext
-    tl_tokens: Tensor        # [B, T, S, D]
+    tl_kv: list[KeyValue]    # agent-to-TL keys/values per layer, each [B, T, H, S, d], every logged step
     tl_valid: Tensor         # [B, T, S]
     tl_last: Tensor          # [B] long, last traffic-light step the policy may see
     agent_type: Tensor       # [B, A, 3] bool
@@ -159,13 +160,14 @@ def policy_step(model: TrafficBots, ctx: EpisodeContext, agents: AgentState, ste
                 use_checkpoint: bool = False) -> PolicyOutput:
     """Policy action for moving every agent from ``agents`` (state at ``step``-1) to ``step`` [B]."""
     idx = tl_index(step, ctx.tl_last)
-    tl_tokens, tl_valid = _gather_step(ctx.tl_tokens, idx), _gather_step(ctx.tl_valid, idx)
+    tl_kv = [(_gather_step(k, idx), _gather_step(v, idx)) for k, v in ctx.tl_kv]
+    tl_valid = _gather_step(ctx.tl_valid, idx)
     kin = AgentKinematics(agents.valid, agents.pos.detach(), agents.yaw.detach(), agents.spd.detach(),
                           agents.vel.detach(), agents.acc.detach(), agents.yaw_rate.detach())
 
     def network(hid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         tokens = model.encode_agents(kin, ctx.agent_size, ctx.agent_type)
-        dist, new_hidden = model.policy(tokens, agents.valid, ctx.agent_type, ctx.map, tl_tokens, tl_valid,
+        dist, new_hidden = model.policy(tokens, agents.valid, ctx.agent_type, ctx.map, tl_kv, tl_valid,
                                         ctx.goal_feature, goal_valid, ctx.latent, hid)
         return dist.mean, dist.log_std, new_hidden
 
@@ -231,7 +233,7 @@ def episode_context(model: TrafficBots, batch: SceneBatch, enc: SceneEncoding, a
     """Per-episode constants of the closed loop for ``batch`` with destinations ``dest`` [B, A]."""
     n_batch = batch.batch_size
     return EpisodeContext(
-        map=enc.map, tl_tokens=enc.tl_tokens, tl_valid=enc.tl_valid,
+        map=enc.map, tl_kv=model.project_tl_kv(enc.tl_tokens), tl_valid=enc.tl_valid,
         tl_last=torch.full((n_batch,), min(tl_last_step, batch.num_steps - 1), device=batch.device),
         agent_type=agent_type, agent_size=agent_size,
         action_limits=action_limits(model.cfg.action_limits, agent_type, batch.agent_pos),

@@ -8,7 +8,9 @@ static map tokens are projected once per episode instead of once per simulation 
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,22 @@ from torch import Tensor, nn
 
 KeyValue = tuple[Tensor, Tensor]
 """Per-layer keys and values ``[N, heads, L_tgt, d_head]``."""
+
+
+class AttentionMask(NamedTuple):
+    """Boolean attention mask prepared once per block call."""
+
+    allowed: Tensor   # [N, 1, 1|Lq, Lk] True: may attend (rows without any allowed key are all True)
+    no_key: Tensor    # [N, 1|Lq, 1] True: the query has no allowed key, its attention output is zero
+
+
+def attention_mask(tgt_valid: Tensor, pair_mask: Tensor | None = None) -> AttentionMask:
+    """Mask from key validity ``tgt_valid`` [N, Lk] and forbidden pairs ``pair_mask`` [(N,) Lq, Lk]."""
+    allowed = tgt_valid.unsqueeze(-2)
+    if pair_mask is not None:
+        allowed = allowed & ~pair_mask
+    no_key = ~allowed.any(-1, keepdim=True)
+    return AttentionMask((allowed | no_key).unsqueeze(1), no_key)
 
 
 class MLP(nn.Module):
@@ -89,17 +107,15 @@ class CrossAttentionLayer(nn.Module):
         k, v = kv.chunk(2, dim=-1)
         return self._heads(k), self._heads(v)
 
-    def forward(self, src: Tensor, src_valid: Tensor | None, kv: KeyValue, allowed: Tensor) -> Tensor:
-        """``src`` [N, Lq, d]; ``allowed`` [N, 1|Lq, Lk] bool (True: the query may attend to that key)."""
+    def forward(self, src: Tensor, src_valid: Tensor | None, kv: KeyValue, mask: AttentionMask) -> Tensor:
+        """``src`` [N, Lq, d] attends to keys/values ``kv`` under ``mask`` (see :func:`attention_mask`)."""
         d = src.shape[-1]
         q = self._heads(F.linear(self.norm1(src), self.in_proj_weight[:d], self.in_proj_bias[:d]))
-        no_key = ~allowed.any(-1, keepdim=True)            # [N, 1|Lq, 1]
-        mask = (allowed | no_key).unsqueeze(1)             # [N, 1, 1|Lq, Lk]
         k, v = kv
-        attn = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask,
+        attn = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask.allowed,
                                               dropout_p=self.p_drop if self.training else 0.0)
         attn = self.out_proj(attn.transpose(-3, -2).flatten(-2))
-        attn = attn.masked_fill(no_key, 0.0)
+        attn = attn.masked_fill(mask.no_key, 0.0)
         src = src + self.drop(attn)
         src = src + self.drop(self.linear2(self.drop(F.relu(self.linear1(self.norm2(src))))))
         if src_valid is not None:
@@ -125,11 +141,9 @@ class TransformerBlock(nn.Module):
 
         ``pair_mask`` [Lq, Lk] or [N, Lq, Lk] (True: forbidden pair) is combined with the key validity.
         """
-        allowed = tgt_valid.unsqueeze(-2)
-        if pair_mask is not None:
-            allowed = allowed & ~pair_mask
+        mask = attention_mask(tgt_valid, pair_mask)
         for layer, kv in zip(self.layers, kvs, strict=True):
-            src = layer(src, src_valid, kv, allowed)
+            src = layer(src, src_valid, kv, mask)
         return src
 
     def forward(self, src: Tensor, src_valid: Tensor | None, tgt: Tensor, tgt_valid: Tensor,
@@ -137,14 +151,17 @@ class TransformerBlock(nn.Module):
         return self.forward_kv(src, src_valid, self.project_kv(tgt), tgt_valid, pair_mask)
 
 
+@functools.lru_cache(maxsize=8)
+def _self_mask(n_agent: int, device: torch.device) -> Tensor:
+    return torch.eye(n_agent, dtype=torch.bool, device=device)
+
+
 def interact(block: TransformerBlock, x: Tensor, valid: Tensor) -> Tensor:
     """Agent-agent attention: each valid agent attends to the other valid agents of its row.
 
     ``x`` [N, A, d], ``valid`` [N, A]. Rows with exactly one valid agent pass through unchanged.
     """
-    n_agent = x.shape[-2]
-    eye = torch.eye(n_agent, dtype=torch.bool, device=x.device)
-    out = block(x, valid, x, valid, pair_mask=eye)
+    out = block(x, valid, x, valid, pair_mask=_self_mask(x.shape[-2], x.device))
     single = (valid.sum(-1) == 1)[:, None, None]
     return torch.where(single, x, out)
 

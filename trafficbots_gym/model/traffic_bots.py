@@ -142,17 +142,22 @@ class TrafficBots(nn.Module):
         return self.dest_predictor(tokens, valid, agent_type, map_ctx.feature, map_ctx.valid, map_type)
 
     # ------------------------------------------------------------------------------------------- policy
-    def policy(self, tokens: Tensor, valid: Tensor, agent_type: Tensor, map_ctx: MapContext, tl_tokens: Tensor,
+    def project_tl_kv(self, tl_tokens: Tensor) -> list[KeyValue]:
+        """Agent-to-TL keys/values of every layer for TL tokens [B, T, S, D] -> each [B, T, H, S, d]."""
+        return self.as2tl.project_kv(tl_tokens)
+
+    def policy(self, tokens: Tensor, valid: Tensor, agent_type: Tensor, map_ctx: MapContext, tl_kv: list[KeyValue],
                tl_valid: Tensor, goal_feature: Tensor, goal_valid: Tensor, latent: Tensor,
                hidden: Tensor) -> tuple[DiagGaussian, Tensor]:
         """One policy step for all agents.
 
-        ``tokens`` [B, A, D] encoded current state, ``tl_tokens`` [B, S, D] of the step's lights,
+        ``tokens`` [B, A, D] encoded current state, ``tl_kv`` agent-to-TL keys/values of the step's lights
+        (per layer [B, H, S, d], see :meth:`project_tl_kv`) with validity ``tl_valid`` [B, S],
         ``goal_feature`` [B, A, D] (feature of the destination polyline), ``latent`` [B, A, Z],
         ``hidden`` [layers, B*A, D] -> (action distribution [B, A, 2], new hidden).
         """
         x = self.as2pl.forward_kv(tokens, valid, map_ctx.kv, map_ctx.valid)
-        x = self.as2tl(x, valid, tl_tokens, tl_valid)
+        x = self.as2tl.forward_kv(x, valid, tl_kv, tl_valid)
         x = interact(self.interaction, x, valid)
         x, hidden = gru_step(self.temporal, x, valid, hidden)
         x = self.add_goal(x, valid, goal_feature, goal_valid)

@@ -1,0 +1,191 @@
+"""TrafficBots model speed: training step and closed-loop inference, on any device.
+
+    python -m trafficbots_gym.benchmarks.model_speed --device cuda
+    python -m trafficbots_gym.benchmarks.model_speed --device cpu --train-batches 1 --infer-batches 1 --dtypes fp32
+
+Training: one optimisation step = 90-step differentiable training rollout (warm start 1..10, free
+11..90), the training losses, backward and Adam, at each ``--train-batches`` size, under fp16 (with a
+GradScaler) or bf16 autocast (fp32 on CPU). Reported: samples/s and peak GPU memory per sample.
+
+Inference: ``TrafficBotsPolicy.act`` for every agent of B scenes (64 agents each), after ``reset``
+(encoding + warm start, timed separately). Reported: ms per simulation step and agent-steps/s, for
+fp32 and bf16 autocast, at each ``--infer-batches`` size.
+
+Scenes are the full-size reference test scenes (64 agents, 1024 polylines, 91 steps), repeated to the
+batch size, or ``--scenes FILE.h5``. Weights are random unless ``--checkpoint`` is given (speed does not
+depend on them). The baseline rows are the reference implementation's numbers (not measured here).
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from trafficbots_gym.data.batch import SceneBatch
+from trafficbots_gym.data.h5io import SceneReader
+from trafficbots_gym.model.checkpoint import load_model
+from trafficbots_gym.model.losses import training_losses
+from trafficbots_gym.model.policy import TrafficBotsPolicy
+from trafficbots_gym.model.rollout import rollout
+from trafficbots_gym.model.traffic_bots import TrafficBots
+
+SCENES = (Path(__file__).resolve().parents[2] / "envs_tests" / "fixtures" / "reference_vectors"
+          / "reference_scenes.h5")
+DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+REFERENCE_INFERENCE = [  # (label, batch, ms/step, agent-steps/s)
+    ("reference TrafficBots, H100", 1, 15.5, None),
+    ("reference TrafficBots, H100", 128, None, 342_000),
+    ("reference TrafficBots, 2-core CPU", 1, 14.6, None),
+]
+REFERENCE_TRAINING = [("reference TrafficBots, H100 (fp16)", 8, 1.37, 2.26)]  # (label, batch, samples/s, GiB/sample)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _batch(scene_file: Path, n: int, device: torch.device) -> SceneBatch:
+    reader = SceneReader(scene_file)
+    scenes = [reader[i % len(reader)] for i in range(n)]
+    return SceneBatch.from_scenes(scenes).to(device)
+
+
+def _timed(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> float:
+    """Mean wall seconds of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def bench_training(model: TrafficBots, batch: SceneBatch, dtype_name: str, repeats: int,
+                   use_checkpoint: bool) -> dict[str, float]:
+    """Seconds per training step and peak memory for one batch size / precision."""
+    device = batch.device
+    dtype = DTYPES[dtype_name]
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+    generator = torch.Generator(device=device).manual_seed(0)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        out = rollout(model, batch, procedure="training", generator=generator, autocast_dtype=dtype,
+                      use_checkpoint=use_checkpoint)
+        loss = training_losses(out, batch)["loss"]
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        scaler.step(optimizer)
+        scaler.update()
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = _timed(step, device, repeats, warmup=1)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+    return {"s_per_step": seconds, "samples_per_s": batch.batch_size / seconds,
+            "gib_per_sample": peak / batch.batch_size}
+
+
+def bench_inference(model: TrafficBots, batch: SceneBatch, dtype_name: str, steps: int) -> dict[str, float]:
+    """Reset time and milliseconds per ``act`` for one batch size / precision."""
+    device = batch.device
+    policy = TrafficBotsPolicy(model, device=device, autocast_dtype=DTYPES[dtype_name])
+    generator = torch.Generator(device=device).manual_seed(0)
+    _sync(device)
+    start = time.perf_counter()
+    policy.reset(batch, generator=generator)
+    _sync(device)
+    reset_s = time.perf_counter() - start
+    state = policy.warm_start_state
+    counter = iter(range(10**9))
+
+    def act() -> None:
+        step = 11 + next(counter) % 80
+        policy.act(state, torch.full((batch.batch_size,), step, device=device))
+
+    seconds = _timed(act, device, steps, warmup=3)
+    n_agent = batch.agent_valid.shape[-1]
+    return {"reset_ms": 1000 * reset_s, "ms_per_step": 1000 * seconds,
+            "agent_steps_per_s": batch.batch_size * n_agent / seconds}
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "" if value is None or value != value else format(value, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trafficbots_gym.benchmarks.model_speed",
+                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--train-batches", default="1,2,4,8", help="comma list; empty to skip training")
+    parser.add_argument("--train-dtypes", default=None, help="default: fp16,bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--train-repeats", type=int, default=3)
+    parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing per step")
+    parser.add_argument("--infer-batches", default="1,8,32,128,256", help="comma list; empty to skip")
+    parser.add_argument("--dtypes", default="fp32,bf16", help="inference precisions")
+    parser.add_argument("--steps", type=int, default=50, help="timed act() calls per configuration")
+    parser.add_argument("--scenes", type=Path, default=SCENES)
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.checkpoint) if args.checkpoint else TrafficBots()
+    model = model.to(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'CPU'}"
+    print(f"device: {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"parameters {model.num_parameters():,}, scenes {args.scenes.name}")
+
+    train_batches = [int(b) for b in args.train_batches.split(",") if b]
+    train_dtypes = (args.train_dtypes.split(",") if args.train_dtypes else
+                    (["fp16", "bf16"] if device.type == "cuda" else ["fp32"]))
+    if train_batches:
+        rows = []
+        for dtype_name in train_dtypes:
+            for b in tqdm(train_batches, desc=f"training {dtype_name}"):
+                rows.append((dtype_name, b, bench_training(model, _batch(args.scenes, b, device), dtype_name,
+                                                           args.train_repeats, args.checkpointing)))
+        print("\nTraining step (90-step rollout + losses + backward + Adam)")
+        print("| implementation | precision | batch | s/step | samples/s | GiB/sample |")
+        print("|---|---|---|---|---|---|")
+        for label, b, sps, gib in REFERENCE_TRAINING:
+            print(f"| {label} | fp16 | {b} | {b / sps:.2f} | {sps:.2f} | {gib:.2f} |")
+        for dtype_name, b, r in rows:
+            print(f"| trafficbots-gym{' (ckpt)' if args.checkpointing else ''} | {dtype_name} | {b} | "
+                  f"{r['s_per_step']:.2f} | {r['samples_per_s']:.2f} | {_fmt(r['gib_per_sample'], '.2f')} |")
+
+    infer_batches = [int(b) for b in args.infer_batches.split(",") if b]
+    if infer_batches:
+        rows = []
+        model.eval()
+        for dtype_name in args.dtypes.split(","):
+            for b in tqdm(infer_batches, desc=f"inference {dtype_name}"):
+                with torch.no_grad():
+                    rows.append((dtype_name, b, bench_inference(model, _batch(args.scenes, b, device), dtype_name,
+                                                                args.steps)))
+        print("\nClosed-loop inference (TrafficBotsPolicy.act, 64 agents per scene)")
+        print("| implementation | precision | batch | ms/step | agent-steps/s | reset ms |")
+        print("|---|---|---|---|---|---|")
+        for label, b, ms, asps in REFERENCE_INFERENCE:
+            print(f"| {label} | fp32 | {b} | {_fmt(ms, '.1f')} | {_fmt(asps, ',.0f')} | |")
+        for dtype_name, b, r in rows:
+            print(f"| trafficbots-gym | {dtype_name} | {b} | {r['ms_per_step']:.1f} | "
+                  f"{r['agent_steps_per_s']:,.0f} | {r['reset_ms']:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -149,3 +149,19 @@ def test_misuse_is_reported(batch, scenes):
     policy.reset(history)   # prior latent + predicted destination work from the history alone
     with pytest.raises(ValueError, match="env_ids"):
         policy.reset(history, env_ids=torch.tensor([0]))
+
+
+def test_act_and_partial_reset_keep_the_cached_tensors_in_place(scenes, batch):
+    """Needed to replay ``act`` from a captured CUDA graph: its inputs must stay at the same addresses."""
+    policy = TrafficBotsPolicy(tiny_model(compat=True))
+    policy.reset(batch)
+    tensors = [policy._loop.hidden, policy._loop.goal_valid, policy._loop.dest_reached, policy._inputs.vel,
+               policy._ctx.map.kv[0][0], policy._ctx.tl_kv[0][1], policy._ctx.latent, policy._dest]
+    pointers = [t.data_ptr() for t in tensors]
+    state = policy.warm_start_state
+    policy.act(state, torch.full((2,), 11))
+    policy.reset(SceneBatch.from_scenes([scenes[1]]), env_ids=torch.tensor([0]))
+    policy.act(state, torch.full((2,), 12))
+    current = [policy._loop.hidden, policy._loop.goal_valid, policy._loop.dest_reached, policy._inputs.vel,
+               policy._ctx.map.kv[0][0], policy._ctx.tl_kv[0][1], policy._ctx.latent, policy._dest]
+    assert [t.data_ptr() for t in current] == pointers

@@ -141,13 +141,14 @@ class TrafficBotsPolicy:
         loop, warm = self._warm_start(ctx, batch, enc.history_valid.any(1), deterministic_action)
         deterministic = torch.full_like(loop.goal_valid, deterministic_action)
         if env_ids is None:
-            self._ctx, self._loop, self._warm, self._dest = ctx, loop, warm, dest
-            self._deterministic, self._inputs = deterministic, warm.clone()
-        else:
-            self._ctx = _scatter(self._ctx, env_ids, ctx)
-            self._loop = _scatter_loop(self._loop, env_ids, loop)
-            self._warm = _scatter(self._warm, env_ids, warm)
-            self._inputs = _scatter(self._inputs, env_ids, warm)
+            self._ctx, self._loop = _clone(ctx), _clone(loop)
+            self._warm, self._inputs = warm, warm.clone()
+            self._dest, self._deterministic = dest.clone(), deterministic
+        else:   # in place, so that tensors captured by a CUDA graph stay valid
+            _scatter_(self._ctx, env_ids, ctx)
+            _scatter_(self._loop, env_ids, loop)
+            _scatter_(self._warm, env_ids, warm)
+            _scatter_(self._inputs, env_ids, warm)
             self._dest[env_ids] = dest
             self._deterministic[env_ids] = deterministic
         self._all_deterministic = bool(self._deterministic.all())
@@ -168,17 +169,21 @@ class TrafficBotsPolicy:
         goal_valid = loop.goal_valid & state.valid & ~reached
         inputs = state
         if self.model.cfg.reference_compat:
-            appeared = state.valid & ~self._inputs.valid
-            latched = self._inputs.where(appeared, state)
-            latched.valid = state.valid
-            self._inputs = latched
+            appeared = (state.valid & ~self._inputs.valid).unsqueeze(-1)
+            latched = self._inputs
+            latched.vel.copy_(torch.where(appeared, state.vel, latched.vel))
+            latched.acc.copy_(torch.where(appeared[..., 0], state.acc, latched.acc))
+            latched.yaw_rate.copy_(torch.where(appeared[..., 0], state.yaw_rate, latched.yaw_rate))
+            latched.valid.copy_(state.valid)
             inputs = AgentState(state.valid, state.pos, state.yaw, state.spd, latched.vel, latched.acc,
                                 latched.yaw_rate)
         with autocast(self.device, self.autocast_dtype):
             out = policy_step(self.model, ctx, inputs, step, goal_valid, loop.hidden,
                               deterministic=True if self._all_deterministic else self._deterministic,
                               generator=self.generator)
-        self._loop = LoopState(loop.agents, loop.killed, goal_valid, reached, loop.outside_map, out.hidden)
+        loop.dest_reached.copy_(reached)
+        loop.goal_valid.copy_(goal_valid)
+        loop.hidden.copy_(out.hidden)
         return out.physical
 
     # ---------------------------------------------------------------------------------------- internals
@@ -206,25 +211,31 @@ def _pad_steps(x: Tensor, n_step: int) -> Tensor:
     return torch.cat([x, x[:, -1:].expand(-1, n_step - x.shape[1], *x.shape[2:])], dim=1)
 
 
-def _scatter(old, rows: Tensor, new):  # noqa: ANN001, ANN202 - dataclasses of tensors
-    """Copy ``new``'s rows into ``old`` at ``rows`` (recursing through dataclasses and lists of tensors)."""
+def _clone(tree):  # noqa: ANN001, ANN202 - dataclasses / lists of tensors
+    """Deep copy of the tensors of a context / loop state (no aliasing with the caller's batch)."""
+    if isinstance(tree, Tensor):
+        return tree.clone()
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(_clone(t) for t in tree)
+    return type(tree)(**{f.name: _clone(getattr(tree, f.name)) for f in fields(tree)})
+
+
+def _scatter_(old, rows: Tensor, new) -> None:  # noqa: ANN001 - dataclasses / lists of tensors
+    """Write ``new``'s rows into ``old`` at ``rows`` in place. The GRU state [L, B*A, D] is per scene."""
     if isinstance(old, Tensor):
-        out = old.clone()
-        out[rows] = new.to(old.dtype)
-        return out
-    if isinstance(old, (list, tuple)):
-        return type(old)(_scatter(o, rows, n) for o, n in zip(old, new, strict=True))
-    if isinstance(old, (EpisodeContext, MapContext, DestinationGeometry, AgentState)):
-        return type(old)(**{f.name: _scatter(getattr(old, f.name), rows, getattr(new, f.name)) for f in fields(old)})
-    raise TypeError(f"cannot scatter {type(old).__name__}")
-
-
-def _scatter_loop(old: LoopState, rows: Tensor, new: LoopState) -> LoopState:
-    """Row-scatter a loop state; the GRU state [L, B*A, D] is scattered per scene."""
-    n_layer, _, dim = old.hidden.shape
-    n_agent = old.goal_valid.shape[1]
-    hidden = old.hidden.view(n_layer, -1, n_agent, dim).clone()
-    hidden[:, rows] = new.hidden.view(n_layer, -1, n_agent, dim)
-    return LoopState(_scatter(old.agents, rows, new.agents), _scatter(old.killed, rows, new.killed),
-                     _scatter(old.goal_valid, rows, new.goal_valid), _scatter(old.dest_reached, rows, new.dest_reached),
-                     _scatter(old.outside_map, rows, new.outside_map), hidden.view(n_layer, -1, dim))
+        old[rows] = new.to(old.dtype)
+    elif isinstance(old, (list, tuple)):
+        for o, n in zip(old, new, strict=True):
+            _scatter_(o, rows, n)
+    elif isinstance(old, LoopState):
+        for f in fields(old):
+            if f.name != "hidden":
+                _scatter_(getattr(old, f.name), rows, getattr(new, f.name))
+        n_layer, _, dim = old.hidden.shape
+        n_agent = old.goal_valid.shape[1]
+        old.hidden.view(n_layer, -1, n_agent, dim)[:, rows] = new.hidden.view(n_layer, -1, n_agent, dim)
+    elif isinstance(old, (EpisodeContext, MapContext, DestinationGeometry, AgentState)):
+        for f in fields(old):
+            _scatter_(getattr(old, f.name), rows, getattr(new, f.name))
+    else:
+        raise TypeError(f"cannot scatter {type(old).__name__}")

@@ -133,6 +133,7 @@ class EpisodeBatch:
         self.generator = torch.Generator(device=self.device)
         self.scene_index = np.zeros(num_envs, np.int64)
         self.scenario_ids = [""] * num_envs
+        self._row_info: dict[str, np.ndarray] = {}
         self.started = np.zeros(num_envs)                     # wall time of each episode start
         self._next_random: list[int | None] = [None] * num_envs
         self._route: Route | None = None
@@ -170,6 +171,11 @@ class EpisodeBatch:
             self.scene_index[r], self.scenario_ids[r] = i, self.source.scenario_id(i)
             self.started[r] = time.perf_counter()
             self._prefetch_next(r)
+        ego_all = self.sim.ego_index
+        track = self.sim.batch.agent_object_id[torch.arange(self.num_envs, device=self.device), ego_all]
+        self._row_info = {"scene_index": self.scene_index.copy(),
+                          "scenario_id": np.array(self.scenario_ids, dtype=object),
+                          "ego_index": ego_all.cpu().numpy(), "ego_track_id": track.cpu().numpy()}
 
     def _choose(self, row: int, options: Mapping[str, Any] | None) -> int:
         rng = self._rng(row)
@@ -278,13 +284,9 @@ class EpisodeBatch:
         """``obs`` in the configured mode: the dict, or the flat [B, D] tensor."""
         return obs if self.config.obs_mode == "dict" else self.observer.flatten(obs)
 
-    def row_info(self) -> dict[str, Any]:
-        """Host-side identification of every row: scene index, scenario id, ego slot and track id."""
-        ego = self.sim.ego_index.cpu().numpy()
-        track = self.sim.batch.agent_object_id[torch.arange(self.num_envs, device=self.device),
-                                               self.sim.ego_index].cpu().numpy()
-        return {"scene_index": self.scene_index.copy(), "scenario_id": np.array(self.scenario_ids, dtype=object),
-                "ego_index": ego, "ego_track_id": track}
+    def row_info(self) -> dict[str, np.ndarray]:
+        """Host-side identification of every row: scene index, scenario id, ego slot and track id (copies)."""
+        return {k: v.copy() for k, v in self._row_info.items()}
 
     def _require_started(self) -> tuple[EpisodeStats, Route]:
         if self._stats is None or self._route is None:

@@ -1,0 +1,239 @@
+"""Environment speed: step/reset latency per background, vector-env throughput vs num_envs, memory soak.
+
+    python -m trafficbots_gym.benchmarks.env_speed [--device auto] [--scenes H5] [--checkpoint CKPT]
+        [--steps 200] [--resets 10] [--num-envs 1 4 16] [--threads N] [--soak 0]
+
+1. Latency (single ``TrafficBots-v0``): median / p90 ``step()`` and median ``reset()`` of the learned
+   background (every valid non-ego agent is a TrafficBots agent) next to ``log_replay``, ``idm`` and
+   ``constant_velocity`` in the same run, on the scene with the most agents valid at step 10.
+2. Throughput: env steps per second of ``TrafficBotsVecEnv(num_envs=N)`` (learned background, one
+   batched simulator) against the naive baseline of N single envs stepped one after the other; no early
+   termination, so both reset every 80 steps per env (resets included in the time).
+3. ``--soak STEPS``: that many env steps with resets (``--soak-background``, default ``log_replay``);
+   reports resident memory after warm-up and at the end.
+
+Times are wall clock (CUDA synchronised) and, on CPU, process CPU time too, which depends less on other
+load. Without ``--checkpoint`` and without a shipped checkpoint, a random-init full-size model is used:
+same compute as trained weights, random behaviour.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from trafficbots_gym.data.constants import STEP_CURRENT
+from trafficbots_gym.env.config import resolve_device
+from trafficbots_gym.env.scenes import SceneSource, default_scenes
+from trafficbots_gym.env.traffic_bots_env import TrafficBotsEnv
+from trafficbots_gym.env.vector_env import TrafficBotsVecEnv
+
+REPO_SCENES = Path(__file__).resolve().parents[2] / "envs_tests" / "fixtures" / "reference_vectors" / "reference_scenes.h5"
+LATENCY_BACKGROUNDS = ("trafficbots", "log_replay", "idm", "constant_velocity")
+NO_TERMINATION = {"collision": False, "offroad": False, "goal_reached": False, "outside_map": False}
+
+
+class Timer:
+    """Wall and process-CPU seconds of a call (CUDA work synchronised)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def __call__(self, fn: Callable[[], Any]) -> tuple[float, float]:
+        if self.cuda:
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        if self.cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def resolve_scenes(scenes: str | None) -> Path:
+    """``--scenes``, else the embedded default scenes, else the reference scenes of a repo checkout."""
+    if scenes is not None:
+        return Path(scenes)
+    try:
+        return default_scenes("validation")
+    except FileNotFoundError:
+        if REPO_SCENES.is_file():
+            return REPO_SCENES
+        raise SystemExit("no scenes: pass --scenes <H5 file or folder>") from None
+
+
+def resolve_checkpoint(checkpoint: str | None, workdir: Path) -> tuple[Path | None, str]:
+    """``--checkpoint``, else the shipped one, else a random-init full-size checkpoint; and a description."""
+    from trafficbots_gym.model.checkpoint import DEFAULT_CHECKPOINT, save_checkpoint
+    from trafficbots_gym.model.config import TrafficBotsConfig
+    from trafficbots_gym.model.traffic_bots import TrafficBots
+    if checkpoint is not None:
+        return Path(checkpoint), checkpoint
+    if DEFAULT_CHECKPOINT.is_file():
+        return None, f"shipped ({DEFAULT_CHECKPOINT.name})"
+    torch.manual_seed(0)
+    path = save_checkpoint(workdir / "random_init.safetensors", TrafficBots(TrafficBotsConfig()))
+    return path, "random-init full-size model (no shipped checkpoint)"
+
+
+def busiest_scene(source: SceneSource, limit: int = 64) -> tuple[int, int]:
+    """Index of the scene (among the first ``limit``) with the most agents valid at step 10, and that count."""
+    counts = [int(source.load(i)["agent_valid"][STEP_CURRENT].sum()) for i in range(min(limit, len(source)))]
+    best = int(np.argmax(counts))
+    return best, counts[best]
+
+
+def latency(background: str, common: dict[str, Any], scene: int, steps: int, resets: int,
+            timer: Timer) -> dict[str, float]:
+    """Median/p90 step ms and median reset ms of one background on one scene."""
+    env = TrafficBotsEnv(background=background, termination=NO_TERMINATION, **common)
+    options = {"scene_index": scene}
+    env.reset(seed=0, options=options)
+    reset_wall, reset_cpu = zip(*[timer(lambda: env.reset(options=options)) for _ in range(resets)])
+    action = np.array([0.1, 0.0], np.float32)
+    for _ in range(5):                                   # warm-up
+        env.step(action)
+    walls, cpus = [], []
+    for _ in tqdm(range(steps), desc=background, leave=False):
+        result: list[Any] = []
+        wall, cpu = timer(lambda: result.append(env.step(action)))
+        walls.append(wall)
+        cpus.append(cpu)
+        if result[0][2] or result[0][3]:
+            env.reset(options=options)
+    reactive = int((env.core.sim.reactive & env.core.sim.state.valid).sum())
+    env.close()
+    return {"reactive": reactive, "step_ms": 1000 * statistics.median(walls),
+            "step_p90_ms": 1000 * float(np.percentile(walls, 90)), "step_cpu_ms": 1000 * statistics.median(cpus),
+            "reset_ms": 1000 * statistics.median(reset_wall), "reset_cpu_ms": 1000 * statistics.median(reset_cpu)}
+
+
+def vector_throughput(num_envs: int, common: dict[str, Any], steps: int, timer: Timer) -> float:
+    """Env steps per second of one ``TrafficBotsVecEnv`` (autoresets included)."""
+    env = TrafficBotsVecEnv(num_envs, termination=NO_TERMINATION, **common)
+    env.reset(seed=0)
+    actions = np.tile(np.array([0.1, 0.0], np.float32), (num_envs, 1))
+    for _ in range(3):
+        env.step(actions)
+    wall, _ = timer(lambda: [env.step(actions) for _ in range(steps)])
+    env.close()
+    return num_envs * steps / wall
+
+
+def naive_throughput(num_envs: int, common: dict[str, Any], steps: int, timer: Timer) -> float:
+    """Env steps per second of ``num_envs`` single envs stepped in a Python loop (resets included)."""
+    envs = [TrafficBotsEnv(termination=NO_TERMINATION, **common) for _ in range(num_envs)]
+    for i, env in enumerate(envs):
+        env.reset(seed=i)
+    action = np.array([0.1, 0.0], np.float32)
+
+    def loop() -> None:
+        for _ in range(steps):
+            for env in envs:
+                if env.step(action)[2:4] != (False, False):
+                    env.reset()
+    for env in envs:
+        env.step(action)
+    wall, _ = timer(loop)
+    for env in envs:
+        env.close()
+    return num_envs * steps / wall
+
+
+def rss_mib() -> float:
+    """Resident memory of this process (MiB)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def soak(steps: int, background: str, common: dict[str, Any]) -> dict[str, float]:
+    """Run ``steps`` env steps with resets; resident memory after warm-up and at the end."""
+    env = TrafficBotsEnv(background=background, horizon=20, **common)
+    env.reset(seed=0)
+    action = np.array([0.2, 0.05], np.float32)
+    warmup, resets = min(500, steps // 10), 0
+    start = 0.0
+    t0 = time.perf_counter()
+    for i in tqdm(range(steps), desc=f"soak {background}"):
+        if i == warmup:
+            start, t0 = rss_mib(), time.perf_counter()
+        if any(env.step(action)[2:4]):
+            env.reset()
+            resets += 1
+    end = rss_mib()
+    env.close()
+    return {"steps": steps, "resets": resets, "rss_start": start, "rss_end": end,
+            "steps_per_s": (steps - warmup) / (time.perf_counter() - t0)}
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="torch device of the simulation (auto = CUDA if present)")
+    parser.add_argument("--scenes", default=None, help="H5 file / folder (default: embedded or repo scenes)")
+    parser.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: shipped or random-init)")
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per latency / throughput row")
+    parser.add_argument("--resets", type=int, default=10, help="timed resets per latency row")
+    parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 4, 16], help="vector env sizes")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--soak", type=int, default=0, help="env steps of the memory soak (0 = skip)")
+    parser.add_argument("--soak-background", default="log_replay")
+    parser.add_argument("--skip-throughput", action="store_true")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    timer = Timer(device)
+    scenes = resolve_scenes(args.scenes)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint, ckpt_desc = resolve_checkpoint(args.checkpoint, Path(tmp))
+        common = {"scenes": scenes, "checkpoint": checkpoint, "device": str(device)}
+        scene, n_valid = busiest_scene(SceneSource(scenes))
+        card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
+        print(f"device {device} ({card}), torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs; "
+              f"scenes {scenes}; checkpoint: {ckpt_desc}")
+        print(f"latency scene: index {scene}, {n_valid} agents valid at step {STEP_CURRENT}\n")
+
+        rows = []
+        for background in LATENCY_BACKGROUNDS:
+            m = latency(background, common, scene, args.steps, args.resets, timer)
+            rows.append([background, m["reactive"], m["step_ms"], m["step_p90_ms"], m["step_cpu_ms"],
+                         m["reset_ms"], m["reset_cpu_ms"]])
+        print(_table(["background", "reactive agents", "step ms (median)", "step ms (p90)", "step CPU ms",
+                      "reset ms (median)", "reset CPU ms"], rows))
+
+        if not args.skip_throughput:
+            rows = []
+            for n in args.num_envs:
+                vec = vector_throughput(n, common, args.steps, timer)
+                naive = naive_throughput(n, common, max(1, args.steps // n), timer)
+                rows.append([n, vec, naive, f"{vec / naive:.2f}x"])
+            print("\nlearned background, env steps/s (autoresets included)\n")
+            print(_table(["num_envs", "TrafficBotsVecEnv", f"{'naive loop of single envs'}", "speedup"], rows))
+
+        if args.soak:
+            common_soak = {k: v for k, v in common.items() if k != "checkpoint" or args.soak_background in
+                           ("trafficbots", "mixed")}
+            s = soak(args.soak, args.soak_background, common_soak)
+            print(f"\nsoak: {s['steps']} steps ({args.soak_background}), {s['resets']} resets, "
+                  f"{s['steps_per_s']:.0f} steps/s; RSS {s['rss_start']:.1f} MiB after warm-up -> "
+                  f"{s['rss_end']:.1f} MiB at the end ({s['rss_end'] - s['rss_start']:+.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()

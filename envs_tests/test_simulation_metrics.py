@@ -227,3 +227,23 @@ def test_ade_and_fde_respect_validity():
     valid = torch.tensor([[[True, False], [True, False], [False, False]]])
     torch.testing.assert_close(M.ade(pred, target, valid), torch.tensor([[1.5, 0.0]]))
     torch.testing.assert_close(M.fde(pred, target, valid), torch.tensor([[2.0, 0.0]]))
+
+
+def test_path_projection_finds_the_nearest_point_of_a_curved_path():
+    # a quarter circle of radius 30 m far from the origin, sampled at 41 points
+    angle = torch.linspace(0.0, math.pi / 2, 41)
+    pos = torch.stack([200.0 + 30.0 * torch.cos(angle), -150.0 + 30.0 * torch.sin(angle)], -1).view(1, 41, 1, 2)
+    path = M.LoggedPath.from_log(pos, (angle + math.pi / 2).view(1, 41, 1), torch.ones(1, 41, 1, dtype=torch.bool),
+                                 start=0)
+    u = torch.rand(300, 2, generator=torch.Generator().manual_seed(1))
+    points = torch.tensor([165.0, -185.0]) + 70.0 * u
+    rel = points - torch.tensor([200.0, -150.0])
+    # keep points with a unique nearest path point: away from the circle centre and from the bisector
+    # of the two end points behind it
+    points = points[(rel.norm(dim=-1) > 15.0) & ((rel[:, 0] > 5.0) | (rel[:, 1] > 5.0))].view(1, 1, -1, 2)
+    arc, dist, _ = path.project(points)
+    dense = torch.linspace(0.0, float(path.length[0, 0]), 20001)
+    curve, _ = path.interpolate(dense.view(1, 1, -1))
+    best, idx = (points[0, 0].unsqueeze(1) - curve[0, 0].unsqueeze(0)).norm(dim=-1).min(-1)
+    torch.testing.assert_close(dist[0, 0], best, atol=2e-3, rtol=0)
+    torch.testing.assert_close(arc[0, 0], dense[idx], atol=2e-2, rtol=0)

@@ -462,19 +462,26 @@ class LoggedPath:
         """Project points [B, A, Q, 2] onto each agent's path.
 
         Returns (arc length of the nearest path point [B, A, Q], distance to it [B, A, Q], index of its
-        segment [B, A, Q]).
+        segment [B, A, Q]). The nearest segment is found with batched matmuls in a frame centred on
+        the path's first point; the returned distance is then computed exactly for that segment.
         """
-        start = self.points[..., :-1, :].unsqueeze(-3)                        # [B, A, 1, K-1, 2]
-        vec = (self.points[..., 1:, :] - self.points[..., :-1, :]).unsqueeze(-3)
-        rel = points.unsqueeze(-2) - start                                    # [B, A, Q, K-1, 2]
-        seg_len2 = (vec * vec).sum(-1)
-        t = ((rel * vec).sum(-1) / seg_len2.clamp(min=1e-12)).clamp(0.0, 1.0)
-        dist = (rel - t.unsqueeze(-1) * vec).norm(dim=-1)
-        best, seg = dist.min(-1)
+        origin = self.points[..., :1, :]                                      # [B, A, 1, 2]
+        start = self.points[..., :-1, :] - origin                             # [B, A, K-1, 2]
+        vec = self.points[..., 1:, :] - self.points[..., :-1, :]
+        p = points - origin
+        len2 = (vec * vec).sum(-1).unsqueeze(-2)                              # [B, A, 1, K-1]
+        rel_v = p @ vec.transpose(-1, -2) - (start * vec).sum(-1).unsqueeze(-2)   # (p - s) . v
+        t = (rel_v / len2.clamp(min=1e-12)).clamp(0.0, 1.0)
+        rel2 = ((p * p).sum(-1, keepdim=True) - 2.0 * (p @ start.transpose(-1, -2))
+                + (start * start).sum(-1).unsqueeze(-2))                      # |p - s|^2
+        seg = (rel2 - 2.0 * t * rel_v + t * t * len2).argmin(-1)              # [B, A, Q]
         t_best = torch.gather(t, -1, seg.unsqueeze(-1)).squeeze(-1)
-        arc0 = torch.gather(self.arc[..., :-1].unsqueeze(-2).expand(*seg.shape, -1), -1, seg.unsqueeze(-1))
-        seg_len = torch.gather(seg_len2.sqrt().expand(*seg.shape, -1), -1, seg.unsqueeze(-1))
-        return arc0.squeeze(-1) + t_best * seg_len.squeeze(-1), best, seg
+        seg_xy = seg.unsqueeze(-1).expand(*seg.shape, 2)
+        foot = (torch.gather(start, -2, seg_xy) + t_best.unsqueeze(-1) * torch.gather(vec, -2, seg_xy))
+        dist = (p - foot).norm(dim=-1)
+        arc0 = torch.gather(self.arc[..., :-1], -1, seg)
+        seg_len = torch.gather(len2.squeeze(-2).sqrt(), -1, seg)
+        return arc0 + t_best * seg_len, dist, seg
 
 
 def path_progress(pos: torch.Tensor, path: LoggedPath) -> torch.Tensor:

@@ -308,3 +308,15 @@ def test_reset_with_env_ids_accepts_a_full_batch(scenes):
 
 def test_backgrounds_constant_lists_every_mode():
     assert BACKGROUNDS == ("log_replay", "constant_velocity", "idm", "trafficbots", "mixed")
+
+
+def test_step_without_ego_action_moves_the_ego_like_the_background(scenes):
+    replay = BatchedSimulator(background="log_replay")
+    replay.reset(scenes, torch.tensor([0, 0]))
+    cv = BatchedSimulator(background="constant_velocity")
+    cv.reset(scenes, torch.tensor([0, 0]))
+    for _ in range(5):
+        logged, kept = replay.step(None), cv.step(None)
+    assert torch.equal(logged.state.pos[:, 0], scenes.agent_pos[:, STEP_CURRENT + 5, 0])
+    torch.testing.assert_close(kept.state.spd[:, 0], scenes.agent_spd[:, STEP_CURRENT, 0])
+    assert (kept.state.acc[:, 0] == 0).all()

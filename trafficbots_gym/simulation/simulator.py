@@ -180,7 +180,9 @@ class BatchedSimulator:
         t = self.step_index + 1
         ego = self.ego_mask
         log_next = self.log_state(t)
-        log_prev_valid = self.log_state(t - 1).valid
+        rows = torch.arange(batch.batch_size, device=self.device)
+        log_prev_valid = (batch.agent_valid[rows, (t - 1).clamp(max=batch.num_steps - 1)]
+                          & (t - 1 < batch.num_steps).unsqueeze(-1))
         moved = self._background.propose(prev, t)
         nxt = moved.where(~self.reactive, log_next)
         spawn = self.reactive & log_next.valid & ~log_prev_valid

@@ -223,6 +223,13 @@ def test_reset_without_seed_continues_the_seeded_stream():
     assert first == second and len(set(first)) == 2
 
 
+def test_reseeding_drops_the_unused_prefetch():
+    env = TrafficBotsEnv(scenes=REFERENCE_SCENES, background="log_replay")
+    for seed in range(5):
+        env.reset(seed=seed)
+    assert env.core.loader.pending == 1
+
+
 def test_prefetch_does_not_change_the_episodes():
     runs = []
     for prefetch in (True, False):

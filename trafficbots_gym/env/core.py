@@ -146,6 +146,8 @@ class EpisodeBatch:
         """Give row ``row`` its random generator (drops its pre-drawn scene); ``seed_torch`` reseeds the
         simulation's torch generator from it (one draw)."""
         self.rngs[row] = rng
+        if self._next_random[row] is not None:
+            self.loader.discard(self._next_random[row])
         self._next_random[row] = None
         if seed_torch:
             self.generator.manual_seed(int(rng.integers(2**63 - 1)))

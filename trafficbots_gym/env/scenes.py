@@ -130,6 +130,19 @@ class SceneLoader:
             return future.result()
         return self.source.load(index)
 
+    @property
+    def pending(self) -> int:
+        """Number of prefetches not yet taken by ``load``."""
+        return sum(len(f) for f in self._pending.values())
+
+    def discard(self, index: int) -> None:
+        """Drop one pending prefetch of scene ``index`` (a pre-drawn choice that will not be used)."""
+        futures = self._pending.get(index)
+        if futures:
+            futures.pop(0).cancel()
+            if not futures:
+                del self._pending[index]
+
     def cancel(self) -> None:
         """Forget every pending prefetch."""
         for futures in self._pending.values():

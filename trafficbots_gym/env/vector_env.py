@@ -97,8 +97,7 @@ class TrafficBotsVecEnv(VectorEnv):
     def _row_options(self, options: Mapping[str, Any], row: int) -> dict[str, Any]:
         out = {}
         for key, value in options.items():
-            per_row = isinstance(value, (list, tuple, np.ndarray, torch.Tensor)) and key != "ego"
-            if per_row or (key == "ego" and isinstance(value, (list, tuple))):
+            if isinstance(value, (list, tuple, np.ndarray, torch.Tensor)):
                 if len(value) != self.num_envs:
                     raise ValueError(f"options[{key!r}] has {len(value)} entries, expected num_envs={self.num_envs}")
                 value = value[row]
@@ -232,6 +231,8 @@ def _grouped(values: Mapping[str, Any], masks: Mapping[str, np.ndarray], torch_o
     Entries of rows outside a group's mask are zeroed; groups whose mask is all false are left out.
     """
     out: dict[str, Any] = {}
+    device = next(iter(values.values())).device if torch_output and values else None
+    keeps = {g: torch.as_tensor(m, device=device) for g, m in masks.items()} if device is not None else {}
     for key, value in values.items():
         group, _, name = key.rpartition("/")
         mask = masks[group]
@@ -239,8 +240,7 @@ def _grouped(values: Mapping[str, Any], masks: Mapping[str, np.ndarray], torch_o
             continue
         target = out.setdefault(group, {}) if group else out
         if torch_output:
-            keep = torch.as_tensor(mask, device=value.device)
-            target[name] = torch.where(keep, value, torch.zeros_like(value))
+            target[name] = torch.where(keeps[group], value, torch.zeros_like(value))
         else:
             target[name] = np.where(mask, value, np.zeros_like(value))
         target[f"_{name}"] = mask

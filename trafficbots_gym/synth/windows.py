@@ -1,0 +1,155 @@
+"""Cut 91-step scenarios (10 history steps + current + 80 future) out of a recorded SUMO run.
+
+A window is a (self-driving car track, first step) pair: the SDC is a car valid over the whole
+window that moves in it. :func:`cut_window` turns a window into a world-frame ``RawScenario``
+(agents and map features near the SDC, TL link states) for ``pack_scenario``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from trafficbots_gym.data.constants import N_PL, N_PL_NODE, N_STEP, N_TL_STOP, STEP_CURRENT, AgentType
+from trafficbots_gym.data.raw import RawPolyline, RawScenario, RawTracks, RawTrafficLights
+from trafficbots_gym.synth.roadmap import RoadMap
+from trafficbots_gym.synth.simulate import SimLog, TrackLog
+
+SDC_MAX_LENGTH: float = 5.5
+"""Only cars (not vans, trucks, buses) can be the self-driving car."""
+SDC_MIN_TRAVEL: float = 2.0
+"""The SDC moves at least this far (m) within its window."""
+AGENT_RADIUS: float = 80.0
+"""Road users are observed while this close (m) to the SDC's path (a sensor range), or closer
+when the map is so dense that its 1024 polylines cover less."""
+MAP_RADIUS: float = 150.0
+"""Map features within this distance (m) of the SDC path are kept."""
+MAX_TRACKS_TO_PREDICT: int = 8
+PREDICT_RADIUS: float = 30.0
+
+
+def candidate_windows(tracks: TrackLog, n_step: int, stride: int = 10) -> np.ndarray:
+    """[W, 2] (track, first step) of every window whose SDC is a car valid throughout and moving.
+
+    First steps are taken every ``stride`` steps along each track; the pairs are distinct windows.
+    """
+    offsets = tracks.offsets
+    rows = []
+    for i in np.nonzero((tracks.type == AgentType.VEHICLE) & (tracks.size[:, 0] <= SDC_MAX_LENGTH)
+                        & (tracks.length >= N_STEP))[0]:
+        starts = np.arange(0, tracks.length[i] - N_STEP + 1, stride)
+        starts = starts[tracks.start[i] + starts + N_STEP <= n_step]
+        if len(starts) == 0:
+            continue
+        xy = tracks.xy[offsets[i]:offsets[i + 1]]
+        travel = np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(xy, axis=0), axis=-1))])
+        moving = travel[starts + N_STEP - 1] - travel[starts] >= SDC_MIN_TRAVEL
+        rows.append(np.stack([np.full(moving.sum(), i), tracks.start[i] + starts[moving]], axis=-1))
+    return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), np.int64)
+
+
+def dense_tracks(tracks: TrackLog, t0: int, n_step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                                 np.ndarray, np.ndarray]:
+    """(track indices, valid [N, T], xy [N, T, 2], yaw [N, T], speed [N, T]) of the tracks seen in the window."""
+    idx = np.nonzero((tracks.start < t0 + n_step) & (tracks.start + tracks.length > t0))[0]
+    offsets = tracks.offsets
+    valid = np.zeros((len(idx), n_step), bool)
+    xy = np.zeros((len(idx), n_step, 2))
+    yaw = np.zeros((len(idx), n_step), np.float32)
+    spd = np.zeros((len(idx), n_step), np.float32)
+    for row, i in enumerate(idx):
+        lo, hi = max(t0, tracks.start[i]), min(t0 + n_step, tracks.start[i] + tracks.length[i])
+        src = slice(offsets[i] + lo - tracks.start[i], offsets[i] + hi - tracks.start[i])
+        valid[row, lo - t0:hi - t0] = True
+        xy[row, lo - t0:hi - t0] = tracks.xy[src]
+        yaw[row, lo - t0:hi - t0] = tracks.yaw[src]
+        spd[row, lo - t0:hi - t0] = tracks.speed[src]
+    return idx, valid, xy, yaw, spd
+
+
+def cut_window(log: SimLog, road_map: RoadMap, sdc_track: int, t0: int, scenario_id: str) -> RawScenario:
+    """The world-frame scenario of steps ``t0 .. t0 + 90`` with ``sdc_track`` as self-driving car."""
+    tracks = log.tracks
+    idx, valid, xy, yaw, spd = dense_tracks(tracks, t0, N_STEP)
+    sdc_row = int(np.nonzero(idx == sdc_track)[0][0])
+    if not valid[sdc_row].all():
+        raise ValueError(f"{scenario_id}: SDC track {sdc_track} is not valid over steps {t0}..{t0 + N_STEP - 1}")
+    sdc_path = xy[sdc_row]
+    polylines, mapped_radius = _map_near(road_map, sdc_path)
+    seen = _min_dist(xy.reshape(-1, 2), sdc_path).reshape(valid.shape) < min(AGENT_RADIUS, mapped_radius)
+    valid = valid & seen
+    valid[sdc_row] = True
+    keep = valid.any(1)
+    idx, valid, xy, yaw, spd = idx[keep], valid[keep], xy[keep], yaw[keep], spd[keep]
+    sdc_row = int(np.nonzero(idx == sdc_track)[0][0])
+    n = len(idx)
+    vel = spd[..., None] * np.stack([np.cos(yaw), np.sin(yaw)], axis=-1)
+    raw_tracks = RawTracks(
+        object_id=tracks.object_id[idx].astype(np.int64), type=tracks.type[idx].astype(np.int64), valid=valid,
+        pos=np.concatenate([xy, np.zeros((n, N_STEP, 1))], axis=-1) * valid[..., None],
+        size=np.broadcast_to(tracks.size[idx][:, None], (n, N_STEP, 3)).astype(np.float32) * valid[..., None],
+        heading=(yaw * valid).astype(np.float32), vel=(vel * valid[..., None]).astype(np.float32))
+    lane_set = {pl.feature_id for pl in polylines if pl.feature_id in road_map.lane_points}
+    return RawScenario(
+        scenario_id=scenario_id, tracks=raw_tracks, sdc_index=sdc_row, polylines=polylines,
+        traffic_lights=_traffic_lights(log, road_map, t0, lane_set, sdc_path[STEP_CURRENT]),
+        lane_exits={fid: [x for x in road_map.lane_exits.get(fid, []) if x in lane_set] for fid in sorted(lane_set)},
+        tracks_to_predict=_tracks_to_predict(valid, xy, sdc_row), current_index=STEP_CURRENT)
+
+
+def _min_dist(points: np.ndarray, path: np.ndarray) -> np.ndarray:
+    """Distance of each of [P, 2] points to the nearest of [Q, 2] path points (chunked)."""
+    out = np.empty(len(points))
+    for lo in range(0, len(points), 4096):
+        d = np.linalg.norm(points[lo:lo + 4096, None] - path[None, ::5], axis=-1)
+        out[lo:lo + 4096] = d.min(1)
+    return out
+
+
+def _map_near(road_map: RoadMap, path: np.ndarray) -> tuple[list[RawPolyline], float]:
+    """Polylines within MAP_RADIUS of the SDC path, farthest from it first; and the mapped radius.
+
+    The packer prunes an oversized map by walking polylines in order and dropping those far from
+    the relevant agents until N_PL chunks remain; farthest-first order makes that crop a clean band
+    along the SDC path instead of dropping whole feature classes. The mapped radius is the width of
+    that band (distance at which the nearest polylines fill N_PL chunks), or MAP_RADIUS.
+    """
+    keep, dist, chunks = [], [], []
+    lo, hi = path.min(0) - MAP_RADIUS, path.max(0) + MAP_RADIUS
+    for pl in road_map.polylines:
+        pts = pl.points[:, :2]
+        if (pts.max(0) < lo).any() or (pts.min(0) > hi).any():
+            continue
+        d = float(_min_dist(pts, path).min())
+        if d < MAP_RADIUS:
+            keep.append(pl)
+            dist.append(d)
+            chunks.append(4 if pl.is_polygon else (len(pts) - 1) // N_PL_NODE + 1)
+    order = np.argsort(dist, kind="stable")
+    filled = np.cumsum(np.asarray(chunks)[order]) > N_PL
+    radius = float(np.asarray(dist)[order][np.argmax(filled)]) if filled.any() else MAP_RADIUS
+    return [keep[k] for k in order[::-1]], radius
+
+
+def _traffic_lights(log: SimLog, road_map: RoadMap, t0: int, lane_set: set[int],
+                    sdc_xy: np.ndarray) -> RawTrafficLights:
+    """States of the (at most N_TL_STOP nearest) TL links whose lane is in the map, per step."""
+    links = road_map.tl_links
+    cols = np.array([k for k in range(len(links.lane_feature)) if int(links.lane_feature[k]) in lane_set], np.int64)
+    if len(cols):
+        dist = np.linalg.norm(links.stop_point[cols, :2] - sdc_xy, axis=-1)
+        cols = cols[np.argsort(dist, kind="stable")[:N_TL_STOP]]
+    k = len(cols)
+    return RawTrafficLights(
+        valid=np.ones((N_STEP, k), bool), lane_id=np.broadcast_to(links.lane_feature[cols], (N_STEP, k)).copy(),
+        state=log.tl_state[t0:t0 + N_STEP, cols].astype(np.int64),
+        stop_point=np.broadcast_to(links.stop_point[cols], (N_STEP, k, 3)).copy())
+
+
+def _tracks_to_predict(valid: np.ndarray, xy: np.ndarray, sdc_row: int) -> list[int]:
+    """Up to 8 nearest other road users valid throughout the window that move, within 30 m of the SDC."""
+    full = valid.all(1)
+    travel = np.linalg.norm(xy[:, -1] - xy[:, 0], axis=-1)
+    dist = np.linalg.norm(xy[:, STEP_CURRENT] - xy[sdc_row, STEP_CURRENT], axis=-1)
+    ok = full & (travel > 1.0) & (dist < PREDICT_RADIUS)
+    ok[sdc_row] = False
+    rows = np.nonzero(ok)[0]
+    return [int(r) for r in rows[np.argsort(dist[rows], kind="stable")][:MAX_TRACKS_TO_PREDICT]]

@@ -9,7 +9,8 @@ GradScaler) or bf16 autocast (fp32 on CPU). Reported: samples/s and peak GPU mem
 
 Inference: ``TrafficBotsPolicy.act`` for every agent of B scenes (64 agents each), after ``reset``
 (encoding + warm start, timed separately). Reported: ms per simulation step and agent-steps/s, for
-fp32 and bf16 autocast, at each ``--infer-batches`` size.
+fp32 and bf16 autocast, at each ``--infer-batches`` size. Wall time is the headline; the process CPU
+time column shows the work itself when other jobs share the CPU.
 
 Scenes are the full-size reference test scenes (64 agents, 1024 polylines, 91 steps), repeated to the
 batch size, or ``--scenes FILE.h5``. Weights are random unless ``--checkpoint`` is given (speed does not
@@ -56,16 +57,16 @@ def _batch(scene_file: Path, n: int, device: torch.device) -> SceneBatch:
     return SceneBatch.from_scenes(scenes).to(device)
 
 
-def _timed(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> float:
-    """Mean wall seconds of ``fn`` after ``warmup`` untimed calls."""
+def _timed(fn: Callable[[], None], device: torch.device, repeats: int, warmup: int) -> tuple[float, float]:
+    """Mean (wall, process CPU) seconds of ``fn`` after ``warmup`` untimed calls."""
     for _ in range(warmup):
         fn()
     _sync(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(repeats):
         fn()
     _sync(device)
-    return (time.perf_counter() - start) / repeats
+    return (time.perf_counter() - wall) / repeats, (time.process_time() - cpu) / repeats
 
 
 def bench_training(model: TrafficBots, batch: SceneBatch, dtype_name: str, repeats: int,
@@ -91,9 +92,9 @@ def bench_training(model: TrafficBots, batch: SceneBatch, dtype_name: str, repea
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = _timed(step, device, repeats, warmup=1)
+    seconds, cpu_seconds = _timed(step, device, repeats, warmup=1)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return {"s_per_step": seconds, "samples_per_s": batch.batch_size / seconds,
+    return {"s_per_step": seconds, "cpu_s_per_step": cpu_seconds, "samples_per_s": batch.batch_size / seconds,
             "gib_per_sample": peak / batch.batch_size}
 
 
@@ -114,9 +115,9 @@ def bench_inference(model: TrafficBots, batch: SceneBatch, dtype_name: str, step
         step = 11 + next(counter) % 80
         policy.act(state, torch.full((batch.batch_size,), step, device=device))
 
-    seconds = _timed(act, device, steps, warmup=3)
+    seconds, cpu_seconds = _timed(act, device, steps, warmup=3)
     n_agent = batch.agent_valid.shape[-1]
-    return {"reset_ms": 1000 * reset_s, "ms_per_step": 1000 * seconds,
+    return {"reset_ms": 1000 * reset_s, "ms_per_step": 1000 * seconds, "cpu_ms_per_step": 1000 * cpu_seconds,
             "agent_steps_per_s": batch.batch_size * n_agent / seconds}
 
 
@@ -159,13 +160,14 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append((dtype_name, b, bench_training(model, _batch(args.scenes, b, device), dtype_name,
                                                            args.train_repeats, args.checkpointing)))
         print("\nTraining step (90-step rollout + losses + backward + Adam)")
-        print("| implementation | precision | batch | s/step | samples/s | GiB/sample |")
-        print("|---|---|---|---|---|---|")
+        print("| implementation | precision | batch | s/step | CPU s/step | samples/s | GiB/sample |")
+        print("|---|---|---|---|---|---|---|")
         for label, b, sps, gib in REFERENCE_TRAINING:
-            print(f"| {label} | fp16 | {b} | {b / sps:.2f} | {sps:.2f} | {gib:.2f} |")
+            print(f"| {label} | fp16 | {b} | {b / sps:.2f} | | {sps:.2f} | {gib:.2f} |")
         for dtype_name, b, r in rows:
             print(f"| trafficbots-gym{' (ckpt)' if args.checkpointing else ''} | {dtype_name} | {b} | "
-                  f"{r['s_per_step']:.2f} | {r['samples_per_s']:.2f} | {_fmt(r['gib_per_sample'], '.2f')} |")
+                  f"{r['s_per_step']:.2f} | {r['cpu_s_per_step']:.2f} | {r['samples_per_s']:.2f} | "
+                  f"{_fmt(r['gib_per_sample'], '.2f')} |")
 
     infer_batches = [int(b) for b in args.infer_batches.split(",") if b]
     if infer_batches:
@@ -177,12 +179,12 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append((dtype_name, b, bench_inference(model, _batch(args.scenes, b, device), dtype_name,
                                                                 args.steps)))
         print("\nClosed-loop inference (TrafficBotsPolicy.act, 64 agents per scene)")
-        print("| implementation | precision | batch | ms/step | agent-steps/s | reset ms |")
-        print("|---|---|---|---|---|---|")
+        print("| implementation | precision | batch | ms/step | CPU ms/step | agent-steps/s | reset ms |")
+        print("|---|---|---|---|---|---|---|")
         for label, b, ms, asps in REFERENCE_INFERENCE:
-            print(f"| {label} | fp32 | {b} | {_fmt(ms, '.1f')} | {_fmt(asps, ',.0f')} | |")
+            print(f"| {label} | fp32 | {b} | {_fmt(ms, '.1f')} | | {_fmt(asps, ',.0f')} | |")
         for dtype_name, b, r in rows:
-            print(f"| trafficbots-gym | {dtype_name} | {b} | {r['ms_per_step']:.1f} | "
+            print(f"| trafficbots-gym | {dtype_name} | {b} | {r['ms_per_step']:.1f} | {r['cpu_ms_per_step']:.1f} | "
                   f"{r['agent_steps_per_s']:,.0f} | {r['reset_ms']:.0f} |")
     return 0
 

@@ -8,9 +8,13 @@ exponentiated, and combined with the 2025 weights into a meta-metric. See
 (2-D boxes, SAT separation distance instead of rounded-corner distance, unsigned road-edge
 distance signed by the off-road test).
 
-All tensors are torch ``[S, K, T, A]`` (scenes, rollouts, steps, agents) for the simulation and
-``[S, T, A]`` for the log; the steps are the future steps, with the history prepended by the caller
-where a central difference needs it.
+Two layers:
+
+* scoring (``histogram_log_likelihood``, ``bernoulli_log_likelihood``, ``realism_scores``) on tensors
+  ``[S, K, T, A]`` (scenes, rollouts, steps, objects) for the simulation and ``[S, T, A]`` for the log;
+* features (``scene_features``): the ten per-step WOSAC features of the evaluated objects of B
+  trajectories ``[B, T, A]`` (log or rollouts; steps 0..90 with the history, so central differences are
+  defined from the first future step on), computed in chunks of steps to bound memory.
 """
 from __future__ import annotations
 
@@ -18,6 +22,12 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from trafficbots_gym.data.batch import SceneBatch
+from trafficbots_gym.data.constants import DT, STEP_CURRENT, AgentRole, AgentType
+from trafficbots_gym.simulation import metrics
+from trafficbots_gym.simulation.metrics import EDGE_CANDIDATES, MapGeometry
+from trafficbots_gym.simulation.state import AgentState
 
 
 @dataclass(frozen=True)
@@ -143,6 +153,15 @@ class RealismInputs:
     eval_mask: torch.Tensor      # [S, A] objects that are scored (SDC + tracks to predict, or all)
     is_vehicle: torch.Tensor     # [S, A]
 
+    def repeat_rollouts(self, rollouts: int) -> "RealismInputs":
+        """The same inputs with the simulated rollout axis (of size 1 or ``rollouts``) broadcast to
+        ``rollouts`` (a deterministic model's single rollout counts as K identical ones)."""
+        def expand(x: torch.Tensor) -> torch.Tensor:
+            return x.expand(x.shape[0], rollouts, *x.shape[2:])
+        return RealismInputs({n: expand(v) for n, v in self.sim.items()},
+                             {n: expand(v) for n, v in self.sim_valid.items()},
+                             self.log, self.log_valid, self.eval_mask, self.is_vehicle)
+
 
 def realism_scores(inputs: RealismInputs, features: tuple[FeatureSpec, ...] = WOSAC_2025) -> dict[str, torch.Tensor]:
     """Per-scene likelihood of every feature and the weighted meta-metric, each a tensor [S]."""
@@ -165,3 +184,298 @@ def realism_scores(inputs: RealismInputs, features: tuple[FeatureSpec, ...] = WO
     assert meta is not None
     out["realism_meta_metric"] = meta
     return out
+
+
+BUCKETS: dict[str, tuple[str, ...]] = {
+    "kinematic_metrics": ("linear_speed", "linear_acceleration", "angular_speed", "angular_acceleration"),
+    "interactive_metrics": ("distance_to_nearest_object", "collision", "time_to_collision"),
+    "map_based_metrics": ("distance_to_road_edge", "offroad", "traffic_light_violation"),
+}
+"""The leaderboard's likelihood buckets."""
+
+
+def bucket_scores(scores: dict[str, torch.Tensor],
+                  features: tuple[FeatureSpec, ...] = WOSAC_2025) -> dict[str, torch.Tensor]:
+    """Per scene, each bucket's weighted mean likelihood, normalised by the bucket's weight sum (a
+    likelihood without valid objects counts as 1, as in the meta-metric)."""
+    weights = {f.name: f.weight for f in features}
+    out = {}
+    for bucket, names in BUCKETS.items():
+        total = sum(weights[n] for n in names)
+        out[bucket] = sum(weights[n] * torch.nan_to_num(scores[n], nan=1.0) for n in names) / total
+    return out
+
+
+def simulated_event_rates(inputs: RealismInputs,
+                          features: tuple[FeatureSpec, ...] = WOSAC_2025) -> dict[str, torch.Tensor]:
+    """Per scene [S], the share of (evaluated object, rollout) pairs with at least one event of each
+    Bernoulli feature (over log-valid steps, as scored); NaN where no object qualifies."""
+    out = {}
+    for spec in features:
+        if spec.histogram is not None:
+            continue
+        objects = inputs.eval_mask & (inputs.is_vehicle if spec.vehicles_only else torch.ones_like(inputs.eval_mask))
+        event = (inputs.sim[spec.name].bool() & inputs.log_valid[spec.name].unsqueeze(1)).any(2)  # [S, K, A]
+        pairs = objects.unsqueeze(1).expand_as(event)
+        count = pairs.sum((1, 2))
+        rate = (event & pairs).sum((1, 2)).to(torch.float32) / count.clamp(min=1)
+        out[f"{spec.name}_rate"] = torch.where(count > 0, rate, torch.full_like(rate, float("nan")))
+    return out
+
+
+def min_ade(sim_pos: torch.Tensor, log_pos: torch.Tensor, log_valid: torch.Tensor,
+            eval_mask: torch.Tensor) -> torch.Tensor:
+    """Per scene [S], min over rollouts of the mean over evaluated objects of each object's ADE.
+
+    ``sim_pos`` [S, K, T, A, 2], ``log_pos`` [S, T, A, 2], ``log_valid`` [S, T, A] (the future steps only;
+    WOSAC divides by all 91 steps, which scales a fully valid agent's value by 80/91), ``eval_mask`` [S, A].
+    NaN for a scene without any valid evaluated object.
+    """
+    err = (sim_pos - log_pos.unsqueeze(1)).norm(dim=-1)                        # [S, K, T, A]
+    valid = log_valid.unsqueeze(1)
+    steps = valid.sum(2)                                                       # [S, 1, A]
+    ade = (err * valid).sum(2) / steps.clamp(min=1)                            # [S, K, A]
+    objects = eval_mask.unsqueeze(1) & (steps > 0)
+    n = objects.sum(-1)                                                        # [S, 1]
+    mean = (ade * objects).sum(-1) / n.clamp(min=1)                            # [S, K]
+    best = mean.amin(1)
+    return torch.where(n.squeeze(1) > 0, best, torch.full_like(best, float("nan")))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-step features of trajectories
+# ----------------------------------------------------------------------------------------------------
+
+FAR = 1.0e4
+"""Distance (m) reported without another object or road edge in reach (the histograms clip it)."""
+MAX_TIME_TO_COLLISION = 5.0
+TTC_MAX_HEADING_DIFF = math.radians(75.0)
+TTC_SMALL_OVERLAP = 0.5
+TTC_SMALL_OVERLAP_HEADING_DIFF = math.radians(10.0)
+KINEMATIC_SUPPORT = {"linear_speed": 1, "angular_speed": 1, "linear_acceleration": 2, "angular_acceleration": 2}
+"""Steps either side that a kinematic feature's central differences need valid."""
+
+
+@dataclass
+class Trajectories:
+    """Box centre, heading and validity of every agent of B rows over steps 0..T-1."""
+
+    pos: torch.Tensor    # [B, T, A, 2]
+    yaw: torch.Tensor    # [B, T, A]
+    valid: torch.Tensor  # [B, T, A] bool
+
+    @staticmethod
+    def from_log(batch: SceneBatch) -> "Trajectories":
+        """The logged trajectories of ``batch``."""
+        return Trajectories(pos=batch.agent_pos, yaw=batch.agent_yaw, valid=batch.agent_valid)
+
+
+@dataclass
+class SceneFeatures:
+    """Per-step WOSAC features of the evaluated objects, ``[B, T_future, E]`` each, with validity."""
+
+    values: dict[str, torch.Tensor]
+    valid: dict[str, torch.Tensor]
+
+
+def evaluated_objects(batch: SceneBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(slot index [B, E], mask [B, E]) of each scene's evaluated objects: the SDC and the tracks to
+    predict that are valid at step 10, padded to the largest count E (padding repeats slot 0)."""
+    roles = batch.agent_role.bool()
+    mask = (roles[..., AgentRole.SDC] | roles[..., AgentRole.PREDICT]) & batch.agent_valid[:, STEP_CURRENT]
+    e = max(int(mask.sum(-1).max()), 1)
+    order = torch.argsort((~mask).to(torch.uint8), dim=-1, stable=True)[:, :e]
+    keep = torch.gather(mask, 1, order)
+    return torch.where(keep, order, torch.zeros_like(order)), keep
+
+
+def box_separation(pos_a: torch.Tensor, yaw_a: torch.Tensor, size_a: torch.Tensor,
+                   pos_b: torch.Tensor, yaw_b: torch.Tensor, size_b: torch.Tensor) -> torch.Tensor:
+    """Signed separation (m) of oriented boxes a and b (broadcast): the largest gap along the four
+    separating axes (both boxes' headings and normals). Positive: apart, a lower bound of the distance
+    (exact when the nearest features are a side and a corner); <= 0: overlapping, minus the smallest
+    penetration depth. ``size_*`` [..., >=2] = (length, width)."""
+    d = pos_b - pos_a
+    la, wa = 0.5 * size_a[..., 0], 0.5 * size_a[..., 1]
+    lb, wb = 0.5 * size_b[..., 0], 0.5 * size_b[..., 1]
+    c = torch.cos(yaw_b - yaw_a).abs()
+    s = torch.sin(yaw_b - yaw_a).abs()
+    ca, sa, cb, sb = torch.cos(yaw_a), torch.sin(yaw_a), torch.cos(yaw_b), torch.sin(yaw_b)
+    dx, dy = d[..., 0], d[..., 1]
+    gaps = torch.stack([
+        (dx * ca + dy * sa).abs() - (la + lb * c + wb * s),
+        (-dx * sa + dy * ca).abs() - (wa + lb * s + wb * c),
+        (dx * cb + dy * sb).abs() - (lb + la * c + wa * s),
+        (-dx * sb + dy * cb).abs() - (wb + la * s + wa * c),
+    ], dim=-1)
+    return gaps.amax(-1)
+
+
+def time_to_collision(pos: torch.Tensor, yaw: torch.Tensor, size: torch.Tensor, speed: torch.Tensor,
+                      pos_o: torch.Tensor, yaw_o: torch.Tensor, size_o: torch.Tensor, speed_o: torch.Tensor,
+                      valid_o: torch.Tensor) -> torch.Tensor:
+    """WOSAC time to collision (s) of boxes ``[..., E]`` with the box they follow among ``[..., O]``.
+
+    The leader is the nearest box ahead of the front bumper whose heading differs by at most 75 deg, that
+    overlaps the follower's straight trail laterally, and (for an overlap under 0.5 m) whose heading
+    differs by at most 10 deg. TTC = gap / closing speed, capped at 5 s (5 s without a closing leader).
+    """
+    e = pos.unsqueeze(-2)                                       # [..., E, 1, 2]
+    yaw_e, half_l, half_w = yaw.unsqueeze(-1), 0.5 * size[..., 0].unsqueeze(-1), 0.5 * size[..., 1].unsqueeze(-1)
+    yaw_diff = wrap_angle(yaw_o.unsqueeze(-2) - yaw_e).abs()    # [..., E, O]
+    c, s = torch.cos(yaw_diff).abs(), torch.sin(yaw_diff).abs()
+    lo, wo = 0.5 * size_o[..., 0].unsqueeze(-2), 0.5 * size_o[..., 1].unsqueeze(-2)
+    long_offset, lat_offset = lo * c + wo * s, lo * s + wo * c
+    d = pos_o.unsqueeze(-3) - e
+    ce, se = torch.cos(yaw_e), torch.sin(yaw_e)
+    rel_x = d[..., 0] * ce + d[..., 1] * se
+    rel_y = -d[..., 0] * se + d[..., 1] * ce
+    gap = rel_x - half_l - long_offset
+    lat_overlap = rel_y.abs() - half_w - lat_offset
+    following = ((gap > 0) & (yaw_diff <= TTC_MAX_HEADING_DIFF) & (lat_overlap < 0)
+                 & ((lat_overlap < -TTC_SMALL_OVERLAP) | (yaw_diff <= TTC_SMALL_OVERLAP_HEADING_DIFF))
+                 & valid_o.unsqueeze(-2))
+    gap = gap.masked_fill(~following, float("inf"))
+    best, j = gap.min(-1)
+    lead_speed = torch.gather(speed_o.unsqueeze(-2).expand_as(gap), -1, j.unsqueeze(-1)).squeeze(-1)
+    closing = speed - lead_speed
+    ttc = torch.where(torch.isfinite(best) & (closing > 0), best / closing.clamp(min=1e-6),
+                      torch.full_like(best, MAX_TIME_TO_COLLISION))
+    return ttc.clamp(max=MAX_TIME_TO_COLLISION)
+
+
+def road_edge_distance(pos: torch.Tensor, yaw: torch.Tensor, size: torch.Tensor, offroad: torch.Tensor,
+                       geometry: MapGeometry, k: int = EDGE_CANDIDATES) -> torch.Tensor:
+    """[B, Q] signed distance (m) from boxes (``pos`` [B, Q, 2], ``yaw`` [B, Q], ``size`` [B, Q, >=2]) to the
+    road edges, positive off-road: the box's most off-road corner, with the sign of ``offroad`` [B, Q]
+    (the simulator's test) instead of WOSAC's edge orientation. On-road: minus the distance of the corner
+    nearest to an edge; off-road: the distance of the corner farthest from one. ``FAR`` without edges."""
+    b, q = pos.shape[:2]
+    corners = metrics.box_corners(pos, yaw, size[..., 0], size[..., 1]).reshape(b, q * 4, 2)
+    start, vec, valid = geometry.edges.candidates(corners, k)
+    dist = metrics.point_segment_distance(corners, start, vec).masked_fill(~valid, float("inf")).amin(-1)
+    dist = dist.clamp(max=FAR).reshape(b, q, 4)
+    return torch.where(offroad, dist.amax(-1), -dist.amin(-1))
+
+
+def _central_speed(pos: torch.Tensor, dt: float) -> torch.Tensor:
+    """Speed [B, T, A] by central differences of ``pos`` [B, T, A, 2] (0 where undefined)."""
+    return torch.nan_to_num(central_diff(pos, dt, dim=-3).norm(dim=-1))
+
+
+def gather_agents(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x`` [B, T, A, ...] at agent slots ``index`` [B, E]: [B, T, E, ...]."""
+    idx = index.view(index.shape[0], 1, index.shape[1], *([1] * (x.ndim - 3)))
+    return torch.gather(x, 2, idx.expand(x.shape[0], x.shape[1], index.shape[1], *x.shape[3:]))
+
+
+def _support(valid: torch.Tensor, steps: int) -> torch.Tensor:
+    """[B, T, A] valid at t and at the ``steps`` steps either side (false near the ends)."""
+    out = valid.clone()
+    for k in range(1, steps + 1):
+        out[:, k:] &= valid[:, :-k]
+        out[:, :-k] &= valid[:, k:]
+        out[:, :k] = False
+        out[:, -k:] = False
+    return out
+
+
+def _boxes(pos: torch.Tensor, yaw: torch.Tensor, valid: torch.Tensor) -> AgentState:
+    """An ``AgentState`` holding only boxes (the metrics read valid, pos and yaw)."""
+    zeros = torch.zeros_like(yaw)
+    return AgentState(valid=valid, pos=pos, yaw=yaw, spd=zeros, vel=torch.zeros_like(pos), acc=zeros, yaw_rate=zeros)
+
+
+def scene_features(traj: Trajectories, batch: SceneBatch, geometry: MapGeometry, eval_index: torch.Tensor,
+                   *, start: int = STEP_CURRENT + 1, dt: float = DT, rows_per_chunk: int = 256,
+                   steps_per_chunk: int = 8) -> SceneFeatures:
+    """The ten WOSAC features of the evaluated objects ``eval_index`` [B, E] of ``traj`` (rows aligned
+    with ``batch`` and ``geometry``), for steps ``start``..T-1: ``[B, T - start, E]`` each.
+
+    Interaction features consider the sim agents (valid at step 10) that are valid at the step; the
+    other agents of the scene (spawned later) are ignored, as they do not exist in a WOSAC rollout.
+    Interaction and map features run in chunks of rows and steps to bound memory.
+    """
+    n_step = traj.pos.shape[1]
+    if not 2 <= start < n_step:
+        raise ValueError(f"start step {start} outside [2, {n_step})")
+    objects = traj.valid & batch.agent_valid[:, STEP_CURRENT].unsqueeze(1)            # [B, T, A]
+    pos_e, yaw_e = gather_agents(traj.pos, eval_index), gather_agents(traj.yaw, eval_index)
+    valid_e = gather_agents(objects, eval_index)                                       # [B, T, E]
+    values, valid = {}, {}
+    for name, x in kinematic_features(pos_e, yaw_e, dt).items():
+        values[name] = torch.nan_to_num(x[:, start:])
+        valid[name] = _support(valid_e, KINEMATIC_SUPPORT[name])[:, start:]
+    speed = _central_speed(traj.pos, dt)
+    chunks: dict[str, list[list[torch.Tensor]]] = {}
+    for r0 in range(0, traj.pos.shape[0], rows_per_chunk):
+        rows = torch.arange(r0, min(r0 + rows_per_chunk, traj.pos.shape[0]), device=traj.pos.device)
+        parts: dict[str, list[torch.Tensor]] = {}
+        for t0 in range(start, n_step, steps_per_chunk):
+            steps = torch.arange(t0, min(t0 + steps_per_chunk, n_step), device=traj.pos.device)
+            for name, x in _step_features(traj, objects, speed, batch, geometry, eval_index, rows, steps).items():
+                parts.setdefault(name, []).append(x)
+        for name, xs in parts.items():
+            chunks.setdefault(name, []).append(xs)
+    for name, rows_parts in chunks.items():
+        values[name] = torch.cat([torch.cat(xs, dim=1) for xs in rows_parts], dim=0)
+    step_valid = valid_e[:, start:]
+    has_edge = geometry.edges.valid.flatten(1).any(-1).view(-1, 1, 1)
+    for name in ("distance_to_nearest_object", "collision", "time_to_collision", "offroad"):
+        valid[name] = step_valid
+    valid["distance_to_road_edge"] = step_valid & has_edge
+    valid["traffic_light_violation"] = step_valid & valid_e[:, start - 1:-1]
+    values["collision"] = values["distance_to_nearest_object"] < 0
+    return SceneFeatures(values=values, valid=valid)
+
+
+def _step_features(traj: Trajectories, objects: torch.Tensor, speed: torch.Tensor, batch: SceneBatch,
+                   geometry: MapGeometry, eval_index: torch.Tensor, rows: torch.Tensor,
+                   steps: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Interaction, map and traffic-light features of rows ``rows`` at ``steps``: [R, len(steps), E] each."""
+    idx = eval_index[rows]
+    at = (rows.unsqueeze(1), steps.unsqueeze(0))                                        # -> [R, Tc, A, ...]
+    pos, yaw, obj, spd = traj.pos[at], traj.yaw[at], objects[at], speed[at]
+    size = batch.agent_size[rows].unsqueeze(1).expand(-1, len(steps), -1, -1)         # [R, Tc, A, 3]
+    pos_e, yaw_e, obj_e = gather_agents(pos, idx), gather_agents(yaw, idx), gather_agents(obj, idx)
+    size_e, spd_e = gather_agents(size, idx), gather_agents(spd, idx)
+    # nearest object and time to collision: evaluated objects [R, Tc, E, 1] against all objects [R, Tc, 1, A]
+    sep = box_separation(pos_e.unsqueeze(-2), yaw_e.unsqueeze(-1), size_e.unsqueeze(-2),
+                         pos.unsqueeze(-3), yaw.unsqueeze(-2), size.unsqueeze(-3))
+    n_agent = pos.shape[2]
+    is_self = idx.view(idx.shape[0], 1, -1, 1) == torch.arange(n_agent, device=idx.device)
+    others = obj.unsqueeze(-2) & ~is_self
+    nearest = sep.masked_fill(~others, FAR).amin(-1).clamp(max=FAR)
+    ttc = time_to_collision(pos_e, yaw_e, size_e, spd_e, pos, yaw, size, spd, obj)
+    # map: the evaluated boxes of all chunk steps as one query set per row
+    r, tc, e = pos_e.shape[:3]
+    flat_state = _boxes(pos_e.reshape(r, tc * e, 2), yaw_e.reshape(r, tc * e), obj_e.reshape(r, tc * e))
+    flat_size = size_e.reshape(r, tc * e, 3)
+    as_vehicle = torch.zeros_like(flat_size, dtype=torch.bool)
+    as_vehicle[..., AgentType.VEHICLE] = True
+    geom = geometry.index(rows)
+    off = metrics.offroad(flat_state, flat_size, as_vehicle, geom)
+    edge = road_edge_distance(flat_state.pos, flat_state.yaw, flat_size, off, geom)
+    # traffic lights of each step, the boxes of the previous step
+    before = (rows.unsqueeze(1), steps.unsqueeze(0) - 1)
+    prev_pos, prev_yaw = gather_agents(traj.pos[before], idx), gather_agents(traj.yaw[before], idx)
+    prev_obj = gather_agents(objects[before], idx)
+    lights = (rows.unsqueeze(1), steps.clamp(max=batch.num_steps - 1).unsqueeze(0))
+    tl = [x[lights].flatten(0, 1) for x in (batch.tl_valid, batch.tl_state, batch.tl_pos, batch.tl_dir)]
+    types = gather_agents(batch.agent_type[rows].unsqueeze(1).expand(-1, tc, -1, -1), idx).flatten(0, 1)
+    red = metrics.red_light_violation(_boxes(prev_pos.flatten(0, 1), prev_yaw.flatten(0, 1), prev_obj.flatten(0, 1)),
+                                      _boxes(pos_e.flatten(0, 1), yaw_e.flatten(0, 1), obj_e.flatten(0, 1)),
+                                      tl[0], tl[1], tl[2], types, tl_dir=tl[3])
+    return {"distance_to_nearest_object": nearest, "time_to_collision": ttc,
+            "distance_to_road_edge": edge.reshape(r, tc, e), "offroad": off.reshape(r, tc, e),
+            "traffic_light_violation": red.reshape(r, tc, e)}
+
+
+def realism_inputs(sim: SceneFeatures, log: SceneFeatures, rollouts: int, eval_mask: torch.Tensor,
+                   is_vehicle: torch.Tensor) -> RealismInputs:
+    """Scoring inputs from the features of S*K rollout rows (scene-major: row s*K + k) and of the S logs."""
+    def per_scene(x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, rollouts, *x.shape[1:])
+    return RealismInputs(sim={n: per_scene(v) for n, v in sim.values.items()},
+                         sim_valid={n: per_scene(v) for n, v in sim.valid.items()},
+                         log=log.values, log_valid=log.valid, eval_mask=eval_mask, is_vehicle=is_vehicle)

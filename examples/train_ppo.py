@@ -1,0 +1,152 @@
+"""Train an ego planner on TrafficBots-v0 with Stable-Baselines3 (PPO, or SAC), then benchmark it.
+
+    python examples/train_ppo.py [--algo ppo|sac] [--timesteps 1000000] [--num-envs 16] [--seed 0]
+        [--device auto] [--background trafficbots] [--scenes PATH] [--eval-scenes PATH]
+        [--checkpoint PATH] [--out runs/ppo]
+
+    # CPU smoke run (minutes):
+    python examples/train_ppo.py --timesteps 2048 --num-envs 4 --background log_replay
+
+The training envs are one batched simulator (``trafficbots_gym.make_sb3_vec_env``) on the training
+scenes; an ``EvalCallback`` scores the policy on held-out scenes every ``--eval-freq`` steps and keeps
+the best model. Writes TensorBoard logs (``OUT/tb``), periodic checkpoints (``OUT/checkpoints``), the
+final policy (``OUT/policy.zip``), then benchmarks it with ``trafficbots-bench`` code against the
+``--bench-backgrounds`` (goal, collision, off-road, ... in ``OUT/bench``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from stable_baselines3 import PPO, SAC
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback, EvalCallback
+from tqdm import tqdm
+
+import trafficbots_gym
+from trafficbots_gym.benchmarks.controllers import display_rows, format_markdown, run_benchmark
+from trafficbots_gym.env.config import BACKGROUNDS, LOG_HORIZON, resolve_device
+
+
+class TqdmCallback(BaseCallback):
+    """A tqdm progress bar over the environment steps of ``learn``."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__()
+        self.total = total
+        self.bar: tqdm | None = None
+
+    def _on_training_start(self) -> None:
+        self.bar = tqdm(total=self.total, unit="step", desc="training")
+
+    def _on_step(self) -> bool:
+        assert self.bar is not None
+        self.bar.update(self.training_env.num_envs)
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def env_kwargs(args: argparse.Namespace, scenes: str | None, split: str) -> dict[str, Any]:
+    """``gym.make("TrafficBots-v0", ...)`` keys shared by the training and evaluation envs."""
+    return {"scenes": scenes, "split": split, "background": args.background, "checkpoint": args.checkpoint,
+            "device": str(resolve_device(args.device)), "horizon": args.horizon}
+
+
+def build_model(args: argparse.Namespace, env: Any) -> BaseAlgorithm:
+    """PPO or SAC with an MLP policy on the flat observations, logging to ``OUT/tb``."""
+    common = {"seed": args.seed, "device": args.device, "verbose": 0, "tensorboard_log": str(Path(args.out) / "tb")}
+    if args.algo == "sac":
+        return SAC("MlpPolicy", env, learning_starts=min(args.learning_starts, args.timesteps // 2),
+                   buffer_size=args.buffer_size, batch_size=args.batch_size, train_freq=1,
+                   gradient_steps=1, **common)
+    rollout = args.n_steps * args.num_envs
+    return PPO("MlpPolicy", env, n_steps=args.n_steps, batch_size=min(args.batch_size, rollout),
+               n_epochs=args.n_epochs, learning_rate=args.learning_rate, gamma=args.gamma, **common)
+
+
+def callbacks(args: argparse.Namespace, eval_env: Any) -> CallbackList:
+    """Progress bar, periodic checkpoints and evaluation on the held-out scenes (frequencies in env steps)."""
+    out = Path(args.out)
+    eval_freq = args.eval_freq or max(args.timesteps // 5, 1)
+    save_freq = args.save_freq or max(args.timesteps // 4, 1)
+    return CallbackList([
+        TqdmCallback(args.timesteps),
+        CheckpointCallback(save_freq=max(save_freq // args.num_envs, 1), save_path=str(out / "checkpoints"),
+                           name_prefix=args.algo),
+        EvalCallback(eval_env, n_eval_episodes=args.eval_episodes, eval_freq=max(eval_freq // args.num_envs, 1),
+                     best_model_save_path=str(out / "best"), log_path=str(out / "eval"), deterministic=True,
+                     verbose=0),
+    ])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algo", choices=("ppo", "sac"), default="ppo")
+    p.add_argument("--timesteps", type=int, default=1_000_000, help="total environment steps")
+    p.add_argument("--num-envs", type=int, default=16, help="training episodes batched in one simulator")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="torch device of the simulation and the policy")
+    p.add_argument("--background", choices=BACKGROUNDS, default="trafficbots")
+    p.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: the shipped one)")
+    p.add_argument("--scenes", default=None, help="training scenes (default: embedded training split)")
+    p.add_argument("--eval-scenes", default=None, help="held-out scenes (default: embedded --eval-split)")
+    p.add_argument("--eval-split", default="testing", help="embedded split of the held-out scenes")
+    p.add_argument("--horizon", type=int, default=LOG_HORIZON, help="controlled steps per episode")
+    p.add_argument("--out", default="runs/ppo")
+    p.add_argument("--eval-freq", type=int, default=None, help="env steps between evaluations (timesteps/5)")
+    p.add_argument("--eval-episodes", type=int, default=8)
+    p.add_argument("--eval-num-envs", type=int, default=4)
+    p.add_argument("--save-freq", type=int, default=None, help="env steps between checkpoints (timesteps/4)")
+    p.add_argument("--n-steps", type=int, default=256, help="PPO: steps per env per update")
+    p.add_argument("--n-epochs", type=int, default=10, help="PPO: epochs per update")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--learning-rate", type=float, default=3e-4)
+    p.add_argument("--gamma", type=float, default=0.99)
+    p.add_argument("--learning-starts", type=int, default=5000, help="SAC: random steps before learning")
+    p.add_argument("--buffer-size", type=int, default=1_000_000, help="SAC: replay buffer size")
+    p.add_argument("--bench-backgrounds", nargs="+", choices=BACKGROUNDS, default=["trafficbots", "log_replay"])
+    p.add_argument("--bench-episodes", type=int, default=64)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> Path:
+    """Train, save ``OUT/policy.zip``, benchmark it; returns the policy path."""
+    args = build_parser().parse_args(argv)
+    if args.timesteps < 1 or args.num_envs < 1:
+        raise SystemExit("--timesteps and --num-envs must be >= 1")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    env = trafficbots_gym.make_sb3_vec_env(args.num_envs, **env_kwargs(args, args.scenes, "training"))
+    eval_env = trafficbots_gym.make_sb3_vec_env(args.eval_num_envs,
+                                                **env_kwargs(args, args.eval_scenes, args.eval_split))
+    env.seed(args.seed)
+    eval_env.seed(args.seed + 10_000)
+    model = build_model(args, env)
+    # the SB3 adapter reports episode returns/lengths in info["episode"] itself, as a Monitor would
+    warnings.filterwarnings("ignore", message="Evaluation environment is not wrapped with a ``Monitor``")
+    try:
+        model.learn(total_timesteps=args.timesteps, callback=callbacks(args, eval_env), tb_log_name=args.algo)
+    finally:
+        env.close()
+        eval_env.close()
+    policy = out / "policy.zip"
+    model.save(policy)
+    print(f"saved {policy}; TensorBoard: tensorboard --logdir {out / 'tb'}")
+    rows = run_benchmark([str(policy)], args.bench_backgrounds, episodes=args.bench_episodes, seed=args.seed,
+                         out=out / "bench", scenes=args.eval_scenes, split=args.eval_split, device=args.device,
+                         checkpoint=args.checkpoint, num_envs=min(args.bench_episodes, 64), horizon=args.horizon)
+    print(format_markdown(display_rows(rows)))
+    return policy
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -174,11 +174,12 @@ def make_gru(dim: int, n_layer: int, dropout: float) -> nn.GRU:
 def gru_step(gru: nn.GRU, x: Tensor, valid: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
     """One GRU step for every agent: ``x`` [B, A, d], ``hidden`` [L, B*A, d] -> (out [B, A, d], hidden).
 
-    Output and hidden state of invalid agents are zero.
+    Output and hidden state of invalid agents are zero. The GRU runs in float32 even under autocast.
     """
-    out, hidden = gru(x.flatten(0, 1).unsqueeze(0), hidden.to(x.dtype))
+    with torch.autocast(x.device.type, enabled=False):   # recurrent state stays float32 under autocast
+        out, hidden = gru(x.float().flatten(0, 1).unsqueeze(0), hidden.float())
     invalid = ~valid.flatten(0, 1).unsqueeze(-1)
-    return out[0].masked_fill(invalid, 0.0).view_as(x), hidden.masked_fill(invalid.unsqueeze(0), 0.0)
+    return out[0].masked_fill(invalid, 0.0).view(x.shape), hidden.masked_fill(invalid.unsqueeze(0), 0.0)
 
 
 def gru_sequence(gru: nn.GRU, x: Tensor, valid: Tensor) -> Tensor:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import _compat_pickle
 import argparse
 import collections
-import logging
 import os
 import pickle
 import re
@@ -39,8 +38,6 @@ from trafficbots_gym.data.constants import N_AGENT_TYPE, N_PL_NODE, N_PL_TYPE, N
 from trafficbots_gym.model.config import TrafficBotsConfig
 from trafficbots_gym.model.encoders import harmonic_freqs, sinusoid_freqs
 from trafficbots_gym.model.traffic_bots import TrafficBots
-
-log = logging.getLogger(__name__)
 
 
 class CheckpointImportError(ValueError):

@@ -1,7 +1,7 @@
 """One closed-loop transition of all agents, shared by :func:`~trafficbots_gym.model.rollout.rollout` and
 :class:`~trafficbots_gym.model.policy.TrafficBotsPolicy`.
 
-An episode is encoded once (:func:`encode_episode`: map, traffic lights, latents, destinations). A
+An episode is encoded once (:func:`encode_episode`: map, traffic lights, agent tokens). A
 transition from step t-1 to t then: encodes the agents' state, runs the policy with the traffic lights of
 step ``min(t-1, last usable)``, squashes the action with ``tanh`` and the per-type limits, integrates the
 midpoint unicycle, applies teacher forcing / spawning, checks the map boundary (kill) and the destination
@@ -17,8 +17,8 @@ from torch.utils.checkpoint import checkpoint
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.model.distributions import DiagGaussian
-from trafficbots_gym.model.navigation import DestinationGeometry, outside_map
 from trafficbots_gym.model.layers import KeyValue
+from trafficbots_gym.model.navigation import DestinationGeometry, outside_map
 from trafficbots_gym.model.traffic_bots import AgentKinematics, MapContext, TrafficBots
 from trafficbots_gym.simulation.dynamics import unicycle_step
 from trafficbots_gym.simulation.state import AgentState

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from trafficbots_gym.data.constants import N_STEP, STEP_CURRENT
+from trafficbots_gym.data.constants import N_STEP, SPLITS, STEP_CURRENT
 from trafficbots_gym.data.packing import PackingError, pack_scenario
 from trafficbots_gym.data.scene import Scene
 from trafficbots_gym.synth.runs import RunSpec, execute_run, sample_run_spec
@@ -35,9 +35,14 @@ class GenerationConfig:
     """Recorded seconds per run."""
 
 
-def run_seeds(seed: int, count: int, start: int = 0) -> list[int]:
-    """Seeds of runs ``start .. start + count - 1`` of the dataset with master ``seed``."""
-    children = np.random.SeedSequence(seed).spawn(start + count)[start:]
+def run_seeds(seed: int, split: str, count: int, start: int = 0) -> list[int]:
+    """Seeds of runs ``start .. start + count - 1`` of ``split`` for master ``seed``.
+
+    Each split has its own seed stream, so the splits of one master seed never share a run.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    children = np.random.SeedSequence([seed, SPLITS.index(split)]).spawn(start + count)[start:]
     return [int(c.generate_state(1, np.uint32)[0]) for c in children]
 
 
@@ -98,7 +103,7 @@ def generate_scenes(num_scenes: int, seed: int, config: GenerationConfig, worker
     try:
         while produced < num_scenes:
             wave = max(workers, -(-(num_scenes - produced) // config.scenes_per_run))
-            seeds = run_seeds(seed, wave, start=next_run)
+            seeds = run_seeds(seed, config.split, wave, start=next_run)
             next_run += wave
             jobs = [(s, config) for s in seeds]
             results = pool.imap(_run_scenes_star, jobs) if pool is not None else map(_run_scenes_star, jobs)

@@ -89,8 +89,8 @@ def sample_network_spec(rng: np.random.Generator, seed: int) -> NetworkSpec:
         sidewalks=not freeway and bool(rng.random() < 0.85), bike_lanes=not freeway and bool(rng.random() < 0.4),
         curvature=0.0 if freeway and kind != "spider" else float(rng.choice((0.0, 0.3, 0.6))),
         perturb=float(rng.choice((0.0, 4.0, 8.0))) if kind == "grid" else 0.0,
-        junction_radius=float(rng.uniform(4.0, 10.0)), size=size, spacing=spacing,
-        arms=int(rng.integers(4, 7)) if kind == "spider" else 0)
+        junction_radius=float(rng.uniform(6.0, 12.0)), size=size, spacing=spacing,
+        arms=int(rng.integers(4, 6)) if kind == "spider" else 0)
 
 
 def build_network(spec: NetworkSpec, workdir: Path) -> Path:
@@ -129,7 +129,7 @@ def _netgenerate_args(spec: NetworkSpec) -> list[str]:
                  "--spider.space-radius", f"{spec.spacing:.1f}", "--spider.attach-length", f"{spec.spacing:.1f}"]
     else:
         args += ["--rand.iterations", str(spec.size), "--rand.min-distance", f"{0.6 * spec.spacing:.1f}",
-                 "--rand.max-distance", f"{1.4 * spec.spacing:.1f}", "--rand.min-angle", "60",
+                 "--rand.max-distance", f"{1.4 * spec.spacing:.1f}", "--rand.min-angle", "70",
                  "--rand.connectivity", "0.9", "--rand.neighbor-dist1", "0", "--rand.neighbor-dist2", "0.5",
                  "--rand.neighbor-dist3", "10", "--rand.neighbor-dist4", "10", "--rand.neighbor-dist5", "0",
                  "--rand.neighbor-dist6", "0"]

@@ -57,12 +57,12 @@ class TlLinks:
 @dataclass
 class RoadMap:
     polylines: list[RawPolyline]
+    """Features in order, ``feature_id`` = position."""
     lane_exits: dict[int, list[int]]
-    lane_feature: dict[str, int]
-    """SUMO lane id -> feature id of its lane polyline."""
+    """Lane feature id -> ids of the lanes it leads into."""
     tl_links: TlLinks
-    lane_points: dict[int, np.ndarray] = field(default_factory=dict)
-    """Feature id -> [P, 2] resampled centreline of every lane polyline."""
+    lane_ids: frozenset[int] = field(default_factory=frozenset)
+    """Feature ids of the lane polylines (car and bike lanes)."""
 
 
 def build_road_map(net: SumoNet) -> RoadMap:
@@ -80,7 +80,6 @@ def build_road_map(net: SumoNet) -> RoadMap:
 
     stop_lanes = {c.from_lane for c in net.connections if c.state in _STOP_STATES}
     lane_feature: dict[str, int] = {}
-    lane_points: dict[int, np.ndarray] = {}
     for lane_id in sorted(net.lanes):
         lane = net.lanes[lane_id]
         if lane.users not in _DRIVABLE or lane.function not in ("normal", "internal"):
@@ -88,7 +87,6 @@ def build_road_map(net: SumoNet) -> RoadMap:
         fid = add(_lane_type(lane, lane_id in stop_lanes), lane.shape)
         if fid >= 0:
             lane_feature[lane_id] = fid
-            lane_points[fid] = polylines[fid].points[:, :2]
     for edge in _sorted_edges(net, "normal"):
         for map_type, points in _edge_lines(edge):
             add(map_type, points)
@@ -99,8 +97,8 @@ def build_road_map(net: SumoNet) -> RoadMap:
     for edge in _sorted_edges(net, "crossing"):
         for lane in edge.lanes:
             add(MapType.CROSSWALK, _crosswalk_polygon(lane), polygon=True)
-    return RoadMap(polylines, _lane_exits(net, lane_feature), lane_feature, _tl_links(net, lane_feature),
-                   lane_points)
+    return RoadMap(polylines, _lane_exits(net, lane_feature), _tl_links(net, lane_feature),
+                   frozenset(lane_feature.values()))
 
 
 def _sorted_edges(net: SumoNet, function: str) -> list[NetEdge]:

@@ -87,7 +87,7 @@ def cut_window(log: SimLog, road_map: RoadMap, sdc_track: int, t0: int, scenario
         pos=np.concatenate([xy, np.zeros((n, N_STEP, 1))], axis=-1) * valid[..., None],
         size=np.broadcast_to(tracks.size[idx][:, None], (n, N_STEP, 3)).astype(np.float32) * valid[..., None],
         heading=(yaw * valid).astype(np.float32), vel=(vel * valid[..., None]).astype(np.float32))
-    lane_set = {pl.feature_id for pl in polylines if pl.feature_id in road_map.lane_points}
+    lane_set = {pl.feature_id for pl in polylines if pl.feature_id in road_map.lane_ids}
     return RawScenario(
         scenario_id=scenario_id, tracks=raw_tracks, sdc_index=sdc_row, polylines=polylines,
         traffic_lights=_traffic_lights(log, road_map, t0, lane_set, sdc_path[STEP_CURRENT]),

@@ -223,6 +223,12 @@ def test_reset_without_seed_continues_the_seeded_stream():
     assert first == second and len(set(first)) == 2
 
 
+def test_unknown_reset_option_lists_the_valid_ones():
+    env = TrafficBotsEnv(scenes=REFERENCE_SCENES, background="log_replay")
+    with pytest.raises(ValueError, match="scene_idx.*scene_index"):
+        env.reset(seed=0, options={"scene_idx": 1})
+
+
 def test_reseeding_drops_the_unused_prefetch():
     env = TrafficBotsEnv(scenes=REFERENCE_SCENES, background="log_replay")
     for seed in range(5):

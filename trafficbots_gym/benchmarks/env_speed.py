@@ -1,15 +1,17 @@
 """Environment speed: step/reset latency per background, vector-env throughput vs num_envs, memory soak.
 
-    python -m trafficbots_gym.benchmarks.env_speed [--device auto] [--scenes H5] [--checkpoint CKPT]
-        [--steps 200] [--resets 10] [--num-envs 1 4 16] [--threads N] [--soak 0]
+    python -m trafficbots_gym.benchmarks.env_speed [--parts latency throughput soak] [--device auto]
+        [--scenes H5] [--checkpoint CKPT] [--steps 200] [--resets 10] [--num-envs 1 4 16] [--threads N]
+        [--soak-steps 10000]
 
 1. Latency (single ``TrafficBots-v0``): median / p90 ``step()`` and median ``reset()`` of the learned
    background (every valid non-ego agent is a TrafficBots agent) next to ``log_replay``, ``idm`` and
    ``constant_velocity`` in the same run, on the scene with the most agents valid at step 10.
 2. Throughput: env steps per second of ``TrafficBotsVecEnv(num_envs=N)`` (learned background, one
-   batched simulator) against the naive baseline of N single envs stepped one after the other; no early
-   termination, so both reset every 80 steps per env (resets included in the time).
-3. ``--soak STEPS``: that many env steps with resets (``--soak-background``, default ``log_replay``);
+   batched simulator) against the naive baseline of N single envs stepped one after the other, both
+   ``--steps`` steps per env without early termination, so both reset every 80 steps per env (resets
+   included in the time).
+3. Soak: ``--soak-steps`` env steps with resets (``--soak-background``, default ``log_replay``);
    reports resident memory after warm-up and at the end.
 
 Times are wall clock (CUDA synchronised) and, on CPU, process CPU time too, which depends less on other
@@ -41,6 +43,8 @@ from trafficbots_gym.env.vector_env import TrafficBotsVecEnv
 REPO_SCENES = Path(__file__).resolve().parents[2] / "envs_tests" / "fixtures" / "reference_vectors" / "reference_scenes.h5"
 LATENCY_BACKGROUNDS = ("trafficbots", "log_replay", "idm", "constant_velocity")
 NO_TERMINATION = {"collision": False, "offroad": False, "goal_reached": False, "outside_map": False}
+PARTS = ("latency", "throughput", "soak")
+LEARNED = ("trafficbots", "mixed")
 
 
 class Timer:
@@ -117,20 +121,20 @@ def latency(background: str, common: dict[str, Any], scene: int, steps: int, res
             "reset_ms": 1000 * statistics.median(reset_wall), "reset_cpu_ms": 1000 * statistics.median(reset_cpu)}
 
 
-def vector_throughput(num_envs: int, common: dict[str, Any], steps: int, timer: Timer) -> float:
-    """Env steps per second of one ``TrafficBotsVecEnv`` (autoresets included)."""
+def vector_throughput(num_envs: int, common: dict[str, Any], steps: int, timer: Timer) -> tuple[float, float]:
+    """Env steps per wall second and per CPU second of one ``TrafficBotsVecEnv`` (autoresets included)."""
     env = TrafficBotsVecEnv(num_envs, termination=NO_TERMINATION, **common)
     env.reset(seed=0)
     actions = np.tile(np.array([0.1, 0.0], np.float32), (num_envs, 1))
     for _ in range(3):
         env.step(actions)
-    wall, _ = timer(lambda: [env.step(actions) for _ in range(steps)])
+    wall, cpu = timer(lambda: [env.step(actions) for _ in range(steps)])
     env.close()
-    return num_envs * steps / wall
+    return num_envs * steps / wall, num_envs * steps / cpu
 
 
-def naive_throughput(num_envs: int, common: dict[str, Any], steps: int, timer: Timer) -> float:
-    """Env steps per second of ``num_envs`` single envs stepped in a Python loop (resets included)."""
+def naive_throughput(num_envs: int, common: dict[str, Any], steps: int, timer: Timer) -> tuple[float, float]:
+    """Env steps per wall / CPU second of ``num_envs`` single envs stepped in a Python loop (resets included)."""
     envs = [TrafficBotsEnv(termination=NO_TERMINATION, **common) for _ in range(num_envs)]
     for i, env in enumerate(envs):
         env.reset(seed=i)
@@ -143,10 +147,10 @@ def naive_throughput(num_envs: int, common: dict[str, Any], steps: int, timer: T
                     env.reset()
     for env in envs:
         env.step(action)
-    wall, _ = timer(loop)
+    wall, cpu = timer(loop)
     for env in envs:
         env.close()
-    return num_envs * steps / wall
+    return num_envs * steps / wall, num_envs * steps / cpu
 
 
 def rss_mib() -> float:
@@ -183,16 +187,16 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=["latency", "throughput"])
     parser.add_argument("--device", default="auto", help="torch device of the simulation (auto = CUDA if present)")
     parser.add_argument("--scenes", default=None, help="H5 file / folder (default: embedded or repo scenes)")
     parser.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: shipped or random-init)")
-    parser.add_argument("--steps", type=int, default=200, help="timed steps per latency / throughput row")
+    parser.add_argument("--steps", type=int, default=200, help="timed steps per latency row / per env in throughput")
     parser.add_argument("--resets", type=int, default=10, help="timed resets per latency row")
     parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 4, 16], help="vector env sizes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--soak", type=int, default=0, help="env steps of the memory soak (0 = skip)")
+    parser.add_argument("--soak-steps", type=int, default=10_000, help="env steps of the memory soak")
     parser.add_argument("--soak-background", default="log_replay")
-    parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -203,33 +207,34 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, ckpt_desc = resolve_checkpoint(args.checkpoint, Path(tmp))
         common = {"scenes": scenes, "checkpoint": checkpoint, "device": str(device)}
-        scene, n_valid = busiest_scene(SceneSource(scenes))
         card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
         print(f"device {device} ({card}), torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs; "
               f"scenes {scenes}; checkpoint: {ckpt_desc}")
-        print(f"latency scene: index {scene}, {n_valid} agents valid at step {STEP_CURRENT}\n")
 
-        rows = []
-        for background in LATENCY_BACKGROUNDS:
-            m = latency(background, common, scene, args.steps, args.resets, timer)
-            rows.append([background, m["reactive"], m["step_ms"], m["step_p90_ms"], m["step_cpu_ms"],
-                         m["reset_ms"], m["reset_cpu_ms"]])
-        print(_table(["background", "reactive agents", "step ms (median)", "step ms (p90)", "step CPU ms",
-                      "reset ms (median)", "reset CPU ms"], rows))
+        if "latency" in args.parts:
+            scene, n_valid = busiest_scene(SceneSource(scenes))
+            print(f"latency scene: index {scene}, {n_valid} agents valid at step {STEP_CURRENT}\n")
+            rows = []
+            for background in LATENCY_BACKGROUNDS:
+                m = latency(background, common, scene, args.steps, args.resets, timer)
+                rows.append([background, m["reactive"], m["step_ms"], m["step_p90_ms"], m["step_cpu_ms"],
+                             m["reset_ms"], m["reset_cpu_ms"]])
+            print(_table(["background", "reactive agents", "step ms (median)", "step ms (p90)", "step CPU ms",
+                          "reset ms (median)", "reset CPU ms"], rows))
 
-        if not args.skip_throughput:
+        if "throughput" in args.parts:
             rows = []
             for n in args.num_envs:
-                vec = vector_throughput(n, common, args.steps, timer)
-                naive = naive_throughput(n, common, max(1, args.steps // n), timer)
-                rows.append([n, vec, naive, f"{vec / naive:.2f}x"])
-            print("\nlearned background, env steps/s (autoresets included)\n")
-            print(_table(["num_envs", "TrafficBotsVecEnv", f"{'naive loop of single envs'}", "speedup"], rows))
+                vec, vec_cpu = vector_throughput(n, common, args.steps, timer)
+                naive, naive_cpu = naive_throughput(n, common, args.steps, timer)
+                rows.append([n, vec, naive, f"{vec / naive:.2f}x", vec_cpu, naive_cpu, f"{vec_cpu / naive_cpu:.2f}x"])
+            print(f"\nlearned background, env steps/s, {args.steps} steps per env (autoresets included)\n")
+            print(_table(["num_envs", "TrafficBotsVecEnv", "naive loop of single envs", "speedup",
+                          "VecEnv per CPU s", "naive per CPU s", "CPU speedup"], rows))
 
-        if args.soak:
-            common_soak = {k: v for k, v in common.items() if k != "checkpoint" or args.soak_background in
-                           ("trafficbots", "mixed")}
-            s = soak(args.soak, args.soak_background, common_soak)
+        if "soak" in args.parts:
+            soak_common = {**common, "checkpoint": checkpoint if args.soak_background in LEARNED else None}
+            s = soak(args.soak_steps, args.soak_background, soak_common)
             print(f"\nsoak: {s['steps']} steps ({args.soak_background}), {s['resets']} resets, "
                   f"{s['steps_per_s']:.0f} steps/s; RSS {s['rss_start']:.1f} MiB after warm-up -> "
                   f"{s['rss_end']:.1f} MiB at the end ({s['rss_end'] - s['rss_start']:+.1f} MiB)")

@@ -31,6 +31,8 @@ STEP_INFO_KEYS: tuple[str, ...] = ("step", "speed", "acc", "yaw_rate", "jerk", "
                                    "lateral_offset", "dist_to_goal", "log_deviation", "collided", "offroad",
                                    "red_light", "outside_map", "goal_reached", "dest_reached")
 """Per-step metric keys of ``info`` (docs/env.md gives units)."""
+RESET_OPTIONS: tuple[str, ...] = ("scene_index", "scenario_id", "ego")
+"""Keys of ``reset(options=...)`` (the vector env adds ``reset_mask``)."""
 EPISODE_KEYS: tuple[str, ...] = ("r", "l", "t", "goal_reached", "collided", "offroad", "red_light_violations",
                                  "progress", "route_completion", "ade", "max_jerk")
 """Keys of ``info["episode"]`` at the end of an episode (r, l, t as SB3 / Gymnasium episode statistics)."""
@@ -160,6 +162,10 @@ class EpisodeBatch:
         if not all_rows and self._stats is None:
             raise RuntimeError("the first reset must start every row")
         options = list(options) if options is not None else [None] * len(rows)
+        for o in options:
+            unknown = sorted(set(o or {}) - set(RESET_OPTIONS))
+            if unknown:
+                raise ValueError(f"unknown reset options {unknown}; valid options: {list(RESET_OPTIONS)}")
         indices = [self._choose(r, o) for r, o in zip(rows, options)]
         arrays = [self.loader.load(i) for i in indices]
         egos = [resolve_ego(a, (o or {}).get("ego", self.config.ego), self.source.scenario_id(i))

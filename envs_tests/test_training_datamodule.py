@@ -9,7 +9,7 @@ import torch
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.h5io import SceneFormatError
-from training.datamodule import H5SceneDataModule, ReplacementSampler, make_datamodule
+from training.datamodule import H5SceneDataModule, ReplacementSampler, SynthCorpusDataModule, make_datamodule
 
 SCENES = Path(__file__).parent / "fixtures" / "reference_vectors" / "reference_scenes.h5"
 
@@ -21,6 +21,11 @@ def test_replacement_sampler_draws_epoch_size_indices_with_replacement_and_a_new
     assert set(first) == {0, 1}  # 50 draws from 2 scenes must repeat scenes
     assert first != second
     assert list(ReplacementSampler(2, 50, seed=3)) == first  # reproducible by seed
+    resumed = ReplacementSampler(2, 50, seed=3)
+    resumed.set_epoch(1)
+    assert list(resumed) == second                           # epoch set by the trainer, e.g. after a resume
+    keyed = ReplacementSampler(2, 50, seed=3, keyed=True)
+    assert list(keyed) == [(0, i) for i in first]
 
 
 def test_replacement_sampler_rejects_empty_data() -> None:
@@ -66,3 +71,36 @@ def test_make_datamodule_dispatches_on_source_and_rejects_unknown_sources() -> N
     assert isinstance(make_datamodule("h5", files={"val": SCENES}, num_workers=0), H5SceneDataModule)
     with pytest.raises(ValueError, match="tfrecord"):
         make_datamodule("tfrecord")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SUMO corpus with one short training run."""
+    from trafficbots_gym.synth.corpus import build_corpus
+
+    out = tmp_path_factory.mktemp("corpus")
+    build_corpus(out, {"training": 1}, seed=0, duration=12.0)
+    return out
+
+
+def _epoch_batch(dm: SynthCorpusDataModule, epoch: int, loader: torch.utils.data.DataLoader | None = None) -> SceneBatch:
+    loader = loader or dm.train_dataloader()
+    loader.sampler.set_epoch(epoch)
+    return next(iter(loader))
+
+
+def test_synth_corpus_windows_change_with_the_epoch_also_in_persistent_workers(corpus: Path) -> None:
+    args = dict(corpus_dir=corpus, batch_size=2, epoch_size=2, pin_memory=False, seed=5)
+    inline = make_datamodule("synth_corpus", num_workers=0, **args)
+    assert isinstance(inline, SynthCorpusDataModule)
+    first = _epoch_batch(inline, 0)
+    assert first.batch_size == 2 and first.agent_pos.shape[1:] == (91, 64, 2)
+    assert bool(first.agent_dest_known.all())
+    assert torch.equal(_epoch_batch(inline, 0).agent_pos, first.agent_pos)  # reproducible
+    second = _epoch_batch(inline, 1)
+    assert not torch.equal(second.agent_pos, first.agent_pos)               # fresh windows
+
+    workers = make_datamodule("synth_corpus", num_workers=1, persistent_workers=True, **args)
+    loader = workers.train_dataloader()
+    assert torch.equal(_epoch_batch(workers, 0, loader).agent_pos, first.agent_pos)
+    assert torch.equal(_epoch_batch(workers, 1, loader).agent_pos, second.agent_pos)

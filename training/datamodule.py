@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from trafficbots_gym.data.batch import collate_arrays, scene_to_arrays
 from trafficbots_gym.data.h5io import H5_SUFFIXES, SceneFormatError, SceneReader
+from trafficbots_gym.synth.corpus import SyntheticWindowDataset
 
 SPLIT_STAGES = {"train": "training", "val": "validation", "test": "testing"}
 """Lightning stage name -> reference split (file) name."""
@@ -40,28 +41,61 @@ class SceneArraysDataset(Dataset):
         return scene_to_arrays(self.reader[int(index)], self.history_only)
 
 
-class ReplacementSampler(Sampler[int]):
+class ReplacementSampler(Sampler):
     """``epoch_size`` indices drawn uniformly with replacement; a fresh draw every epoch, reproducible by seed.
 
+    The draw of epoch ``e`` depends only on ``(seed, e)``; Lightning sets ``e`` through ``set_epoch`` (also
+    after a resume), and each pass moves to the next epoch otherwise. With ``keyed`` the sampler yields
+    ``(epoch, index)`` keys for :class:`EpochItems`.
+
     Not a ``RandomSampler`` subclass on purpose: under DDP Lightning then wraps it (each rank gets a
-    disjoint share of the draws) instead of replacing it by a without-replacement ``DistributedSampler``.
+    disjoint share of the same draws) instead of replacing it by a without-replacement ``DistributedSampler``.
     """
 
-    def __init__(self, data_len: int, epoch_size: int, seed: int = 0) -> None:
+    def __init__(self, data_len: int, epoch_size: int, seed: int = 0, keyed: bool = False) -> None:
         if data_len < 1:
             raise ValueError(f"cannot sample from an empty dataset (data_len={data_len})")
         if epoch_size < 1:
             raise ValueError(f"epoch_size must be >= 1, got {epoch_size}")
-        self.data_len, self.epoch_size, self.seed = data_len, epoch_size, seed
+        self.data_len, self.epoch_size, self.seed, self.keyed = data_len, epoch_size, seed, keyed
         self.epoch = 0
 
     def __len__(self) -> int:
         return self.epoch_size
 
-    def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
+        epoch = self.epoch
         self.epoch += 1
-        yield from torch.randint(self.data_len, (self.epoch_size,), generator=g).tolist()
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        indices = torch.randint(self.data_len, (self.epoch_size,), generator=g).tolist()
+        yield from ((epoch, i) for i in indices) if self.keyed else indices
+
+
+class EpochItems(Dataset):
+    """A dataset whose items change with ``set_epoch`` (fresh synthetic windows), read by ``(epoch, index)``.
+
+    The epoch travels with every key, so persistent DataLoader workers (which hold their own copy of the
+    dataset) serve the right epoch without being restarted.
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        if not callable(getattr(dataset, "set_epoch", None)):
+            raise TypeError(f"{type(dataset).__name__} has no set_epoch(epoch) method")
+        self.dataset = dataset
+        self.epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        if epoch != self.epoch:
+            self.dataset.set_epoch(epoch)  # type: ignore[attr-defined]
+            self.epoch = epoch
+        return self.dataset[index]
 
 
 def split_source(data_dir: PathLike, split: str) -> Path:
@@ -127,8 +161,9 @@ class _SceneDataModule(pl.LightningDataModule):
         if isinstance(ds, IterableDataset):  # it draws its own windows
             return self._loader(ds, self.batch_size, None)
         n = len(ds)  # type: ignore[arg-type]
-        sampler = ReplacementSampler(n, self.epoch_size or n, self.seed)
-        return self._loader(ds, self.batch_size, sampler)
+        keyed = callable(getattr(ds, "set_epoch", None))
+        sampler = ReplacementSampler(n, self.epoch_size or n, self.seed, keyed=keyed)
+        return self._loader(EpochItems(ds) if keyed else ds, self.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("val"), self.val_batch_size, None)
@@ -179,10 +214,6 @@ class SynthCorpusDataModule(_SceneDataModule):
         self.corpus_dir = Path(corpus_dir)
 
     def make_dataset(self, stage: str) -> Dataset:
-        try:
-            from trafficbots_gym.synth.corpus import SyntheticWindowDataset
-        except ImportError as e:
-            raise ImportError(f"datamodule.source=synth_corpus needs trafficbots_gym.synth.corpus: {e}") from e
         return SyntheticWindowDataset(self.corpus_dir, SPLIT_STAGES[stage], self.seed)
 
 

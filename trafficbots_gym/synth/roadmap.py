@@ -164,7 +164,8 @@ def _classify_left_boundaries(net: SumoNet) -> dict[str, tuple[np.ndarray, np.nd
             dmin = dist[np.arange(len(pts)), k]
             anti = np.sum(d * dirs[j][k], axis=-1) < -0.8
             # Only boundaries on the left side (where the opposite carriageway lies).
-            left_side = np.cross(d, bounds[j][k] - pts) > -CENTRE_LINE_GAP
+            rel = bounds[j][k] - pts
+            left_side = d[:, 0] * rel[:, 1] - d[:, 1] * rel[:, 0] > -CENTRE_LINE_GAP
             better = anti & left_side & (dmin < best)
             best = np.where(better, dmin, best)
             owner = np.where(better & (dmin < CENTRE_LINE_GAP), edges[i].id < edges[j].id, owner)

@@ -123,6 +123,13 @@ def test_a_missing_checkpoint_is_reported_by_path(tmp_path: Path) -> None:
         run(make_cfg(tmp_path, f"ckpt_path={tmp_path / 'nowhere.ckpt'}"))
 
 
+def test_a_file_that_is_no_checkpoint_is_rejected_by_path(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.ckpt"):
+        run(make_cfg(tmp_path, "action=validate", f"ckpt_path={junk}"))
+
+
 def test_test_action_runs_joint_future_prediction(tmp_path: Path) -> None:
     metrics = run(make_cfg(tmp_path, "action=test", "trainer.limit_test_batches=1"))
     assert math.isfinite(metrics["test/joint_future/ade"]) and "test/reactive_replay/ade" not in metrics

@@ -37,16 +37,22 @@ ACTIONS = ("fit", "validate", "test")
 
 
 def checkpoint_kind(path: str | Path) -> str:
-    """``lightning`` (this pipeline), ``reference`` (reference TrafficBots .ckpt) or ``safetensors``."""
+    """``lightning`` (this pipeline), ``reference`` (reference TrafficBots .ckpt) or ``safetensors``.
+
+    A pickle that is not a plain-container checkpoint is handed to the reference importer, which reads
+    pickled OmegaConf hyper-parameters safely and rejects anything else naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path: no such file {path}")
     if path.suffix == ".safetensors":
         return "safetensors"
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError:  # pickled OmegaConf hyper-parameters: only reference checkpoints have them
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
         return "reference"
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ValueError(f"ckpt_path: {path} is not a readable checkpoint ({error})") from error
     return "lightning" if isinstance(ckpt, dict) and MODEL_CONFIG_KEY in ckpt else "reference"
 
 
@@ -99,7 +105,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     kind = checkpoint_kind(ckpt_path) if ckpt_path else None
     resume = None
     if kind == "lightning":
-        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+        saved = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         module = build_module(cfg, saved[MODEL_CONFIG_KEY])
         if cfg.action == "fit":
             resume = str(ckpt_path)

@@ -145,3 +145,25 @@ def test_reference_checkpoint_is_converted_and_evaluated(tmp_path: Path) -> None
 def test_unknown_action_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="predict"):
         run(make_cfg(tmp_path, "action=predict"))
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(model=dict(hiden_dim=32)), "hiden_dim"),
+    (dict(val_procedures=["training"]), "val_procedures"),
+    (dict(p_training_rollout_prior=2.0), "p_training_rollout_prior"),
+    (dict(optimizer=dict(lr=0.0)), "lr"),
+    (dict(loss=dict(w_dest=-1.0)), "w_dest"),
+])
+def test_module_settings_are_validated_with_the_offending_key_named(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TrafficBotsModule(**kwargs)
+
+
+def test_destination_predictor_trains_in_its_own_parameter_group_and_action_log_stds_are_frozen() -> None:
+    module = TrafficBotsModule(model=dict(hidden_dim=32, n_head=2, pe_dim=16), optimizer=dict(lr=1e-3, lr_goal=5e-4))
+    model_group, goal_group = module.configure_optimizers()["optimizer"].param_groups
+    goal_ids = {id(p) for p in module.model.dest_predictor.parameters()}
+    assert goal_group["lr"] == 5e-4 and {id(p) for p in goal_group["params"]} == goal_ids
+    assert model_group["lr"] == 1e-3 and not goal_ids & {id(p) for p in model_group["params"]}
+    frozen = {id(p) for p in module.model.action_head.log_std.parameters()}
+    assert not frozen & {id(p) for p in model_group["params"]}

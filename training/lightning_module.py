@@ -82,6 +82,8 @@ class TrafficBotsModule(pl.LightningModule):
             bad = [p for p in procs if p not in PROCEDURES or p == "training"]
             if bad or not procs:
                 raise ValueError(f"{name}={list(procs)}: expected a non-empty list of reactive_replay / joint_future")
+        if not 0.0 <= p_training_rollout_prior <= 1.0:
+            raise ValueError(f"p_training_rollout_prior must be in [0, 1], got {p_training_rollout_prior}")
         if not 1 <= n_rollout_steps <= 90:
             raise ValueError(f"n_rollout_steps must be in 1..90, got {n_rollout_steps}")
         if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:

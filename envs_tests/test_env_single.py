@@ -270,8 +270,10 @@ def test_checkpoint_mismatch_lists_the_keys(checkpoint, tmp_path):
         TrafficBotsEnv(scenes=REFERENCE_SCENES, checkpoint=broken)
 
 
-def test_env_pickles_mid_episode_and_continues_identically():
-    env = TrafficBotsEnv(scenes=REFERENCE_SCENES, background="idm", termination=NO_TERMINATION)
+@pytest.mark.parametrize("background", ["idm", "trafficbots"])
+def test_env_pickles_mid_episode_and_continues_identically(background, checkpoint):
+    env = TrafficBotsEnv(scenes=REFERENCE_SCENES, background=background, checkpoint=checkpoint,
+                         termination=NO_TERMINATION)
     env.reset(seed=1, options={"scene_index": 1})
     for _ in range(3):
         env.step(np.array([0.5, 0.1], np.float32))
@@ -281,6 +283,7 @@ def test_env_pickles_mid_episode_and_continues_identically():
         b = clone.step(np.array([-0.2, 0.0], np.float32))
         np.testing.assert_array_equal(a[0], b[0])
         assert a[1] == b[1]
+    assert torch.equal(env.core.sim.state.pos, clone.core.sim.state.pos)
     assert env.reset()[1]["scene_index"] == clone.reset()[1]["scene_index"]
 
 

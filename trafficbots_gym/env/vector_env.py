@@ -107,6 +107,7 @@ class TrafficBotsVecEnv(VectorEnv):
 
     # ------------------------------------------------------------------------------------------------ step
     def step(self, actions: Any) -> tuple[Obs, Any, Any, Any, dict[str, Any]]:
+        """Step every env with ``actions`` ([N, 2] continuous or [N] discrete), autoresetting finished ones."""
         pending = self._pending.copy()
         result: StepResult | None = None
         if not pending.all():
@@ -127,8 +128,9 @@ class TrafficBotsVecEnv(VectorEnv):
 
     def _step_outputs(self, result: StepResult | None, pending: np.ndarray,
                       final: dict[str, Any]) -> tuple[Any, Any, Any, dict[str, Any]]:
-        """Rewards, flags and infos. ``pending`` rows were reset before stepping (zero reward, no flags);
-        ``final["done"]`` rows finished and were reset after it (their step info goes to ``final_info``)."""
+        """Rewards, flags and infos. ``pending`` rows (finished at the previous step) were reset in this call
+        and their step results are discarded (zero reward, no flags, reset info); ``final["done"]`` rows
+        finished in this step and were reset right after it (their step info goes to ``final_info``)."""
         n, device = self.num_envs, self.core.device
         stepped = ~pending
         reset_after = final.get("done", np.zeros(n, bool))

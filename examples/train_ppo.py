@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, default=3e-4)
     p.add_argument("--gamma", type=float, default=0.99)
     p.add_argument("--learning-starts", type=int, default=5000, help="SAC: random steps before learning")
-    p.add_argument("--buffer-size", type=int, default=1_000_000, help="SAC: replay buffer size")
+    p.add_argument("--buffer-size", type=int, default=50_000,
+                   help="SAC: replay buffer size (flat observations are ~9.5 KB: ~1 GB per 50k transitions)")
     p.add_argument("--bench-backgrounds", nargs="+", choices=BACKGROUNDS, default=["trafficbots", "log_replay"])
     p.add_argument("--bench-episodes", type=int, default=64)
     return p

@@ -84,9 +84,10 @@ def rollout(sim: BatchedSimulator, batch: SceneBatch, generator: torch.Generator
     """Every agent of ``batch`` simulated from step 10 to the log's last step with no external ego
     (steps 0..9 are the log); trajectories over all steps."""
     sim.reset(batch, ego_slots(batch), generator=generator)
-    states = [sim.state]
+    states = [sim.state.clone()]                 # the simulator may overwrite its state buffers in place
     for _ in range(batch.num_steps - 1 - STEP_CURRENT):
-        states.append(sim.step(None).state)
+        sim.step(None)
+        states.append(sim.state.clone())
     return Trajectories(pos=torch.cat([batch.agent_pos[:, :STEP_CURRENT], *(s.pos.unsqueeze(1) for s in states)], 1),
                         yaw=torch.cat([batch.agent_yaw[:, :STEP_CURRENT], *(s.yaw.unsqueeze(1) for s in states)], 1),
                         valid=torch.cat([batch.agent_valid[:, :STEP_CURRENT],
@@ -107,9 +108,8 @@ def evaluate_batch(sim: BatchedSimulator, batch: SceneBatch, rollouts: int, stoc
     traj = rollout(sim, sim_batch, generator)
     t1 = _now(device)
     eval_index, eval_mask = evaluated_objects(batch)
-    geometry = MapGeometry.from_batch(batch)
-    sim_features = scene_features(traj, sim_batch, geometry.index(rows), eval_index[rows])
-    log_features = scene_features(Trajectories.from_log(batch), batch, geometry, eval_index)
+    sim_features = scene_features(traj, sim_batch, sim.geometry, eval_index[rows])
+    log_features = scene_features(Trajectories.from_log(batch), batch, MapGeometry.from_batch(batch), eval_index)
     is_vehicle = torch.gather(batch.agent_type[..., AgentType.VEHICLE].bool(), 1, eval_index)
     inputs = realism_inputs(sim_features, log_features, k_sim, eval_mask, is_vehicle).repeat_rollouts(rollouts)
     values = realism_scores(inputs)

@@ -5,6 +5,12 @@ It owns scene choice and loading (per-row ``np_random``, prefetch of each row's 
 ego choice, action mapping, observations, reward terms, termination/truncation, per-step metrics and
 the episode summary. Everything stays in torch on the simulation device; conversion to numpy happens at
 the env boundary.
+
+On a CUDA device the step (policy, dynamics, metrics, reward, episode statistics) and the observation
+are each replayed from a CUDA graph (:class:`~trafficbots_gym.simulation.graphed.StepGraph`): all
+per-episode tensors live in buffers that resets overwrite in place, and the step reads its actions from
+a static input buffer. ``cuda_graphs=False`` (or a CPU device, or stochastic policy actions) runs the
+same code eagerly.
 """
 from __future__ import annotations
 
@@ -25,6 +31,8 @@ from trafficbots_gym.env.reward import StepEvents, terminated, total_reward, wei
 from trafficbots_gym.env.route import Route, RoutePosition
 from trafficbots_gym.env.scenes import SceneArrays, SceneLoader, SceneSource
 from trafficbots_gym.simulation.background import LEARNED_BACKGROUNDS
+from trafficbots_gym.simulation.buffers import assign, copy_rows_
+from trafficbots_gym.simulation.graphed import StepGraph
 from trafficbots_gym.simulation.simulator import BatchedSimulator, StepOutput
 
 STEP_INFO_KEYS: tuple[str, ...] = ("step", "speed", "acc", "yaw_rate", "jerk", "progress", "route_completion",
@@ -65,8 +73,7 @@ class EpisodeStats:
                             max_jerk=zeros_f.clone(), ret=zeros_f.clone())
 
     def replace_rows(self, rows: torch.Tensor, other: "EpisodeStats") -> None:
-        for f in fields(self):
-            getattr(self, f.name)[rows] = getattr(other, f.name)
+        copy_rows_(self, rows, other)
 
 
 @dataclass
@@ -81,13 +88,20 @@ class StepResult:
     episode: dict[str, torch.Tensor]   # EPISODE_KEYS (meaningful where terminated | truncated)
 
 
-def make_policy(config: EnvConfig, device: torch.device) -> Any:
+POLICY_PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+"""Precision of the learned policy: "bf16" runs its network under bfloat16 autocast (the GRU state,
+actions and dynamics stay float32)."""
+
+
+def make_policy(config: EnvConfig, device: torch.device, precision: str = "fp32") -> Any:
     """The TrafficBots policy of a learned background (None for the other backgrounds)."""
+    if precision not in POLICY_PRECISIONS:
+        raise ValueError(f"policy_precision must be one of {list(POLICY_PRECISIONS)}, got {precision!r}")
     if config.background not in LEARNED_BACKGROUNDS:
         return None
     from trafficbots_gym.model.checkpoint import load_model
     from trafficbots_gym.model.policy import TrafficBotsPolicy
-    return TrafficBotsPolicy(load_model(config.checkpoint), device=device)
+    return TrafficBotsPolicy(load_model(config.checkpoint), device=device, autocast_dtype=POLICY_PRECISIONS[precision])
 
 
 def resolve_ego(arrays: SceneArrays, ego: Any, scenario_id: str) -> int:
@@ -117,17 +131,26 @@ def resolve_ego(arrays: SceneArrays, ego: Any, scenario_id: str) -> int:
 
 
 class EpisodeBatch:
-    """B concurrent episodes in one ``BatchedSimulator`` (see the module docstring)."""
+    """B concurrent episodes in one ``BatchedSimulator`` (see the module docstring).
 
-    def __init__(self, config: EnvConfig, num_envs: int) -> None:
+    ``cuda_graphs``: replay step and observation from CUDA graphs (None = on for CUDA devices);
+    ``policy_precision``: "fp32" or "bf16" (autocast) for the learned background's network.
+    """
+
+    def __init__(self, config: EnvConfig, num_envs: int, *, cuda_graphs: bool | None = None,
+                 policy_precision: str = "fp32") -> None:
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.config = config
         self.num_envs = num_envs
         self.device = resolve_device(config.device)
+        if cuda_graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=True needs a CUDA device, the simulation runs on {self.device}")
+        self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
         self.source = SceneSource(config.scenes, split=config.split, validate=config.validate_scenes)
         self.loader = SceneLoader(self.source, background=config.prefetch)
-        self.sim = BatchedSimulator(background=config.background, policy=make_policy(config, self.device),
+        self.sim = BatchedSimulator(background=config.background,
+                                    policy=make_policy(config, self.device, policy_precision),
                                     device=self.device, mixed_radius=config.mixed_radius)
         self.observer = ObservationBuilder(config)
         self.actions = ActionMapper(config, self.device)
@@ -142,6 +165,9 @@ class EpisodeBatch:
         self._where: RoutePosition | None = None
         self._stats: EpisodeStats | None = None
         self._ego_type: torch.Tensor | None = None
+        self._action_in = torch.zeros(num_envs, 2, device=self.device)   # static input of the step graph
+        self._step_graph = StepGraph(self._advance_from_buffer, self, name="env step", key=self._graph_key)
+        self._observe_graph = StepGraph(self._build_observation, self, name="observation", key=self._graph_key)
 
     # -------------------------------------------------------------------------------------------- seeding
     def seed_row(self, row: int, rng: np.random.Generator, *, seed_torch: bool) -> None:
@@ -175,6 +201,8 @@ class EpisodeBatch:
         env_ids = None if all_rows else torch.tensor(rows, dtype=torch.long, device=self.device)
         self.sim.reset(batch, ego, env_ids=env_ids, generator=self.generator)
         self._start_rows(batch, ego, env_ids)
+        self._step_graph.check()
+        self._observe_graph.check()
         for r, i in zip(rows, indices):
             self.scene_index[r], self.scenario_ids[r] = i, self.source.scenario_id(i)
             self.started[r] = time.perf_counter()
@@ -214,22 +242,58 @@ class EpisodeBatch:
         ego_type = batch.agent_type[rows, ego]
         self.observer.set_scenes(batch, env_ids)
         if env_ids is None or self._route is None or self._where is None or self._stats is None:
-            self._route, self._where, self._stats, self._ego_type = route, where, stats, ego_type
+            self._route, self._where = assign(self._route, route), assign(self._where, where)
+            self._stats, self._ego_type = assign(self._stats, stats), assign(self._ego_type, ego_type)
             return
         assert self._ego_type is not None
         self._route.replace_rows(env_ids, route)
-        for f in fields(RoutePosition):
-            getattr(self._where, f.name)[env_ids] = getattr(where, f.name)
+        copy_rows_(self._where, env_ids, where)
         self._stats.replace_rows(env_ids, stats)
         self._ego_type[env_ids] = ego_type
 
     # ---------------------------------------------------------------------------------------------- steps
     def step(self, actions: np.ndarray | torch.Tensor) -> StepResult:
-        """Advance every row with the env actions ([B, 2] continuous or [B] discrete)."""
+        """Advance every row with the env actions ([B, 2] continuous or [B] discrete).
+
+        With CUDA graphs the returned tensors are static buffers, overwritten by the next step.
+        """
+        self._require_started()
+        normalised = self.actions.normalised(actions, self.num_envs)
+        if self._use_graphs():
+            self._action_in.copy_(normalised)
+            result = self._step_graph()
+        else:
+            result = self._advance(normalised)
+        wall = torch.as_tensor(time.perf_counter() - self.started, dtype=torch.float32, device=self.device)
+        episode = {k: wall if k == "t" else result.episode[k] for k in EPISODE_KEYS}
+        return StepResult(reward=result.reward, terminated=result.terminated, truncated=result.truncated,
+                          info=result.info, rewards=result.rewards, episode=episode)
+
+    @property
+    def graphs_active(self) -> bool:
+        """The step is currently replayed from a captured CUDA graph."""
+        return self._step_graph.active
+
+    def _use_graphs(self) -> bool:
+        return self.cuda_graphs and self._step_graph.disabled_reason is None and self._graph_key()
+
+    def _graph_key(self) -> bool:
+        """Python-level state the captured step depends on: graphs need deterministic policy actions
+        (stochastic actions draw from a torch.Generator, which is replayed eagerly)."""
+        policy = getattr(self.sim._background, "policy", None)
+        return policy is None or bool(policy._all_deterministic)
+
+    def _advance_from_buffer(self) -> StepResult:
+        return self._advance(self._action_in)
+
+    def _advance(self, normalised: torch.Tensor) -> StepResult:
+        """The step proper from normalised actions [B, 2]: no host synchronisation, buffers written in place
+        (captured in the step graph). ``episode["t"]`` is added by :meth:`step`."""
         stats, route = self._require_started()
-        physical = self.actions.physical(self.actions.normalised(actions, self.num_envs), self._ego_type)
+        assert self._where is not None
+        physical = self.actions.physical(normalised, self._ego_type)
         out = self.sim.step(physical)
-        rows = torch.arange(self.num_envs, device=self.device)
+        rows = self.sim.row_index
         ego = self.sim.ego_index
         state = out.state
         acc, spd, yaw_rate = state.acc[rows, ego], state.spd[rows, ego], state.yaw_rate[rows, ego]
@@ -242,12 +306,12 @@ class EpisodeBatch:
         rewards = weighted_terms(events, self.config.reward)
         reward = total_reward(rewards)
         self._accumulate(stats, out, events, acc, reward)
-        self._where = route.locate(state.pos[rows, ego], out.ego_progress)
+        where = assign(self._where, route.locate(state.pos[rows, ego], out.ego_progress))
         done_terminated = terminated(events, stats.goal_reached, self.config.termination)
         truncated = stats.elapsed >= self.config.horizon
         info = {"step": out.step, "speed": spd, "acc": acc, "yaw_rate": yaw_rate, "jerk": jerk,
                 "progress": out.ego_progress, "route_completion": self._completion(out.ego_progress),
-                "lateral_offset": self._where.lateral, "dist_to_goal": out.ego_dist_to_goal,
+                "lateral_offset": where.lateral.clone(), "dist_to_goal": out.ego_dist_to_goal,
                 "log_deviation": out.ego_log_distance, "collided": out.ego_collided, "offroad": out.ego_offroad,
                 "red_light": out.ego_red_light, "outside_map": out.ego_outside_map,
                 "goal_reached": stats.goal_reached.clone(), "dest_reached": out.ego_dest_reached}
@@ -257,15 +321,15 @@ class EpisodeBatch:
     def _accumulate(self, stats: EpisodeStats, out: StepOutput, events: StepEvents, acc: torch.Tensor,
                     reward: torch.Tensor) -> None:
         stats.elapsed += 1
-        stats.route_s = out.ego_progress
-        stats.prev_acc = acc
+        stats.route_s.copy_(out.ego_progress)
+        stats.prev_acc.copy_(acc)
         stats.goal_reached |= events.goal_reached
         stats.collided |= events.collided
         stats.offroad |= events.offroad
         stats.red_lights += events.red_light.long()
         stats.log_dev_sum += torch.where(out.ego_log_valid, out.ego_log_distance, torch.zeros_like(acc))
         stats.log_dev_count += out.ego_log_valid.long()
-        stats.max_jerk = torch.maximum(stats.max_jerk, events.jerk)
+        torch.maximum(stats.max_jerk, events.jerk, out=stats.max_jerk)
         stats.ret += reward
 
     def _completion(self, s: torch.Tensor) -> torch.Tensor:
@@ -273,8 +337,8 @@ class EpisodeBatch:
         return s / route.length.clamp_min(1.0)
 
     def _episode(self, stats: EpisodeStats) -> dict[str, torch.Tensor]:
-        wall = torch.as_tensor(time.perf_counter() - self.started, dtype=torch.float32, device=self.device)
-        return {"r": stats.ret.clone(), "l": stats.elapsed.clone(), "t": wall,
+        """Episode summary of every row, without the wall time "t" (added by :meth:`step`)."""
+        return {"r": stats.ret.clone(), "l": stats.elapsed.clone(),
                 "goal_reached": stats.goal_reached.clone(), "collided": stats.collided.clone(),
                 "offroad": stats.offroad.clone(), "red_light_violations": stats.red_lights.clone(),
                 "progress": stats.route_s.clone(), "route_completion": self._completion(stats.route_s),
@@ -282,7 +346,13 @@ class EpisodeBatch:
 
     # -------------------------------------------------------------------------------------- observations
     def observe(self) -> dict[str, torch.Tensor]:
-        """The observation groups [B, ...] of every row's current state."""
+        """The observation groups [B, ...] of every row's current state (new tensors)."""
+        self._require_started()
+        if self._use_graphs():
+            return {k: v.clone() for k, v in self._observe_graph().items()}
+        return self._build_observation()
+
+    def _build_observation(self) -> dict[str, torch.Tensor]:
         stats, route = self._require_started()
         assert self._where is not None
         view = EgoView(index=self.sim.ego_index, step=self.sim.step_index, elapsed=stats.elapsed, route=self._where)

@@ -25,6 +25,7 @@ from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import MapType, TLState
 from trafficbots_gym.env.config import EnvConfig
 from trafficbots_gym.env.route import Route, RoutePosition
+from trafficbots_gym.simulation.buffers import assign
 from trafficbots_gym.simulation.dynamics import ACTION_LIMITS
 from trafficbots_gym.simulation.state import AgentState
 
@@ -114,7 +115,7 @@ class ObservationBuilder:
         """Cache the map points of new scenes: all rows, or the rows ``rows`` (``batch`` holds only those)."""
         points = MapPoints.from_batch(batch, self.config.map_point_stride)
         if rows is None or self.map_points is None:
-            self.map_points = points
+            self.map_points = assign(self.map_points, points)   # in place when the shapes allow
         else:
             self.map_points.replace_rows(rows, points)
 

@@ -83,23 +83,25 @@ def log_kinematics(batch: SceneBatch) -> AgentKinematics:
                            batch.agent_acc, batch.agent_yaw_rate)
 
 
-def encode_episode(model: TrafficBots, batch: SceneBatch, history: SceneBatch | None = None) -> SceneEncoding:
+def encode_episode(model: TrafficBots, batch: SceneBatch, history: SceneBatch | None = None, *,
+                   full_log: bool = True) -> SceneEncoding:
     """Encode map, traffic lights and agent tokens of ``batch`` once.
 
     ``history`` (the scenes' ``history/`` view, as the reference uses at evaluation) defaults to the first
     ``n_step_history`` steps of ``batch``. Agent tokens of the whole log are only built when the batch has
-    more steps than the history (they feed the posterior latent).
+    more steps than the history and ``full_log`` is set (they feed the posterior latent).
     """
     n_hist = model.cfg.n_step_history
     map_ctx = model.encode_map(batch.map_valid, batch.map_type, batch.map_pos, batch.map_dir)
     tl_tokens = model.encode_traffic_lights(batch.tl_valid, batch.tl_state, batch.tl_pos, batch.tl_dir)
     full_tokens = None
-    if batch.num_steps > n_hist:
+    if full_log and batch.num_steps > n_hist:
         full_tokens = model.encode_agents(log_kinematics(batch), batch.agent_size, batch.agent_type)
     if history is None:
         history_valid = batch.agent_valid[:, :n_hist]
         history_tokens = (full_tokens[:, :n_hist] if full_tokens is not None else
-                          model.encode_agents(log_kinematics(batch), batch.agent_size, batch.agent_type))
+                          model.encode_agents(_slice_steps(log_kinematics(batch), n_hist), batch.agent_size,
+                                              batch.agent_type))
     else:
         history_valid = history.agent_valid[:, :n_hist]
         hist = _slice_steps(log_kinematics(history), n_hist)

@@ -3,7 +3,9 @@
 ``reset`` encodes the scenes once (map features and the agent-to-map keys/values of every layer, traffic
 light tokens of every logged step, destination features), draws latents and destinations from a
 ``torch.Generator`` and warm-starts the GRU on the logged steps 0..10 exactly as in training (policy step,
-then teacher forcing with the log). ``act(state, step)`` then returns, for every agent of every scene in
+then teacher forcing with the log). Encoding runs over chunks of at most ``encode_chunk`` scenes, so its
+memory is bounded whatever the batch size; the per-episode tensors are written straight into buffers that
+later resets overwrite in place. ``act(state, step)`` then returns, for every agent of every scene in
 one batched call, the physical action (acceleration m/s^2, yaw rate rad/s) that moves it from ``state``
 (step-1) to ``step``. ``act`` has static shapes and no host synchronisation, so it can be captured in a
 CUDA graph or compiled.
@@ -14,7 +16,7 @@ when an agent (re)appears).
 """
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import Literal
 
 import torch
@@ -22,27 +24,48 @@ from torch import Tensor
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import N_STEP
-from trafficbots_gym.model.closed_loop import (EpisodeContext, LoopState, encode_episode, episode_context,
+from trafficbots_gym.model.closed_loop import (EpisodeContext, LoopState, action_limits, encode_episode,
                                                history_tl, initial_loop_state, policy_step, teacher_forcing_mask,
                                                transition)
-from trafficbots_gym.model.distributions import categorical_sample
+from trafficbots_gym.model.distributions import DiagGaussian, categorical_sample
+from trafficbots_gym.model.layers import KeyValue
 from trafficbots_gym.model.navigation import DestinationGeometry
 from trafficbots_gym.model.rollout import TEACHER_FORCING, autocast
 from trafficbots_gym.model.traffic_bots import MapContext, TrafficBots
+from trafficbots_gym.simulation.buffers import assign, copy_rows_, index_tree, same_layout
 from trafficbots_gym.simulation.state import AgentState
 
 LatentMode = Literal["prior", "posterior"]
 DestinationMode = Literal["sample", "argmax", "logged"]
+ENCODE_CHUNK = 32
+"""Default number of scenes encoded together at reset (bounds the memory of map encoding and destination
+scoring: about 0.3 GiB of activations per scene for the full-size model)."""
+
+
+@dataclass
+class _Encoded:
+    """Per-episode encodings of R new scenes, assembled chunk by chunk (rows = the new scenes)."""
+
+    map: MapContext
+    tl_kv: list[KeyValue]
+    tl_valid: Tensor        # [R, T, S]
+    goal_valid: Tensor      # [R, A]: agents with a valid history step
+    latent_mean: Tensor     # [R, A, Z]
+    latent_log_std: Tensor  # [R, A, Z]
+    logits: Tensor | None   # [R, A, P] destination logits (None for logged destinations)
 
 
 class TrafficBotsPolicy:
     """Batched closed-loop TrafficBots policy for B scenes x A agents (see the module docstring)."""
 
     def __init__(self, model: TrafficBots, *, device: str | torch.device = "cpu",
-                 autocast_dtype: torch.dtype | None = None) -> None:
+                 autocast_dtype: torch.dtype | None = None, encode_chunk: int = ENCODE_CHUNK) -> None:
+        if encode_chunk < 1:
+            raise ValueError(f"encode_chunk must be >= 1, got {encode_chunk}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.autocast_dtype = autocast_dtype
+        self.encode_chunk = encode_chunk
         self.generator: torch.Generator | None = None
         self._ctx: EpisodeContext | None = None
         self._loop: LoopState | None = None
@@ -118,32 +141,35 @@ class TrafficBotsPolicy:
         if generator is not None:
             self.generator = generator
         batch = batch.to(self.device)
-        with autocast(self.device, self.autocast_dtype):
-            enc = encode_episode(model, batch)
-            if latent == "posterior":
-                dist = model.latent(enc.full_tokens, batch.agent_valid, enc.tl_tokens, enc.tl_valid, enc.map,
-                                    posterior=True)
-            else:
-                tl_tokens, tl_valid = history_tl(enc, None, model)
-                dist = model.latent(enc.history_tokens, enc.history_valid, tl_tokens, tl_valid, enc.map,
-                                    posterior=False)
-            if destination == "logged":
-                dest = batch.agent_dest
-            else:
-                logits = model.destination_logits(enc.history_tokens, enc.history_valid, batch.agent_type,
-                                                  enc.map, batch.map_type)
-                dest = logits.argmax(-1) if destination == "argmax" else categorical_sample(logits, self.generator)
-        dist.mean, dist.log_std = dist.mean.float(), dist.log_std.float()
+        n_scene = batch.batch_size
+        in_place = env_ids is None and self._ctx is not None and self._dest.shape[0] == n_scene
+        enc = self._encode(batch, latent, destination, self._ctx if in_place else None)
+        dist = DiagGaussian(enc.latent_mean, enc.latent_log_std)
         latent_sample = dist.sample(deterministic_latent, self.generator)
-        enc.tl_tokens, enc.tl_valid = _pad_steps(enc.tl_tokens, N_STEP), _pad_steps(enc.tl_valid, N_STEP)
+        if destination == "logged":
+            dest = batch.agent_dest
+        else:
+            assert enc.logits is not None
+            dest = enc.logits.argmax(-1) if destination == "argmax" else categorical_sample(enc.logits, self.generator)
         tl_last = n_hist - 1 if cfg.reference_compat else batch.num_steps - 1
-        ctx = episode_context(model, batch, enc, batch.agent_type, batch.agent_size, latent_sample, dest, tl_last)
-        loop, warm = self._warm_start(ctx, batch, enc.history_valid.any(1), deterministic_action)
+        limits_like = batch.agent_pos
+        with autocast(self.device, self.autocast_dtype):
+            goal_feature = model.goal_feature(enc.map, dest)
+        ctx = EpisodeContext(
+            map=enc.map, tl_kv=enc.tl_kv, tl_valid=enc.tl_valid,
+            tl_last=torch.full((n_scene,), min(tl_last, batch.num_steps - 1), device=self.device),
+            agent_type=batch.agent_type.clone(), agent_size=batch.agent_size.clone(),
+            action_limits=action_limits(cfg.action_limits, batch.agent_type, limits_like), latent=latent_sample,
+            goal_feature=goal_feature,
+            dest=DestinationGeometry.gather(dest, batch.map_valid, batch.map_type, batch.map_pos, batch.map_dir),
+            boundary=batch.map_boundary.clone())
+        loop, warm = self._warm_start(ctx, batch, enc.goal_valid, deterministic_action)
         deterministic = torch.full_like(loop.goal_valid, deterministic_action)
-        if env_ids is None:
-            self._ctx, self._loop = _clone(ctx), _clone(loop)
-            self._warm, self._inputs = warm, warm.clone()
-            self._dest, self._deterministic = dest.clone(), deterministic
+        if env_ids is None:   # into the existing buffers when the layout allows (CUDA graphs stay valid)
+            self._ctx = assign(self._ctx, ctx) if same_layout(self._ctx, ctx) else ctx   # ctx owns its tensors
+            self._loop = assign(self._loop, loop)
+            self._warm, self._inputs = assign(self._warm, warm), assign(self._inputs, warm)
+            self._dest, self._deterministic = assign(self._dest, dest), assign(self._deterministic, deterministic)
         else:   # in place, so that tensors captured by a CUDA graph stay valid
             _scatter_(self._ctx, env_ids, ctx)
             _scatter_(self._loop, env_ids, loop)
@@ -152,6 +178,37 @@ class TrafficBotsPolicy:
             self._dest[env_ids] = dest
             self._deterministic[env_ids] = deterministic
         self._all_deterministic = bool(self._deterministic.all())
+
+    def _encode(self, batch: SceneBatch, latent: LatentMode, destination: DestinationMode,
+                target: EpisodeContext | None) -> _Encoded:
+        """Encode ``batch`` in chunks of ``encode_chunk`` scenes. Map and traffic-light tensors go straight
+        into ``target``'s buffers when given (a full reset in place), else into new ones."""
+        model, n_hist = self.model, self.model.cfg.n_step_history
+        n_scene = batch.batch_size
+        out: _Encoded | None = None
+        for start in range(0, n_scene, self.encode_chunk):
+            rows = slice(start, min(start + self.encode_chunk, n_scene))
+            sub = index_tree(batch, rows)
+            with autocast(self.device, self.autocast_dtype):
+                enc = encode_episode(model, sub, full_log=latent == "posterior")
+                if latent == "posterior":
+                    dist = model.latent(enc.full_tokens, sub.agent_valid, enc.tl_tokens, enc.tl_valid, enc.map,
+                                        posterior=True)
+                else:
+                    tl_tokens, tl_valid = history_tl(enc, None, model)
+                    dist = model.latent(enc.history_tokens, enc.history_valid, tl_tokens, tl_valid, enc.map,
+                                        posterior=False)
+                logits = None if destination == "logged" else model.destination_logits(
+                    enc.history_tokens, enc.history_valid, sub.agent_type, enc.map, sub.map_type)
+                tl_kv = model.project_tl_kv(_pad_steps(enc.tl_tokens, N_STEP))
+            part = _Encoded(map=enc.map, tl_kv=tl_kv, tl_valid=_pad_steps(enc.tl_valid, N_STEP),
+                            goal_valid=enc.history_valid.any(1), latent_mean=dist.mean.float(),
+                            latent_log_std=dist.log_std.float().expand_as(dist.mean), logits=logits)
+            if out is None:
+                out = _allocate_rows(part, n_scene, target)
+            _write_chunk(out, rows, part)
+        assert out is not None
+        return out
 
     @torch.no_grad()
     def act(self, state: AgentState, step: Tensor) -> Tensor:
@@ -177,7 +234,7 @@ class TrafficBotsPolicy:
             latched.valid.copy_(state.valid)
             inputs = AgentState(state.valid, state.pos, state.yaw, state.spd, latched.vel, latched.acc,
                                 latched.yaw_rate)
-        with autocast(self.device, self.autocast_dtype):
+        with _step_autocast(self.device, self.autocast_dtype):
             out = policy_step(self.model, ctx, inputs, step, goal_valid, loop.hidden,
                               deterministic=True if self._all_deterministic else self._deterministic,
                               generator=self.generator)
@@ -204,20 +261,43 @@ class TrafficBotsPolicy:
         return state, state.agents.clone()
 
 
+def _step_autocast(device: torch.device, dtype: torch.dtype | None):  # noqa: ANN202 - context manager
+    """Autocast for ``act`` without the weight-cast cache (required inside CUDA graph capture)."""
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False) if dtype is not None else autocast(device, None)
+
+
+def _allocate_rows(part: _Encoded, n_scene: int, target: EpisodeContext | None) -> _Encoded:
+    """Buffers of ``n_scene`` rows shaped like the chunk ``part``; map / TL buffers from ``target`` when
+    their layout matches (a full reset writing into the running episode's buffers)."""
+    def empty(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t.new_empty((n_scene,) + tuple(t.shape[1:]))
+
+    def rows_of(tree):  # noqa: ANN001, ANN202
+        return index_tree(tree, slice(0, part.map.valid.shape[0]))
+
+    reuse = (target is not None and same_layout(rows_of(target.map), part.map)
+             and same_layout(rows_of(target.tl_kv), part.tl_kv) and same_layout(rows_of(target.tl_valid), part.tl_valid))
+    if reuse:
+        map_ctx, tl_kv, tl_valid = target.map, target.tl_kv, target.tl_valid
+    else:
+        map_ctx = MapContext(empty(part.map.feature), empty(part.map.valid), [(empty(k), empty(v)) for k, v in part.map.kv])
+        tl_kv, tl_valid = [(empty(k), empty(v)) for k, v in part.tl_kv], empty(part.tl_valid)
+    return _Encoded(map=map_ctx, tl_kv=tl_kv, tl_valid=tl_valid, goal_valid=empty(part.goal_valid),
+                    latent_mean=empty(part.latent_mean), latent_log_std=empty(part.latent_log_std),
+                    logits=empty(part.logits))
+
+
+def _write_chunk(out: _Encoded, rows: slice, part: _Encoded) -> None:
+    """Copy the chunk ``part`` into rows ``rows`` of ``out``."""
+    for f in fields(_Encoded):
+        copy_rows_(getattr(out, f.name), rows, getattr(part, f.name))
+
+
 def _pad_steps(x: Tensor, n_step: int) -> Tensor:
     """Repeat the last step of ``x`` [B, T, ...] up to ``n_step`` steps (static shape for every scene)."""
     if x.shape[1] >= n_step:
         return x
     return torch.cat([x, x[:, -1:].expand(-1, n_step - x.shape[1], *x.shape[2:])], dim=1)
-
-
-def _clone(tree):  # noqa: ANN001, ANN202 - dataclasses / lists of tensors
-    """Deep copy of the tensors of a context / loop state (no aliasing with the caller's batch)."""
-    if isinstance(tree, Tensor):
-        return tree.clone()
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_clone(t) for t in tree)
-    return type(tree)(**{f.name: _clone(getattr(tree, f.name)) for f in fields(tree)})
 
 
 def _scatter_(old, rows: Tensor, new) -> None:  # noqa: ANN001 - dataclasses / lists of tensors

@@ -6,6 +6,8 @@ unbounded Gaussian output u maps through ``a = tanh(u)``. Yaw is never wrapped h
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from trafficbots_gym.data.constants import DT
@@ -16,9 +18,15 @@ ACTION_LIMITS = torch.tensor([[5.0, 1.5],   # vehicle: max |acc| (m/s^2), max |y
 """[3, 2] per AgentType limits of (acceleration, yaw rate), as the reference configuration."""
 
 
+@functools.lru_cache(maxsize=None)
+def _limits_on(device: torch.device) -> torch.Tensor:
+    """``ACTION_LIMITS`` on ``device``, copied once (no host-to-device copy inside a step)."""
+    return ACTION_LIMITS.to(device)
+
+
 def action_limits(agent_type: torch.Tensor) -> torch.Tensor:
     """[..., 2] limits for one-hot ``agent_type`` [..., 3] (vehicle limits for agents with no type)."""
-    limits = ACTION_LIMITS.to(device=agent_type.device)
+    limits = _limits_on(agent_type.device)
     onehot = agent_type.to(limits.dtype)
     per_agent = onehot @ limits
     none = ~agent_type.bool().any(-1, keepdim=True)

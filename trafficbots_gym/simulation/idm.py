@@ -19,6 +19,7 @@ import torch
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import DT, STEP_CURRENT, AgentType, TLState
+from trafficbots_gym.simulation.buffers import assign, copy_rows_
 from trafficbots_gym.simulation.dynamics import action_limits
 from trafficbots_gym.simulation.metrics import LoggedPath
 from trafficbots_gym.simulation.state import AgentState
@@ -109,16 +110,21 @@ class IDMBackground:
 
     def reset(self, batch: SceneBatch, ego_index: torch.Tensor, *, env_ids: torch.Tensor | None = None,
               generator: torch.Generator | None = None) -> None:
-        """Cache the paths and desired speeds of ``batch``; forget the agents of rows ``env_ids`` (all if None)."""
+        """Cache the paths and desired speeds of ``batch`` (of its rows ``env_ids`` when given, the other
+        rows are unchanged) and forget the agents of those rows. Buffers are overwritten in place."""
         self._batch = batch
-        self._path = LoggedPath.from_batch(batch, STEP_CURRENT, self.params.path_extension)
-        future_valid = batch.agent_valid[:, STEP_CURRENT:]
-        self._v0 = (batch.agent_spd[:, STEP_CURRENT:].abs() * future_valid).amax(1)
+        scenes = batch if env_ids is None else batch.index(env_ids)
+        path = LoggedPath.from_batch(scenes, STEP_CURRENT, self.params.path_extension)
+        future_valid = scenes.agent_valid[:, STEP_CURRENT:]
+        v0 = (scenes.agent_spd[:, STEP_CURRENT:].abs() * future_valid).amax(1)
         if env_ids is None or self._s is None:
-            self._s = torch.zeros_like(self._v0)
-            self._tracked = torch.zeros_like(future_valid[:, 0])
+            self._path, self._v0 = assign(self._path, path), assign(self._v0, v0)
+            self._s = assign(self._s, torch.zeros_like(v0))
+            self._tracked = assign(self._tracked, torch.zeros_like(future_valid[:, 0]))
         else:
-            self._tracked = self._tracked.index_fill(0, env_ids, False)
+            copy_rows_(self._path, env_ids, path)
+            self._v0[env_ids] = v0
+            self._tracked[env_ids] = False
 
     def propose(self, state: AgentState, step: torch.Tensor) -> AgentState:
         """The state at ``step`` [B] of every agent, from ``state`` at ``step - 1``."""
@@ -148,8 +154,8 @@ class IDMBackground:
         v_new = v + DT * acc
         s_new = s + DT * 0.5 * (v + v_new)
         pos, yaw = path.interpolate(s_new)
-        self._s = torch.where(state.valid, s_new, s)
-        self._tracked = state.valid
+        self._s.copy_(torch.where(state.valid, s_new, s))
+        self._tracked.copy_(state.valid)
         return AgentState(valid=state.valid, pos=pos, yaw=yaw, spd=v_new, vel=(pos - state.pos) / DT, acc=acc,
                           yaw_rate=(yaw - state.yaw) / DT).masked()
 

@@ -224,6 +224,12 @@ class MapGeometry:
                                                                                        PolylineSet)
                               else getattr(self, f.name)[rows] for f in fields(self)})
 
+    def pad_to(self, lane_capacity: int, edge_capacity: int) -> "MapGeometry":
+        """The same geometry with at least these many lane / road-edge slots (padding appended)."""
+        return MapGeometry(lanes=self.lanes.pad_to(lane_capacity), edges=self.edges.pad_to(edge_capacity),
+                           map_pos=self.map_pos, map_dir=self.map_dir, map_valid=self.map_valid,
+                           has_lane=self.has_lane, boundary=self.boundary)
+
     def replace_rows(self, rows: torch.Tensor, new: "MapGeometry") -> "MapGeometry":
         """A copy whose scenes ``rows`` come from ``new``."""
         out = {}

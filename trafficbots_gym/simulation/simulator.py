@@ -13,7 +13,10 @@ Per step (from step t-1 to t, t = 11, 12, ...):
 4. collisions, off-road, red-light crossings (lights of step min(t, 90)), map exits and the ego's
    progress along its logged path, distance to its goal and destination flag are computed on device.
 
-``step`` makes no host synchronisation and has no Python loop over scenes or agents.
+``step`` makes no host synchronisation and has no Python loop over scenes or agents. Every per-episode
+tensor lives in a buffer that is allocated at the first reset and then overwritten in place by resets
+(new rows copied in) and steps (new state copied in), so a CUDA graph of ``step`` stays valid; buffers
+are only reallocated when a reset changes the batch size or needs more polyline slots for the metrics.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import DT, STEP_CURRENT
 from trafficbots_gym.simulation import metrics
 from trafficbots_gym.simulation.background import BACKGROUNDS, make_background, reactive_mask
+from trafficbots_gym.simulation.buffers import assign, copy_rows_
 from trafficbots_gym.simulation.dynamics import action_limits, unicycle_step
 from trafficbots_gym.simulation.idm import IDMParams
 from trafficbots_gym.simulation.metrics import LoggedPath, MapGeometry
@@ -35,6 +39,8 @@ if TYPE_CHECKING:
     from trafficbots_gym.model.policy import TrafficBotsPolicy
 
 _D = TypeVar("_D")
+GEOMETRY_CAPACITY_STEP = 64
+"""Polyline slots of the metric geometry grow in multiples of this, so that resets rarely reallocate."""
 
 
 @dataclass
@@ -90,6 +96,8 @@ class BatchedSimulator:
         self._reactive: torch.Tensor | None = None
         self._geometry: MapGeometry | None = None
         self._ego_path: LoggedPath | None = None
+        self._ego_mask: torch.Tensor | None = None
+        self._rows: torch.Tensor | None = None
 
     # ------------------------------------------------------------------------------------------------
     # properties
@@ -126,10 +134,14 @@ class BatchedSimulator:
         return _require(self._geometry)
 
     @property
+    def row_index(self) -> torch.Tensor:
+        """[B] long, 0..B-1 (a persistent buffer for per-row gathers)."""
+        return _require(self._rows)
+
+    @property
     def ego_mask(self) -> torch.Tensor:
         """[B, A] bool one-hot of the ego slot."""
-        n = self.batch.agent_valid.shape[-1]
-        return torch.arange(n, device=self.device).unsqueeze(0) == self.ego_index.unsqueeze(-1)
+        return _require(self._ego_mask)
 
     # ------------------------------------------------------------------------------------------------
     # reset / step
@@ -148,26 +160,49 @@ class BatchedSimulator:
         ego_index = torch.as_tensor(ego_index, dtype=torch.long, device=self.device).reshape(-1)
         if env_ids is None:
             self._check_new_rows(batch, ego_index)
-            self._batch, self._ego = batch, ego_index
-            self._geometry = MapGeometry.from_batch(batch)
-            self._ego_path = LoggedPath.from_batch(batch).select_agent(ego_index)
-            self._state = AgentState.from_log(batch, STEP_CURRENT).masked()
-            self._step = torch.full((batch.batch_size,), STEP_CURRENT, dtype=torch.long, device=self.device)
-            self._reactive = reactive_mask(self.background_name, batch, ego_index, self.mixed_radius)
+            if self._batch is not None and self._batch.batch_size != batch.batch_size:
+                self._geometry = None       # a new batch size: every buffer is reallocated below
+            self._batch = assign(self._batch, batch)
+            self._ego = assign(self._ego, ego_index)
+            self._rows = assign(self._rows, torch.arange(batch.batch_size, device=self.device))
+            rows: torch.Tensor | slice = slice(None)
         else:
             env_ids = torch.as_tensor(env_ids, dtype=torch.long, device=self.device).reshape(-1)
             batch, ego_index = self._new_rows(batch, ego_index, env_ids)
             self._check_new_rows(batch, ego_index)
-            self._batch = replace_rows(self.batch, env_ids, batch)
-            self._ego = self.ego_index.index_copy(0, env_ids, ego_index)
-            self._geometry = self.geometry.replace_rows(env_ids, MapGeometry.from_batch(batch))
-            self._ego_path = replace_rows(_require(self._ego_path), env_ids,
-                                          LoggedPath.from_batch(batch).select_agent(ego_index))
-            self._state = replace_rows(self.state, env_ids, AgentState.from_log(batch, STEP_CURRENT).masked())
-            self._step = self.step_index.index_fill(0, env_ids, STEP_CURRENT)
-            self._reactive = self.reactive.index_copy(
-                0, env_ids, reactive_mask(self.background_name, batch, ego_index, self.mixed_radius))
+            copy_rows_(self._batch, env_ids, batch)
+            self.ego_index[env_ids] = ego_index
+            rows = env_ids
+        self._write_rows(rows, batch, ego_index)
         self._background.reset(self.batch, self.ego_index, env_ids=env_ids, generator=generator)
+
+    def _write_rows(self, rows: torch.Tensor | slice, batch: SceneBatch, ego_index: torch.Tensor) -> None:
+        """Store the derived per-scene tensors of the new scenes ``batch`` in rows ``rows`` of the buffers."""
+        n_agent = batch.agent_valid.shape[-1]
+        ego_mask = torch.arange(n_agent, device=self.device).unsqueeze(0) == ego_index.unsqueeze(-1)
+        new = {"_ego_mask": ego_mask,
+               "_ego_path": LoggedPath.from_batch(batch).select_agent(ego_index),
+               "_state": AgentState.from_log(batch, STEP_CURRENT).masked(),
+               "_step": torch.full((batch.batch_size,), STEP_CURRENT, dtype=torch.long, device=self.device),
+               "_reactive": reactive_mask(self.background_name, batch, ego_index, self.mixed_radius)}
+        for name, value in new.items():
+            if isinstance(rows, slice):
+                setattr(self, name, assign(getattr(self, name), value))
+            else:
+                copy_rows_(getattr(self, name), rows, value)
+        self._write_geometry(rows, MapGeometry.from_batch(batch))
+
+    def _write_geometry(self, rows: torch.Tensor | slice, new: MapGeometry) -> None:
+        """Copy ``new`` into the geometry buffers; they grow (reallocate) only when ``new`` needs more slots."""
+        old = self._geometry
+        lanes, edges = new.lanes.capacity, new.edges.capacity
+        if old is None:
+            self._geometry = assign(None, new.pad_to(_round_up(lanes), _round_up(edges)))
+            return
+        if lanes > old.lanes.capacity or edges > old.edges.capacity:
+            old = self._geometry = old.pad_to(_round_up(max(lanes, old.lanes.capacity)),
+                                              _round_up(max(edges, old.edges.capacity)))
+        copy_rows_(old, rows, new.pad_to(old.lanes.capacity, old.edges.capacity))
 
     def step(self, ego_action: torch.Tensor | None) -> StepOutput:
         """Advance every scene by one step with the ego's physical action [B, 2] (acc m/s^2, yaw rate rad/s).
@@ -178,24 +213,23 @@ class BatchedSimulator:
         """
         batch, prev = self.batch, self.state
         t = self.step_index + 1
-        ego = self.ego_mask
         log_next = self.log_state(t)
-        rows = torch.arange(batch.batch_size, device=self.device)
+        rows = _require(self._rows)
         log_prev_valid = (batch.agent_valid[rows, (t - 1).clamp(max=batch.num_steps - 1)]
                           & (t - 1 < batch.num_steps).unsqueeze(-1))
         moved = self._background.propose(prev, t)
-        nxt = moved.where(~self.reactive, log_next)
         spawn = self.reactive & log_next.valid & ~log_prev_valid
-        nxt = nxt.where(spawn, log_next)
-        gone = self.reactive & ~log_next.valid & metrics.outside_map(nxt, batch.map_boundary)
-        nxt = AgentState(**{**_as_dict(nxt), "valid": nxt.valid & ~gone}).masked()
+        gone = self.reactive & ~log_next.valid & metrics.outside_map(moved, batch.map_boundary)
         if ego_action is None:
             ego_next = log_next if self.background_name == "log_replay" else moved
         else:
             ego_next = self._ego_next(prev, ego_action)
-        nxt = nxt.where(ego, ego_next)
-        self._state, self._step = nxt, t
-        return self._report(prev, nxt, t, log_next)
+        nxt = moved.where(~self.reactive | spawn, log_next)
+        nxt = AgentState(**{**_as_dict(nxt), "valid": nxt.valid & ~gone}).masked().where(self.ego_mask, ego_next)
+        out = self._report(prev, nxt, t, log_next)
+        self._state = assign(self._state, nxt)
+        self._step = assign(self._step, t)
+        return out
 
     # ------------------------------------------------------------------------------------------------
     # helpers
@@ -207,7 +241,7 @@ class BatchedSimulator:
         steps = torch.as_tensor(step, dtype=torch.long, device=self.device).expand(batch.batch_size)
         in_log = (steps >= 0) & (steps < batch.num_steps)
         t = steps.clamp(0, batch.num_steps - 1)
-        rows = torch.arange(batch.batch_size, device=self.device)
+        rows = _require(self._rows)
         state = AgentState(valid=batch.agent_valid[rows, t] & in_log.unsqueeze(-1), pos=batch.agent_pos[rows, t],
                            yaw=batch.agent_yaw[rows, t], spd=batch.agent_spd[rows, t], vel=batch.agent_vel[rows, t],
                            acc=batch.agent_acc[rows, t], yaw_rate=batch.agent_yaw_rate[rows, t])
@@ -217,13 +251,13 @@ class BatchedSimulator:
         """(valid [B, S], state [B, S, 5], pos, dir [B, S, 2]) of ``step`` [B]; the last logged step holds after."""
         batch = self.batch
         t = step.clamp(0, batch.num_steps - 1)
-        rows = torch.arange(batch.batch_size, device=self.device)
+        rows = _require(self._rows)
         return batch.tl_valid[rows, t], batch.tl_state[rows, t], batch.tl_pos[rows, t], batch.tl_dir[rows, t]
 
     def _ego_next(self, prev: AgentState, ego_action: torch.Tensor) -> AgentState:
         """The ego moved by its clipped physical action, broadcast over [B, A] (only the ego slot is used)."""
         batch = self.batch
-        rows = torch.arange(batch.batch_size, device=self.device)
+        rows = _require(self._rows)
         action = ego_action.to(self.device, prev.pos.dtype).reshape(batch.batch_size, 2)
         limit = action_limits(batch.agent_type[rows, self.ego_index]).to(action.dtype)
         action = torch.maximum(torch.minimum(action, limit), -limit)
@@ -237,7 +271,7 @@ class BatchedSimulator:
 
     def _report(self, prev: AgentState, state: AgentState, t: torch.Tensor, log: AgentState) -> StepOutput:
         batch, geom = self.batch, self.geometry
-        rows = torch.arange(batch.batch_size, device=self.device)
+        rows = _require(self._rows)
         e = self.ego_index
         tl_valid, tl_state, tl_pos, tl_dir = self.traffic_lights(t)
         collided = metrics.collisions(state, batch.agent_size, batch.agent_type)
@@ -295,10 +329,8 @@ class BatchedSimulator:
                              f"{ego_index[invalid].tolist()}) are not valid at step {STEP_CURRENT}")
 
 
-def replace_rows(old: _D, rows: torch.Tensor, new: _D) -> _D:
-    """A copy of dataclass-of-tensors ``old`` whose batch rows ``rows`` come from ``new``."""
-    return type(old)(**{f.name: getattr(old, f.name).index_copy(0, rows, getattr(new, f.name))
-                        for f in fields(old)})  # type: ignore[arg-type]
+def _round_up(capacity: int) -> int:
+    return -(-max(capacity, 1) // GEOMETRY_CAPACITY_STEP) * GEOMETRY_CAPACITY_STEP
 
 
 def _select_agent(state: AgentState, agent: torch.Tensor) -> AgentState:

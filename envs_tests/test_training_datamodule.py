@@ -104,3 +104,11 @@ def test_synth_corpus_windows_change_with_the_epoch_also_in_persistent_workers(c
     loader = workers.train_dataloader()
     assert torch.equal(_epoch_batch(workers, 0, loader).agent_pos, first.agent_pos)
     assert torch.equal(_epoch_batch(workers, 1, loader).agent_pos, second.agent_pos)
+
+
+def test_h5_datamodule_defaults_to_the_embedded_synthetic_scenes() -> None:
+    dm = H5SceneDataModule(batch_size=2, num_workers=0, pin_memory=False)
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    assert batch.batch_size == 2 and batch.num_steps == 11  # the testing split holds history only
+    assert len(dm.dataset("train")) > 0 and len(dm.dataset("val")) > 0

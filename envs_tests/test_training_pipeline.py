@@ -135,6 +135,15 @@ def test_test_action_runs_joint_future_prediction(tmp_path: Path) -> None:
     assert math.isfinite(metrics["test/joint_future/ade"]) and "test/reactive_replay/ade" not in metrics
 
 
+def test_test_action_on_history_only_scenes_reports_the_rule_metrics(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, "action=test", "trainer.limit_test_batches=1")
+    del cfg.datamodule.files  # the embedded synthetic testing split: 11 logged steps per scene
+    metrics = run(cfg)
+    assert math.isfinite(metrics["test/joint_future/collision_rate"])
+    assert math.isfinite(metrics["test/joint_future/offroad_rate"])
+    assert "test/joint_future/ade" not in metrics and "test/loss" not in metrics
+
+
 def test_reference_checkpoint_is_converted_and_evaluated(tmp_path: Path) -> None:
     assert checkpoint_kind(REFERENCE_CKPT) == "reference"
     metrics = run(make_cfg(tmp_path, "action=validate", f"ckpt_path={REFERENCE_CKPT}", "trainer.limit_val_batches=1",

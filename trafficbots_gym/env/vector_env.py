@@ -7,6 +7,9 @@
   so row 0 reproduces ``TrafficBots-v0`` with seed ``s`` exactly.
 * ``torch_output=True`` keeps observations, rewards, flags and info values as torch tensors on the
   simulation device and accepts torch actions.
+* ``cuda_graphs`` (default: on for a CUDA device) replays the batched step and observation from CUDA
+  graphs; ``policy_precision="bf16"`` runs the learned background's network under bfloat16 autocast.
+  Per step the host receives the rewards, flags and infos in one transfer (plus the observation).
 * ``reset(options=...)``: ``scene_index`` / ``scenario_id`` / ``ego`` (a scalar for every reset row or a
   sequence of ``num_envs`` values) and ``reset_mask`` (bool [N]: reset only those rows).
 """
@@ -36,12 +39,13 @@ class TrafficBotsVecEnv(VectorEnv):
 
     def __init__(self, num_envs: int = 1, config: Mapping[str, Any] | EnvConfig | None = None, *,
                  autoreset_mode: AutoresetMode | str = AutoresetMode.NEXT_STEP, torch_output: bool = False,
-                 render_mode: str | None = None, **overrides: Any) -> None:
+                 render_mode: str | None = None, cuda_graphs: bool | None = None, policy_precision: str = "fp32",
+                 **overrides: Any) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"the vector env renders only 'rgb_array' frames, got render_mode={render_mode!r}")
         self.autoreset_mode = AutoresetMode(autoreset_mode)
         self.config = EnvConfig.from_kwargs(config, **overrides)
-        self.core = EpisodeBatch(self.config, num_envs)
+        self.core = EpisodeBatch(self.config, num_envs, cuda_graphs=cuda_graphs, policy_precision=policy_precision)
         self.num_envs = num_envs
         self.torch_output = torch_output
         self.render_mode = render_mode
@@ -121,16 +125,17 @@ class TrafficBotsVecEnv(VectorEnv):
                 final = {"final_obs": self.core.format_obs(self.core.observe()), "done": done}
                 self._reset_rows(np.flatnonzero(done).tolist(), None)
         obs = self.core.format_obs(self.core.observe())
-        reward, terminated, truncated, infos = self._step_outputs(result, pending, final)
+        reward, terminated, truncated, infos, done = self._step_outputs(result, pending, final)
         if self.autoreset_mode == AutoresetMode.NEXT_STEP:
-            self._pending = np.asarray(_host(terminated | truncated))
+            self._pending = done
         return self._out_obs(obs), reward, terminated, truncated, infos
 
     def _step_outputs(self, result: StepResult | None, pending: np.ndarray,
-                      final: dict[str, Any]) -> tuple[Any, Any, Any, dict[str, Any]]:
-        """Rewards, flags and infos. ``pending`` rows (finished at the previous step) were reset in this call
-        and their step results are discarded (zero reward, no flags, reset info); ``final["done"]`` rows
-        finished in this step and were reset right after it (their step info goes to ``final_info``)."""
+                      final: dict[str, Any]) -> tuple[Any, Any, Any, dict[str, Any], np.ndarray]:
+        """Rewards, flags, infos and the host copy of ``terminated | truncated``. ``pending`` rows (finished
+        at the previous step) were reset in this call and their step results are discarded (zero reward, no
+        flags, reset info); ``final["done"]`` rows finished in this step and were reset right after it (their
+        step info goes to ``final_info``). One device-to-host transfer for all values."""
         n, device = self.num_envs, self.core.device
         stepped = ~pending
         reset_after = final.get("done", np.zeros(n, bool))
@@ -139,14 +144,23 @@ class TrafficBotsVecEnv(VectorEnv):
             reward = torch.zeros(n, device=device)
             terminated = truncated = torch.zeros(n, dtype=torch.bool, device=device)
         else:
-            keep = torch.as_tensor(stepped, device=device)
-            reward = torch.where(keep, result.reward, torch.zeros_like(result.reward))
-            terminated, truncated = result.terminated & keep, result.truncated & keep
+            reward, terminated, truncated = result.reward, result.terminated, result.truncated
+            if pending.any():
+                keep = torch.as_tensor(stepped, device=device)
+                reward = torch.where(keep, reward, torch.zeros_like(reward))
+                terminated, truncated = terminated & keep, truncated & keep
+            elif self.torch_output:      # the step's tensors may be static buffers of a CUDA graph
+                reward, terminated, truncated = reward.clone(), terminated.clone(), truncated.clone()
             values = {**result.info, **{f"rewards/{k}": v for k, v in result.rewards.items()},
                       **{f"episode/{k}": v for k, v in result.episode.items()}}
-        host = values if self.torch_output else tensors_to_numpy(values)
+        flags = {"/reward": reward, "/terminated": terminated, "/truncated": truncated}
+        if self.torch_output:
+            host_flags, host = tensors_to_numpy(flags), values
+        else:
+            host = tensors_to_numpy({**values, **flags})
+            host_flags = {k: host.pop(k) for k in flags}
+        done = host_flags["/terminated"] | host_flags["/truncated"]
         live = stepped & ~reset_after
-        done = _host(terminated | truncated)
         infos = _grouped(host, {"": live, "rewards": live, "episode": live & done}, self.torch_output)
         infos.update(self._row_info_dict(np.ones(n, bool)))
         restarted = pending | reset_after
@@ -157,8 +171,10 @@ class TrafficBotsVecEnv(VectorEnv):
             every = {"": reset_after, "rewards": reset_after, "episode": reset_after}
             infos["final_info"], infos["_final_info"] = _grouped(host, every, self.torch_output), reset_after
             infos["final_obs"], infos["_final_obs"] = self._final_obs(final["final_obs"], reset_after), reset_after
-        out_reward = reward if self.torch_output else reward.cpu().numpy().astype(np.float64)
-        return out_reward, self._flags(terminated), self._flags(truncated), infos
+        if self.torch_output:
+            return reward, terminated, truncated, infos, done
+        return (host_flags["/reward"].astype(np.float64), host_flags["/terminated"], host_flags["/truncated"],
+                infos, done)
 
     def _final_obs(self, obs: Any, rows: np.ndarray) -> Any:
         if self.torch_output:
@@ -168,9 +184,6 @@ class TrafficBotsVecEnv(VectorEnv):
         for r in np.flatnonzero(rows):
             out[r] = {k: v[r] for k, v in host.items()} if isinstance(host, dict) else host[r]
         return out
-
-    def _flags(self, flags: torch.Tensor) -> Any:
-        return flags if self.torch_output else flags.cpu().numpy()
 
     def _fill(self, values: np.ndarray) -> Any:
         return torch.as_tensor(values, device=self.core.device) if self.torch_output else values

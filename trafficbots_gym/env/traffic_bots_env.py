@@ -76,7 +76,8 @@ class TrafficBotsEnv(gym.Env):
         self._over = terminated or truncated
         self._last_reward = reward
         if self.render_mode is not None:
-            self._trail.append(self.core.sim.state.pos[0, self.core.sim.ego_index[0]].cpu().numpy())
+            # copy: on CPU .numpy() is a view of the simulator state, which is updated in place
+            self._trail.append(self.core.sim.state.pos[0, self.core.sim.ego_index[0]].cpu().numpy().copy())
             if self.render_mode == "human":
                 self.render()
         return self._observation(), reward, terminated, truncated, info

@@ -148,6 +148,26 @@ def test_agents_are_filled_by_type(batch: SceneBatch) -> None:
     assert checked >= {AgentType.VEHICLE, AgentType.PEDESTRIAN}
 
 
+def test_boxes_too_small_for_details_keep_their_type_colour(batch: SceneBatch) -> None:
+    renderer = TopDownRenderer(width=400, height=400, camera="scene")  # about 2 px/m
+    renderer.set_scene(batch, 0)
+    state = AgentState.from_log(batch, 20)
+    frame = renderer.render(state, 0, step=20, ego_index=0)
+    types = batch.agent_type[0].numpy().argmax(-1)
+    roles = batch.agent_role[0].numpy().any(-1)
+    others = state.pos[0][state.valid[0]].numpy()
+    checked = 0
+    for i in np.flatnonzero(state.valid[0].numpy() & (types == AgentType.PEDESTRIAN) & ~roles):
+        xy = state.pos[0, i].numpy()
+        isolated = np.sort(np.linalg.norm(others - xy, axis=1))[1] > 6.0
+        tl_far = np.linalg.norm(batch.tl_pos[0, 20].numpy() - xy, axis=1).min() > 6.0
+        px = renderer.world_to_screen(xy)
+        if isolated and tl_far and 0.2 * 400 < px[1] < 0.85 * 400:
+            assert _pixel(frame, px) == colors.AGENT_TYPE_COLORS[AgentType.PEDESTRIAN], f"agent {i}"
+            checked += 1
+    assert checked >= 2
+
+
 def test_ego_trail_and_goal_are_drawn(batch: SceneBatch) -> None:
     renderer = TopDownRenderer(width=400, height=400, px_per_m=4.0, camera="ego", heading_up=False)
     renderer.set_scene(batch, 1)

@@ -31,8 +31,8 @@ CAMERA_MODES: tuple[str, ...] = ("ego", "scene")
 RENDER_MODES: tuple[str, ...] = ("rgb_array", "human")
 SCENE_MARGIN_PX = 16
 MIN_BOX_PX = 3.0
-MIN_MARKED_BOX_PX = 8.0
-"""Boxes shorter than this (px) get no heading mark: it would hide their fill colour."""
+MIN_DETAILED_BOX_PX = 8.0
+"""Boxes shorter than this (px) get no heading mark or outline: they would hide the fill colour."""
 TL_BAR_M = 3.0
 TL_RADIUS_M = 1.0
 
@@ -231,17 +231,18 @@ class TopDownRenderer:
         size = np.maximum(scene.agent_size, MIN_BOX_PX / cam.scale)
         box, mark = _box_outlines(pos, yaw, size)
         box_px, mark_px = cam.world_to_screen(box), cam.world_to_screen(mark)
-        marked = size[:, 0] * cam.scale >= MIN_MARKED_BOX_PX
-        others = [i for i in np.flatnonzero(valid) if i != ego_index]
-        for i in others:
+        detailed = size[:, 0] * cam.scale >= MIN_DETAILED_BOX_PX
+        for i in np.flatnonzero(valid):
+            if i == ego_index:
+                continue
             agent_type = AgentType(scene.agent_type[i]) if scene.agent_type[i] >= 0 else AgentType.VEHICLE
             role = int(scene.agent_role[i])
-            outline, width = ((colors.ROLE_COLORS[AgentRole(role)], 2) if role >= 0 else (colors.AGENT_OUTLINE, 1))
-            _draw_box(surf, box_px[i], mark_px[i] if marked[i] else None, colors.AGENT_TYPE_COLORS[agent_type],
-                      outline, width)
+            highlight = colors.ROLE_COLORS[AgentRole(role)] if role >= 0 else None
+            _draw_agent(surf, box_px[i], mark_px[i], bool(detailed[i]), colors.AGENT_TYPE_COLORS[agent_type],
+                        highlight)
         if valid[ego_index]:
-            _draw_box(surf, box_px[ego_index], mark_px[ego_index] if marked[ego_index] else None, colors.EGO,
-                      colors.EGO_OUTLINE, 2)
+            _draw_agent(surf, box_px[ego_index], mark_px[ego_index], bool(detailed[ego_index]), colors.EGO,
+                        colors.EGO_OUTLINE)
 
     def _show(self, surf: pygame.Surface) -> None:
         if self._window_closed:
@@ -330,13 +331,19 @@ def _box_outlines(pos: np.ndarray, yaw: np.ndarray, size: np.ndarray) -> tuple[n
     return to_world(local_box), to_world(local_mark)
 
 
-def _draw_box(surf: pygame.Surface, box: np.ndarray, mark: np.ndarray | None, fill: colors.RGB,
-              outline: colors.RGB, width: int) -> None:
+def _draw_agent(surf: pygame.Surface, box: np.ndarray, mark: np.ndarray, detailed: bool, fill: colors.RGB,
+                highlight: colors.RGB | None) -> None:
+    """A filled box; detailed boxes get the heading mark and an outline (2 px ``highlight`` or a thin dark
+    one), small ones only a ring in ``highlight`` around them, so their fill stays visible."""
     corners = box.tolist()
     pygame.draw.polygon(surf, fill, corners)
-    if mark is not None:
+    if detailed:
         pygame.draw.polygon(surf, colors.HEADING_MARK, mark.tolist())
-    pygame.draw.polygon(surf, outline, corners, width)
+        pygame.draw.polygon(surf, highlight or colors.AGENT_OUTLINE, corners, 2 if highlight else 1)
+    elif highlight is not None:
+        center = box.mean(axis=0)
+        radius = float(np.linalg.norm(box - center, axis=1).max()) + 2.0
+        pygame.draw.circle(surf, highlight, center.tolist(), radius, 1)
 
 
 def _use_dummy_video_driver_without_display() -> None:

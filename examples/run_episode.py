@@ -182,7 +182,7 @@ def make_env(background: str, device: str, camera: str, steps: int | None, scene
         kwargs["scenes"] = scenes
     if checkpoint is not None:
         kwargs["checkpoint"] = checkpoint
-    return gym.make("TrafficBots-v0", render_mode="rgb_array", disable_env_checker=True, **kwargs)
+    return gym.make("TrafficBots-v0", render_mode="rgb_array", **kwargs)
 
 
 def drive(env: gym.Env, scene_index: int, seed: int, render: bool = True, desc: str = "episode") -> Episode:

@@ -137,6 +137,9 @@ class EpisodeBatch:
     ``policy_precision``: "fp32" or "bf16" (autocast) for the learned background's network.
     """
 
+    walk_skip = ("source", "loader", "rngs", "scene_index", "scenario_ids", "_row_info", "started", "_next_random")
+    """Host-side attributes that hold no step tensors (not searched when checking the CUDA graphs' buffers)."""
+
     def __init__(self, config: EnvConfig, num_envs: int, *, cuda_graphs: bool | None = None,
                  policy_precision: str = "fp32") -> None:
         if num_envs < 1:
@@ -192,8 +195,9 @@ class EpisodeBatch:
             unknown = sorted(set(o or {}) - set(RESET_OPTIONS))
             if unknown:
                 raise ValueError(f"unknown reset options {unknown}; valid options: {list(RESET_OPTIONS)}")
-        indices = [self._choose(r, o) for r, o in zip(rows, options)]
-        arrays = [self.loader.load(i) for i in indices]
+        chosen = [self._choose(r, o) for r, o in zip(rows, options)]
+        indices = [i for i, _ in chosen]
+        arrays = self._load([(i, prefetched) for i, prefetched in chosen])
         egos = [resolve_ego(a, (o or {}).get("ego", self.config.ego), self.source.scenario_id(i))
                 for a, o, i in zip(arrays, options, indices)]
         batch = collate_arrays(arrays).to(self.device)
@@ -213,12 +217,29 @@ class EpisodeBatch:
                           "scenario_id": np.array(self.scenario_ids, dtype=object),
                           "ego_index": ego_all.cpu().numpy(), "ego_track_id": track.cpu().numpy()}
 
-    def _choose(self, row: int, options: Mapping[str, Any] | None) -> int:
+    def _choose(self, row: int, options: Mapping[str, Any] | None) -> tuple[int, bool]:
+        """The scene of ``row``'s next episode and whether it is being prefetched."""
         rng = self._rng(row)
         if options and ("scene_index" in options or "scenario_id" in options):
-            return self.source.choose(rng, options)
+            return self.source.choose(rng, options), False
         pending, self._next_random[row] = self._next_random[row], None
-        return pending if pending is not None else self.source.choose(rng)
+        if pending is not None:
+            return pending, True
+        return self.source.choose(rng), False
+
+    def _load(self, chosen: list[tuple[int, bool]]) -> list[SceneArrays]:
+        """The arrays of the chosen scenes: prefetched ones from their prefetch, the others read once per
+        distinct scene (rows that share a scene share its read-only arrays)."""
+        read: dict[int, SceneArrays] = {}
+        out = []
+        for index, prefetched in chosen:
+            if prefetched:
+                out.append(self.loader.load(index))
+            else:
+                if index not in read:
+                    read[index] = self.loader.load(index)
+                out.append(read[index])
+        return out
 
     def _prefetch_next(self, row: int) -> None:
         if self.config.prefetch:

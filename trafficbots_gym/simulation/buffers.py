@@ -84,8 +84,9 @@ def index_tree(tree: _T, rows: Tensor | slice) -> _T:
 
 def object_tensors(root: Any) -> dict[str, Tensor]:
     """Every tensor reachable from ``root`` through attributes of this package's objects, dataclasses,
-    lists, tuples and dicts, by attribute path. Modules (weights), generators, arrays and objects whose
-    class sets ``walk_tensors = False`` are not entered.
+    lists, tuples and dicts, by attribute path. Modules (weights), generators, arrays, containers of
+    plain values, objects whose class sets ``walk_tensors = False`` and the attributes an object's class
+    lists in ``walk_skip`` are not entered.
 
     These are the tensors a step of ``root`` can read or write; comparing their storage before and after
     an operation tells whether it worked in place.
@@ -102,20 +103,29 @@ def object_tensors(root: Any) -> dict[str, Tensor]:
             return
         seen.add(id(obj))
         if isinstance(obj, dict):
-            for key, value in obj.items():
-                visit(value, f"{path}[{key!r}]")
+            if not _plain(next(iter(obj.values()), None)):
+                for key, value in obj.items():
+                    visit(value, f"{path}[{key!r}]")
         elif isinstance(obj, (list, tuple)):
-            for i, value in enumerate(obj):
-                visit(value, f"{path}[{i}]")
+            if not _plain(obj[0] if obj else None):
+                for i, value in enumerate(obj):
+                    visit(value, f"{path}[{i}]")
         elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
             for f in dataclasses.fields(obj):
                 visit(getattr(obj, f.name), f"{path}.{f.name}")
         elif type(obj).__module__.startswith(_PACKAGE) and hasattr(obj, "__dict__"):
+            skip = getattr(type(obj), "walk_skip", ())
             for key, value in vars(obj).items():
-                visit(value, f"{path}.{key}")
+                if key not in skip:
+                    visit(value, f"{path}.{key}")
 
     visit(root, type(root).__name__)
     return found
+
+
+def _plain(value: Any) -> bool:
+    """A container whose first entry is a plain value holds no tensors (e.g. scene ids): not walked."""
+    return isinstance(value, (str, bytes, int, float, bool))
 
 
 def storage_signature(tensors: dict[str, Tensor]) -> dict[str, tuple[Any, ...]]:

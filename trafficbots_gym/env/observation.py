@@ -153,8 +153,8 @@ class ObservationBuilder:
 
     def _agents(self, batch: SceneBatch, state: AgentState, ego_index: torch.Tensor, rows: torch.Tensor,
                 pos: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
-        others = state.valid.clone()
-        others[rows, ego_index] = False
+        slots = torch.arange(state.valid.shape[1], device=ego_index.device)
+        others = state.valid & (slots.unsqueeze(0) != ego_index.unsqueeze(1))
         idx, valid = nearest(state.pos, pos, others, self.config.num_agents_obs, self.config.obs_range)
         ego_vel = state.vel[rows, ego_index].unsqueeze(1)
         rel_yaw = gather(state.yaw.unsqueeze(-1), idx).squeeze(-1) - yaw.unsqueeze(1)

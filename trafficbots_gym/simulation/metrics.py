@@ -368,7 +368,7 @@ def destination_reached(state: AgentState, dest: torch.Tensor, geom: MapGeometry
     node = geom.map_pos[rows, dest]                                           # [B, A, N, 2]
     vec = geom.map_dir[rows, dest]
     nvalid = geom.map_valid[rows, dest]
-    is_edge = map_type[rows, dest][..., list(ROAD_EDGE_TYPES)].any(-1)        # [B, A]
+    is_edge = any_class(map_type[rows, dest], ROAD_EDGE_TYPES)                # [B, A]
     dist = (node - state.pos.unsqueeze(-2)).norm(dim=-1)
     heading = torch.stack([torch.cos(state.yaw), torch.sin(state.yaw)], -1).unsqueeze(-2)
     cos = (vec * heading).sum(-1) / vec.norm(dim=-1).clamp(min=1e-6)
@@ -377,6 +377,15 @@ def destination_reached(state: AgentState, dest: torch.Tensor, geom: MapGeometry
     near_edge = ((dist < DEST_EDGE_DISTANCE) & nvalid).any(-1)
     reached = torch.where(is_edge, near_edge, near_lane & aligned) & state.valid
     return reached if dest_valid is None else reached & dest_valid
+
+
+def any_class(onehot: torch.Tensor, classes: tuple[int, ...] | list[int]) -> torch.Tensor:
+    """[...] bool: the one-hot ``onehot`` [..., C] is one of ``classes`` (no index tensor from host data,
+    so it can run inside a CUDA graph)."""
+    out = onehot[..., classes[0]].bool()
+    for c in classes[1:]:
+        out = out | onehot[..., c].bool()
+    return out
 
 
 def goal_distance(state: AgentState, goal: torch.Tensor) -> torch.Tensor:

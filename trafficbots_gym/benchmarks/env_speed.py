@@ -12,7 +12,7 @@
    ``--steps`` steps per env without early termination, so both reset every 80 steps per env (resets
    included in the time).
 3. Soak: ``--soak-steps`` env steps with resets (``--soak-background``, default ``log_replay``);
-   reports resident memory after warm-up and at the end.
+   reports resident memory after warm-up and at ten evenly spaced points after it (plateau vs growth).
 
 Times are wall clock (CUDA synchronised) and, on CPU, process CPU time too, which depends less on other
 load. Without ``--checkpoint`` and without a shipped checkpoint, a random-init full-size model is used:
@@ -159,23 +159,25 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def soak(steps: int, background: str, common: dict[str, Any]) -> dict[str, float]:
-    """Run ``steps`` env steps with resets; resident memory after warm-up and at the end."""
+def soak(steps: int, background: str, common: dict[str, Any]) -> dict[str, Any]:
+    """Run ``steps`` env steps with resets; resident memory after warm-up and at ten points after it."""
     env = TrafficBotsEnv(background=background, horizon=20, **common)
     env.reset(seed=0)
     action = np.array([0.2, 0.05], np.float32)
     warmup, resets = min(500, steps // 10), 0
-    start = 0.0
+    marks = set(np.linspace(warmup, steps - 1, 11).astype(int).tolist())
+    samples: list[float] = []
     t0 = time.perf_counter()
     for i in tqdm(range(steps), desc=f"soak {background}"):
         if i == warmup:
-            start, t0 = rss_mib(), time.perf_counter()
+            t0 = time.perf_counter()
+        if i in marks:
+            samples.append(rss_mib())
         if any(env.step(action)[2:4]):
             env.reset()
             resets += 1
-    end = rss_mib()
     env.close()
-    return {"steps": steps, "resets": resets, "rss_start": start, "rss_end": end,
+    return {"steps": steps, "resets": resets, "rss": samples,
             "steps_per_s": (steps - warmup) / (time.perf_counter() - t0)}
 
 
@@ -235,9 +237,10 @@ def main(argv: list[str] | None = None) -> None:
         if "soak" in args.parts:
             soak_common = {**common, "checkpoint": checkpoint if args.soak_background in LEARNED else None}
             s = soak(args.soak_steps, args.soak_background, soak_common)
+            rss = s["rss"]
             print(f"\nsoak: {s['steps']} steps ({args.soak_background}), {s['resets']} resets, "
-                  f"{s['steps_per_s']:.0f} steps/s; RSS {s['rss_start']:.1f} MiB after warm-up -> "
-                  f"{s['rss_end']:.1f} MiB at the end ({s['rss_end'] - s['rss_start']:+.1f} MiB)")
+                  f"{s['steps_per_s']:.0f} steps/s; RSS {rss[0]:.1f} MiB after warm-up -> {rss[-1]:.1f} MiB at the "
+                  f"end ({rss[-1] - rss[0]:+.1f} MiB); every tenth: {' '.join(f'{v:.0f}' for v in rss)} MiB")
 
 
 if __name__ == "__main__":

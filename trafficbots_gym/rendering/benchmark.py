@@ -4,7 +4,8 @@
 
 Replays the logged states of one scene (``AgentState.from_log``) through ``TopDownRenderer`` and prints
 a table: map-layer set-up, first frame (draws the visible map tiles), steady-state median / p95 frame
-time and frames per second, then MP4 and GIF encoding time per frame.
+time, frames per second and median process CPU time per frame (less sensitive to other load on a
+shared machine), then MP4 and GIF encoding time per frame.
 """
 from __future__ import annotations
 
@@ -38,21 +39,23 @@ def time_camera(batch: SceneBatch, camera: str, heading_up: bool, frames: int, s
     t0 = time.perf_counter()
     renderer.set_scene(batch, 0)
     setup = time.perf_counter() - t0
-    times, out = [], []
+    times, cpu_times, out = [], [], []
     n_step = batch.num_steps
     for k in tqdm(range(frames), desc=camera + (" heading-up" if heading_up else ""), leave=False):
         step = k % n_step
         state = AgentState.from_log(batch, step)
         trail = batch.agent_pos[0, max(0, step - 30):step + 1, 0].numpy()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         frame = renderer.render(state, 0, step=step, ego_index=0, trail=trail,
                                 goal=batch.agent_goal[0, 0, :2].numpy(), hud={"reward": 0.0})
         times.append(time.perf_counter() - t)
+        cpu_times.append(time.process_time() - c)
         out.append(frame)
     renderer.close()
     steady = np.array(times[1:] or times) * 1e3
     return {"setup": setup * 1e3, "first": times[0] * 1e3, "median": float(np.median(steady)),
-            "p95": float(np.percentile(steady, 95))}, out
+            "p95": float(np.percentile(steady, 95)),
+            "cpu": float(np.median(np.array(cpu_times[1:] or cpu_times) * 1e3))}, out
 
 
 def time_encoding(frames: list[np.ndarray], suffix: str) -> float:
@@ -74,12 +77,13 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(1)
     batch = SceneBatch.from_scenes([SceneReader(args.scenes)[0]])
     print(f"{args.size}x{args.size} px, {args.px_per_m} px/m, {args.frames} frames of scene 0 of {args.scenes}")
-    print(f"{'camera':<18}{'set_scene ms':>14}{'first ms':>10}{'median ms':>11}{'p95 ms':>9}{'fps':>8}")
+    print(f"{'camera':<18}{'set_scene ms':>14}{'first ms':>10}{'median ms':>11}{'p95 ms':>9}{'fps':>8}"
+          f"{'median CPU ms':>15}")
     frames: list[np.ndarray] = []
     for name, camera, heading_up in CAMERAS:
         t, frames = time_camera(batch, camera, heading_up, args.frames, args.size, args.px_per_m)
         print(f"{name:<18}{t['setup']:>14.1f}{t['first']:>10.1f}{t['median']:>11.2f}{t['p95']:>9.2f}"
-              f"{1e3 / t['median']:>8.0f}")
+              f"{1e3 / t['median']:>8.0f}{t['cpu']:>15.2f}")
     for suffix in (".mp4", ".gif"):
         print(f"encode {suffix:<11}{time_encoding(frames, suffix):>35.2f} ms/frame")
 

@@ -175,11 +175,21 @@ def gru_step(gru: nn.GRU, x: Tensor, valid: Tensor, hidden: Tensor) -> tuple[Ten
     """One GRU step for every agent: ``x`` [B, A, d], ``hidden`` [L, B*A, d] -> (out [B, A, d], hidden).
 
     Output and hidden state of invalid agents are zero. The GRU runs in float32 even under autocast.
+    Computed layer by layer with ``torch.gru_cell`` (the same result as ``gru`` on a one-step sequence;
+    on CUDA two GEMMs and one fused kernel per layer instead of cuDNN's sequence kernel, which is slow
+    for the tens of thousands of one-step sequences of a large batch).
     """
     with torch.autocast(x.device.type, enabled=False):   # recurrent state stays float32 under autocast
-        out, hidden = gru(x.float().flatten(0, 1).unsqueeze(0), hidden.float())
+        out, state = x.float().flatten(0, 1), hidden.float()
+        layers = []
+        for layer, weights in enumerate(gru.all_weights):
+            if layer > 0 and gru.training and gru.dropout > 0:
+                out = F.dropout(out, gru.dropout, training=True)
+            out = torch.gru_cell(out, state[layer], *weights)
+            layers.append(out)
+        hidden = torch.stack(layers)
     invalid = ~valid.flatten(0, 1).unsqueeze(-1)
-    return out[0].masked_fill(invalid, 0.0).view(x.shape), hidden.masked_fill(invalid.unsqueeze(0), 0.0)
+    return out.masked_fill(invalid, 0.0).view(x.shape), hidden.masked_fill(invalid.unsqueeze(0), 0.0)
 
 
 def gru_sequence(gru: nn.GRU, x: Tensor, valid: Tensor) -> Tensor:

@@ -15,12 +15,12 @@ from trafficbots_gym.synth.sumo_tools import run
 
 # (id, vClass, probability, length, width, height, accel, decel, max speed) of motorised vehicles.
 VEHICLE_TYPES: tuple[tuple[str, str, float, float, float, float, float, float, float], ...] = (
-    ("car_small", "passenger", 0.30, 4.0, 1.75, 1.45, 2.8, 4.5, 50.0),
-    ("car_mid", "passenger", 0.32, 4.6, 1.85, 1.50, 2.6, 4.5, 50.0),
-    ("car_large", "passenger", 0.20, 5.1, 2.00, 1.75, 2.4, 4.5, 50.0),
+    ("car_small", "passenger", 0.31, 4.0, 1.75, 1.45, 2.8, 4.5, 50.0),
+    ("car_mid", "passenger", 0.34, 4.6, 1.85, 1.50, 2.6, 4.5, 50.0),
+    ("car_large", "passenger", 0.22, 5.1, 2.00, 1.75, 2.4, 4.5, 50.0),
     ("van", "delivery", 0.08, 6.0, 2.10, 2.40, 2.0, 4.0, 36.0),
-    ("truck", "truck", 0.06, 9.0, 2.50, 3.40, 1.3, 4.0, 30.0),
-    ("bus", "bus", 0.04, 12.0, 2.55, 3.20, 1.2, 4.0, 25.0),
+    ("truck", "truck", 0.03, 9.0, 2.50, 3.40, 1.3, 4.0, 30.0),
+    ("bus", "bus", 0.02, 12.0, 2.55, 3.20, 1.2, 4.0, 25.0),
 )
 BIKE_SIZE: tuple[float, float, float] = (1.8, 0.65, 1.7)
 PERSON_SIZE: tuple[float, float, float] = (0.6, 0.6, 1.75)

@@ -159,6 +159,7 @@ def naive_row(background: str, graphs: bool, n_envs: int, common: dict[str, Any]
     from trafficbots_gym.env.traffic_bots_env import TrafficBotsEnv
     device = resolve_device(common["device"])
     row = Row(background, "naive-graph" if graphs else "naive-eager", "fp32", n_envs)
+    peak_memory_start(device)
     envs = [TrafficBotsEnv(background=background, termination=NO_TERMINATION, prefetch=False, **common)
             for _ in range(n_envs)]
     try:
@@ -175,6 +176,7 @@ def naive_row(background: str, graphs: bool, n_envs: int, common: dict[str, Any]
         row.agent_steps_per_s = N_AGENT * row.env_steps_per_s
         row.reset_ms = 1000 * clock(lambda: envs[0].reset(seed=0))
         row.env_steps_per_s_with_resets = LOG_HORIZON / (LOG_HORIZON * seconds / (steps * n_envs) + row.reset_ms / 1000)
+        row.peak_mem_mib = peak_memory_mib(device)
         row.vs_naive = 1.0
     finally:
         for env in envs:

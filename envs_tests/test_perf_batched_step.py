@@ -207,3 +207,18 @@ def test_single_env_keeps_its_cuda_graph_across_episodes(checkpoint):
             _, _, terminated, truncated, _ = env.step(np.zeros(2, np.float32))
             done = terminated or truncated
     assert env.core.graphs_active and env.core._step_graph.captures == 1
+
+
+def test_graph_step_results_are_handed_out_as_copies(checkpoint):
+    from trafficbots_gym.env.core import _copy_result
+    env = _vec_env("log_replay", checkpoint)
+    env.reset(seed=0)
+    result = env.core._advance(torch.zeros(2, 2))
+    copy = _copy_result(result)
+    for group in ("info", "rewards", "episode"):
+        original, copied = getattr(result, group), getattr(copy, group)
+        assert list(copied) == list(original)
+        for key, value in original.items():
+            assert torch.equal(copied[key], value) and copied[key].dtype == value.dtype
+            assert copied[key].data_ptr() != value.data_ptr()
+    assert torch.equal(copy.reward, result.reward) and torch.equal(copy.truncated, result.truncated)

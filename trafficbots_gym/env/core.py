@@ -274,15 +274,12 @@ class EpisodeBatch:
 
     # ---------------------------------------------------------------------------------------------- steps
     def step(self, actions: np.ndarray | torch.Tensor) -> StepResult:
-        """Advance every row with the env actions ([B, 2] continuous or [B] discrete).
-
-        With CUDA graphs the returned tensors are static buffers, overwritten by the next step.
-        """
+        """Advance every row with the env actions ([B, 2] continuous or [B] discrete); new tensors."""
         self._require_started()
         normalised = self.actions.normalised(actions, self.num_envs)
         if self._use_graphs():
             self._action_in.copy_(normalised)
-            result = self._step_graph()
+            result = _copy_result(self._step_graph())
         else:
             result = self._advance(normalised)
         wall = torch.as_tensor(time.perf_counter() - self.started, dtype=torch.float32, device=self.device)
@@ -394,6 +391,25 @@ class EpisodeBatch:
 
     def close(self) -> None:
         self.loader.close()
+
+
+def _copy_result(result: StepResult) -> StepResult:
+    """A copy of a step result whose tensors are [B] static graph buffers: one stacking kernel per dtype,
+    the copies are views of the stacks."""
+    groups = {"": {"reward": result.reward, "terminated": result.terminated, "truncated": result.truncated},
+              "info": result.info, "rewards": result.rewards, "episode": result.episode}
+    by_dtype: dict[torch.dtype, list[tuple[str, str]]] = {}
+    for group, values in groups.items():
+        for key, value in values.items():
+            by_dtype.setdefault(value.dtype, []).append((group, key))
+    copies: dict[str, dict[str, torch.Tensor]] = {group: {} for group in groups}
+    for entries in by_dtype.values():
+        stacked = torch.stack([groups[g][k] for g, k in entries])
+        for (group, key), row in zip(entries, stacked.unbind(0)):
+            copies[group][key] = row
+    top = copies[""]
+    return StepResult(reward=top["reward"], terminated=top["terminated"], truncated=top["truncated"],
+                      info=copies["info"], rewards=copies["rewards"], episode=copies["episode"])
 
 
 def tensors_to_numpy(values: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:

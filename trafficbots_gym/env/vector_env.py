@@ -149,8 +149,6 @@ class TrafficBotsVecEnv(VectorEnv):
                 keep = torch.as_tensor(stepped, device=device)
                 reward = torch.where(keep, reward, torch.zeros_like(reward))
                 terminated, truncated = terminated & keep, truncated & keep
-            elif self.torch_output:      # the step's tensors may be static buffers of a CUDA graph
-                reward, terminated, truncated = reward.clone(), terminated.clone(), truncated.clone()
             values = {**result.info, **{f"rewards/{k}": v for k, v in result.rewards.items()},
                       **{f"episode/{k}": v for k, v in result.episode.items()}}
         flags = {"/reward": reward, "/terminated": terminated, "/truncated": truncated}
@@ -247,7 +245,8 @@ def _grouped(values: Mapping[str, Any], masks: Mapping[str, np.ndarray], torch_o
     """
     out: dict[str, Any] = {}
     device = next(iter(values.values())).device if torch_output and values else None
-    keeps = {g: torch.as_tensor(m, device=device) for g, m in masks.items()} if device is not None else {}
+    keeps = {g: torch.as_tensor(m, device=device) for g, m in masks.items() if m.any() and not m.all()} \
+        if device is not None else {}
     for key, value in values.items():
         group, _, name = key.rpartition("/")
         mask = masks[group]
@@ -255,7 +254,7 @@ def _grouped(values: Mapping[str, Any], masks: Mapping[str, np.ndarray], torch_o
             continue
         target = out.setdefault(group, {}) if group else out
         if torch_output:
-            target[name] = torch.where(keeps[group], value, torch.zeros_like(value))
+            target[name] = value if mask.all() else torch.where(keeps[group], value, torch.zeros_like(value))
         else:
             target[name] = np.where(mask, value, np.zeros_like(value))
         target[f"_{name}"] = mask

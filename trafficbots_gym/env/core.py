@@ -402,11 +402,10 @@ def _copy_result(result: StepResult) -> StepResult:
     for group, values in groups.items():
         for key, value in values.items():
             by_dtype.setdefault(value.dtype, []).append((group, key))
-    copies: dict[str, dict[str, torch.Tensor]] = {group: {} for group in groups}
+    rows: dict[tuple[str, str], torch.Tensor] = {}
     for entries in by_dtype.values():
-        stacked = torch.stack([groups[g][k] for g, k in entries])
-        for (group, key), row in zip(entries, stacked.unbind(0)):
-            copies[group][key] = row
+        rows.update(zip(entries, torch.stack([groups[g][k] for g, k in entries]).unbind(0)))
+    copies = {group: {key: rows[group, key] for key in values} for group, values in groups.items()}
     top = copies[""]
     return StepResult(reward=top["reward"], terminated=top["terminated"], truncated=top["truncated"],
                       info=copies["info"], rewards=copies["rewards"], episode=copies["episode"])

@@ -66,6 +66,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 
 def _vec_env(background: str, checkpoint: Path, num_envs: int = 2, **kwargs) -> TrafficBotsVecEnv:
+    kwargs.setdefault("device", "cpu")
     return TrafficBotsVecEnv(num_envs, scenes=REFERENCE_SCENES, checkpoint=checkpoint, background=background,
                              termination=NO_TERMINATION, torch_output=True, prefetch=False, **kwargs)
 

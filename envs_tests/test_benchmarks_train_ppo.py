@@ -33,7 +33,8 @@ def _tiny_checkpoint(path: Path) -> Path:
 def test_tiny_run_saves_policy_checkpoints_logs_and_benchmarks_it_under_two_backgrounds(tmp_path, algo):
     out = tmp_path / "run"
     policy = _train_ppo_module().main([
-        "--algo", algo, "--buffer-size", "1000", "--timesteps", "96", "--num-envs", "2", "--n-steps", "16", "--batch-size", "16", "--n-epochs", "1",
+        "--algo", algo, "--buffer-size", "1000", "--timesteps", "96", "--num-envs", "2", "--n-steps", "16",
+        "--batch-size", "16", "--n-epochs", "1",
         "--background", "log_replay", "--scenes", str(REFERENCE_SCENES), "--eval-scenes", str(REFERENCE_SCENES),
         "--horizon", "6", "--eval-episodes", "2", "--eval-num-envs", "2",
         "--bench-backgrounds", "log_replay", "trafficbots", "--bench-episodes", "2",

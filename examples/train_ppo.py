@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: the shipped one)")
     p.add_argument("--scenes", default=None, help="training scenes (default: embedded training split)")
     p.add_argument("--eval-scenes", default=None, help="held-out scenes (default: embedded --eval-split)")
-    p.add_argument("--eval-split", default="testing", help="embedded split of the held-out scenes")
+    p.add_argument("--eval-split", default="validation",
+                   help="embedded held-out split (default: validation; testing-split files hold only the "
+                        "11-step history, the benchmark needs the logged future)")
     p.add_argument("--horizon", type=int, default=LOG_HORIZON, help="controlled steps per episode")
     p.add_argument("--out", default="runs/ppo")
     p.add_argument("--eval-freq", type=int, default=None, help="env steps between evaluations (timesteps/5)")

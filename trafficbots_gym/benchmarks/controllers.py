@@ -2,7 +2,7 @@
 
     trafficbots-bench --controller expert constant_velocity idm random [PATH.zip ...]
                       --background log_replay trafficbots constant_velocity [idm mixed]
-                      [--scenes PATH | --split testing] [--episodes 100] [--seed 0] [--out bench_results]
+                      [--scenes PATH | --split validation] [--episodes 100] [--seed 0] [--out bench_results]
                       [--device auto] [--checkpoint PATH] [--num-envs 64] [--horizon 80]
 
 Each (controller, background) pair runs the same episodes: episode i is scene ``i mod n_scenes`` with
@@ -206,7 +206,7 @@ def run_batch(env: TrafficBotsVecEnv, controller: EgoController, scene_index: li
 
 
 def run_pair(controller: EgoController, background: str, *, episodes: int, seed: int, scenes: Any = None,
-             split: str = "testing", device: torch.device | str = "cpu", checkpoint: str | None = None,
+             split: str = "validation", device: torch.device | str = "cpu", checkpoint: str | None = None,
              num_envs: int = 64, horizon: int = LOG_HORIZON,
              env_kwargs: Mapping[str, Any] | None = None) -> EpisodeResults:
     """``episodes`` episodes of ``controller`` against ``background`` (see the module docstring)."""
@@ -358,8 +358,9 @@ def write_results(rows: Sequence[dict[str, Any]], out: Path, header: str = "") -
 
 
 def run_benchmark(controllers: Iterable[str], backgrounds: Iterable[str], *, episodes: int, seed: int,
-                  out: Path, scenes: Any = None, split: str = "testing", device: str = "auto",
-                  checkpoint: str | None = None, num_envs: int = 64, horizon: int = LOG_HORIZON) -> list[dict[str, Any]]:
+                  out: Path, scenes: Any = None, split: str = "validation", device: str = "auto",
+                  checkpoint: str | None = None, num_envs: int = 64,
+                  horizon: int = LOG_HORIZON) -> list[dict[str, Any]]:
     """Every (controller, background) pair; writes the results to ``out`` and returns the rows."""
     dev = resolve_device(device)
     pairs = [(c, b) for c in controllers for b in backgrounds]
@@ -385,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"{', '.join(BUILTIN_CONTROLLERS)} or a Stable-Baselines3 model .zip")
     p.add_argument("--background", nargs="+", default=list(DEFAULT_BACKGROUNDS), choices=BACKGROUNDS)
     p.add_argument("--scenes", default=None, help="H5 file or folder of shards (default: embedded --split scenes)")
-    p.add_argument("--split", default="testing", help="split of the embedded default scenes (default: testing)")
+    p.add_argument("--split", default="validation",
+                   help="embedded held-out split (default: validation; testing-split files hold only the "
+                        "11-step history, the benchmark needs the logged future)")
     p.add_argument("--episodes", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="bench_results")

@@ -59,7 +59,8 @@ def normalise(physical: torch.Tensor, agent_type: torch.Tensor) -> torch.Tensor:
 
 
 def tracking_action(pos: torch.Tensor, yaw: torch.Tensor, spd: torch.Tensor, target_pos: torch.Tensor,
-                    target_yaw: torch.Tensor, horizon: torch.Tensor | float, steer_distance: float = 1.0) -> torch.Tensor:
+                    target_yaw: torch.Tensor, horizon: torch.Tensor | float,
+                    steer_distance: float = 1.0) -> torch.Tensor:
     """[..., 2] (acc, yaw rate) that take the unicycle (pos, yaw, spd) to ``target_pos`` in ``horizon`` s.
 
     Constant yaw rate that points the mean heading over the horizon at the target (or, with the target

@@ -1,6 +1,6 @@
 """Realism report of the background-agent models: WOSAC-style likelihoods, minADE and event rates.
 
-    python -m trafficbots_gym.benchmarks.realism_report [--scenes PATH] [--split testing] [--num-scenes 100]
+    python -m trafficbots_gym.benchmarks.realism_report [--scenes PATH] [--split validation] [--num-scenes 100]
         [--rollouts 32] [--backgrounds trafficbots log_replay constant_velocity idm] [--checkpoint PATH]
         [--device auto] [--seed 0] [--scenes-per-batch 100] [--out realism_report]
 
@@ -183,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trafficbots_gym.benchmarks.realism_report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scenes", default=None, help="H5 file or folder of shards (default: embedded scenes of --split)")
-    p.add_argument("--split", default="testing", help="split of the embedded default scenes (default: testing)")
+    p.add_argument("--split", default="validation",
+                   help="embedded held-out split (default: validation; testing-split files hold only the "
+                        "11-step history, the benchmark needs the logged future)")
     p.add_argument("--num-scenes", type=int, default=100, help="first N scenes of the source (default 100)")
     p.add_argument("--rollouts", type=int, default=32, help="rollouts per scene (default 32, as WOSAC)")
     p.add_argument("--backgrounds", nargs="+", default=list(DEFAULT_BACKGROUNDS), choices=BACKGROUNDS)

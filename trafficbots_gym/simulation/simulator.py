@@ -329,6 +329,13 @@ class BatchedSimulator:
                              f"{ego_index[invalid].tolist()}) are not valid at step {STEP_CURRENT}")
 
 
+def replace_rows(old: _D, rows: torch.Tensor, new: _D) -> _D:
+    """A copy of dataclass-of-tensors ``old`` whose batch rows ``rows`` come from ``new`` (out of place;
+    the simulator itself writes its buffers in place with ``buffers.copy_rows_``)."""
+    return type(old)(**{f.name: getattr(old, f.name).index_copy(0, rows, getattr(new, f.name))
+                        for f in fields(old)})  # type: ignore[arg-type]
+
+
 def _round_up(capacity: int) -> int:
     return -(-max(capacity, 1) // GEOMETRY_CAPACITY_STEP) * GEOMETRY_CAPACITY_STEP
 

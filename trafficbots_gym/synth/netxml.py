@@ -1,4 +1,4 @@
-"""Typed view of a SUMO ``.net.xml``: edges, lanes (with shapes and users), junctions, connections."""
+"""Typed view of a SUMO ``.net.xml``: edges, lanes (with shapes and users) and connections."""
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
@@ -45,15 +45,6 @@ class NetEdge:
 
 
 @dataclass
-class NetJunction:
-    id: str
-    type: str
-    xy: np.ndarray
-    shape: np.ndarray
-    """[P, 2] junction outline (may be empty)."""
-
-
-@dataclass
 class NetConnection:
     """A link from one lane to another, through the internal lane ``via`` when present."""
 
@@ -70,7 +61,6 @@ class NetConnection:
 class SumoNet:
     edges: dict[str, NetEdge]
     lanes: dict[str, NetLane]
-    junctions: dict[str, NetJunction]
     connections: list[NetConnection]
 
 
@@ -118,10 +108,6 @@ def parse_net(path: str | Path) -> SumoNet:
             lanes[lane.id] = lane
         edge.lanes.sort(key=lambda lane: lane.index)
         edges[edge.id] = edge
-    junctions = {j.get("id", ""): NetJunction(j.get("id", ""), j.get("type", ""),
-                                              np.array([float(j.get("x", 0)), float(j.get("y", 0))]),
-                                              parse_shape(j.get("shape")))
-                 for j in root.iter("junction")}
     connections = []
     for c in root.iter("connection"):
         try:
@@ -130,4 +116,4 @@ def parse_net(path: str | Path) -> SumoNet:
                 via=c.get("via"), tl=c.get("tl"), link_index=int(c.get("linkIndex", -1)), state=c.get("state", "")))
         except ValueError as e:
             raise ScenarioParseError(str(path), c.get("from"), "connection", str(e)) from e
-    return SumoNet(edges, lanes, junctions, connections)
+    return SumoNet(edges, lanes, connections)

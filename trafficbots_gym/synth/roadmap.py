@@ -91,7 +91,8 @@ def build_road_map(net: SumoNet) -> RoadMap:
         for map_type, points in _edge_lines(edge):
             add(map_type, points)
     left = _classify_left_boundaries(net)
-    drivable = [lane for lane in net.lanes.values() if lane.users in _DRIVABLE and lane.function in ("normal", "internal")]
+    drivable = [net.lanes[k] for k in sorted(net.lanes)
+                if net.lanes[k].users in _DRIVABLE and net.lanes[k].function in ("normal", "internal")]
     for map_type, points in _left_boundary_lines(left) + _corner_curbs(net, left, drivable):
         add(map_type, points)
     for edge in _sorted_edges(net, "crossing"):
@@ -153,8 +154,9 @@ def _classify_left_boundaries(net: SumoNet) -> dict[str, tuple[np.ndarray, np.nd
     out: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for i, (pts, d) in enumerate(zip(bounds, dirs)):
         owner = np.ones(len(pts), bool)
-        near = np.nonzero((boxes[:, 0] < boxes[i, 1] + MEDIAN_MAX_GAP) & (boxes[:, 1] > boxes[i, 0] - MEDIAN_MAX_GAP)
-                          & (boxes[:, 2] < boxes[i, 3] + MEDIAN_MAX_GAP) & (boxes[:, 3] > boxes[i, 2] - MEDIAN_MAX_GAP))[0]
+        g = MEDIAN_MAX_GAP
+        near = np.nonzero((boxes[:, 0] < boxes[i, 1] + g) & (boxes[:, 1] > boxes[i, 0] - g)
+                          & (boxes[:, 2] < boxes[i, 3] + g) & (boxes[:, 3] > boxes[i, 2] - g))[0]
         best = np.full(len(pts), np.inf)
         for j in near:
             if j == i:
@@ -244,16 +246,17 @@ def _junction_roads(net: SumoNet) -> dict[str, list[tuple[NetEdge | None, NetEdg
     out: dict[str, list[tuple[NetEdge | None, NetEdge | None]]] = {}
     for node, arms in by_neighbour.items():
         roads = [(arms[k].get("in"), arms[k].get("out")) for k in sorted(arms)]
-        lone_in = [r for r in roads if r[1] is None]
-        lone_out = [r for r in roads if r[0] is None]
-        for r_in in lone_in:
-            u_in = _outward(r_in[0], at_end=True)  # type: ignore[arg-type]
-            match = next((r for r in lone_out if r in roads
-                          and np.dot(u_in, _outward(r[1], at_end=False)) > np.cos(MAX_SAME_ROAD_ANGLE)), None)  # type: ignore[arg-type]
+        lone_in = [r[0] for r in roads if r[1] is None and r[0] is not None]
+        lone_out = [r[1] for r in roads if r[0] is None and r[1] is not None]
+        for e_in in lone_in:
+            u_in = _outward(e_in, at_end=True)
+            match = next((e for e in lone_out
+                          if np.dot(u_in, _outward(e, at_end=False)) > np.cos(MAX_SAME_ROAD_ANGLE)), None)
             if match is not None:
-                roads.remove(r_in)
-                roads.remove(match)
-                roads.append((r_in[0], match[1]))
+                lone_out.remove(match)
+                roads.remove((e_in, None))
+                roads.remove((None, match))
+                roads.append((e_in, match))
         out[node] = roads
     return out
 
@@ -284,7 +287,10 @@ def _arm_sides(incoming: NetEdge | None, outgoing: NetEdge | None,
     the right-hand side, the right curb of the incoming edge on the left-hand side; a missing
     direction is replaced by the other edge's left boundary when that is a road edge, else None.
     """
-    u = _outward(outgoing, at_end=False) if outgoing is not None else _outward(incoming, at_end=True)  # type: ignore[arg-type]
+    if outgoing is not None:
+        u = _outward(outgoing, at_end=False)
+    else:
+        u = _outward(incoming, at_end=True)  # type: ignore[arg-type]
 
     def left_curb(edge: NetEdge, end: int) -> np.ndarray | None:
         pts, label, _ = left[edge.id]

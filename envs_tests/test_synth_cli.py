@@ -40,7 +40,8 @@ def test_corpus_subcommand_reports_runs_windows_and_size(tmp_path: Path, capsys:
 
 @pytest.mark.parametrize("argv", [["--num-scenes", "0", "--out", "x", "--seed", "1"],
                                   ["--num-scenes", "2", "--out", "x", "--seed", "1", "--split", "train"],
-                                  ["corpus", "--out", "x", "--seed", "-1"]])
+                                  ["corpus", "--out", "x", "--seed", "-1"],
+                                  ["--num-scenes", "2", "--out", "x", "--seed", "1", "--duration", "5"]])
 def test_bad_arguments_exit_with_a_usage_error(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as err:
         main(argv)

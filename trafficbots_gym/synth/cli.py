@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from trafficbots_gym.data.constants import SPLITS
+from trafficbots_gym.data.constants import DT, N_STEP, SPLITS
 from trafficbots_gym.data.h5io import H5_SUFFIXES, write_index, write_scenes
 from trafficbots_gym.data.scene import Scene
 from trafficbots_gym.synth.generate import GenerationConfig, generate_scenes
@@ -39,6 +39,13 @@ def _non_negative(value: str) -> int:
     return n
 
 
+def _duration(value: str) -> float:
+    seconds = float(value)
+    if not seconds >= N_STEP * DT:
+        raise argparse.ArgumentTypeError(f"a run must record at least one {N_STEP * DT:.1f} s window, got {value}")
+    return seconds
+
+
 def scenes_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="trafficbots-synth", description="Generate synthetic scenes with SUMO "
                                 "(use 'trafficbots-synth corpus -h' for compact training corpora).")
@@ -48,7 +55,7 @@ def scenes_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=SPLITS, default="training")
     p.add_argument("--workers", type=_positive, default=1)
     p.add_argument("--scenes-per-run", type=_positive, default=GenerationConfig.scenes_per_run)
-    p.add_argument("--duration", type=float, default=GenerationConfig.duration, help="recorded seconds per run")
+    p.add_argument("--duration", type=_duration, default=GenerationConfig.duration, help="recorded seconds per run")
     p.add_argument("--shard-size", type=_positive, default=500, help="scenes per shard (folder output)")
     return p
 
@@ -61,7 +68,7 @@ def corpus_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=_non_negative, default=20, help="training runs")
     p.add_argument("--val-runs", type=_non_negative, default=1)
     p.add_argument("--test-runs", type=_non_negative, default=0)
-    p.add_argument("--duration", type=float, default=600.0, help="recorded seconds per run")
+    p.add_argument("--duration", type=_duration, default=600.0, help="recorded seconds per run")
     p.add_argument("--workers", type=_positive, default=1)
     return p
 

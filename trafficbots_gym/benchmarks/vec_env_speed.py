@@ -216,7 +216,6 @@ def bf16_vs_fp32(num_envs: int, steps: int, common: dict[str, Any]) -> dict[str,
     from trafficbots_gym.env.scenes import SceneSource
     from trafficbots_gym.model.checkpoint import load_model
     from trafficbots_gym.model.policy import TrafficBotsPolicy
-    from trafficbots_gym.simulation.dynamics import unicycle_step  # noqa: F401  (same dynamics as the sim)
     device = resolve_device(common["device"])
     source = SceneSource(common["scenes"])
     batch = collate_arrays([source.load(i % len(source)) for i in range(num_envs)]).to(device)

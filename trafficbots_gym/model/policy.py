@@ -263,7 +263,9 @@ class TrafficBotsPolicy:
 
 def _step_autocast(device: torch.device, dtype: torch.dtype | None):  # noqa: ANN202 - context manager
     """Autocast for ``act`` without the weight-cast cache (required inside CUDA graph capture)."""
-    return torch.autocast(device.type, dtype=dtype, cache_enabled=False) if dtype is not None else autocast(device, None)
+    if dtype is None:
+        return autocast(device, None)
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=False)
 
 
 def _allocate_rows(part: _Encoded, n_scene: int, target: EpisodeContext | None) -> _Encoded:
@@ -276,11 +278,13 @@ def _allocate_rows(part: _Encoded, n_scene: int, target: EpisodeContext | None) 
         return index_tree(tree, slice(0, part.map.valid.shape[0]))
 
     reuse = (target is not None and same_layout(rows_of(target.map), part.map)
-             and same_layout(rows_of(target.tl_kv), part.tl_kv) and same_layout(rows_of(target.tl_valid), part.tl_valid))
+             and same_layout(rows_of(target.tl_kv), part.tl_kv)
+             and same_layout(rows_of(target.tl_valid), part.tl_valid))
     if reuse:
         map_ctx, tl_kv, tl_valid = target.map, target.tl_kv, target.tl_valid
     else:
-        map_ctx = MapContext(empty(part.map.feature), empty(part.map.valid), [(empty(k), empty(v)) for k, v in part.map.kv])
+        map_ctx = MapContext(empty(part.map.feature), empty(part.map.valid),
+                             [(empty(k), empty(v)) for k, v in part.map.kv])
         tl_kv, tl_valid = [(empty(k), empty(v)) for k, v in part.tl_kv], empty(part.tl_valid)
     return _Encoded(map=map_ctx, tl_kv=tl_kv, tl_valid=tl_valid, goal_valid=empty(part.goal_valid),
                     latent_mean=empty(part.latent_mean), latent_log_std=empty(part.latent_log_std),

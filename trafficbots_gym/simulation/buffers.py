@@ -50,7 +50,8 @@ def clone_tree(tree: _T) -> _T:
         return tree.clone()  # type: ignore[return-value]
     if isinstance(tree, (list, tuple)):
         return type(tree)(clone_tree(t) for t in tree)  # type: ignore[return-value]
-    return type(tree)(**{f.name: clone_tree(getattr(tree, f.name)) for f in dataclasses.fields(tree)})  # type: ignore[arg-type]
+    return type(tree)(**{f.name: clone_tree(getattr(tree, f.name))  # type: ignore[arg-type]
+                         for f in dataclasses.fields(tree)})
 
 
 def assign(old: _T | None, new: _T) -> _T:

@@ -4,8 +4,9 @@
         [--device auto] [--background trafficbots] [--scenes PATH] [--eval-scenes PATH]
         [--checkpoint PATH] [--out runs/ppo]
 
-    # CPU smoke run (minutes):
-    python examples/train_ppo.py --timesteps 2048 --num-envs 4 --background log_replay
+    # CPU smoke run (under a minute; add --checkpoint PATH to train / benchmark against learned agents):
+    python examples/train_ppo.py --timesteps 2048 --num-envs 4 --background log_replay \
+        --bench-backgrounds log_replay constant_velocity
 
 The training envs are one batched simulator (``trafficbots_gym.make_sb3_vec_env``) on the training
 scenes; an ``EvalCallback`` scores the policy on held-out scenes every ``--eval-freq`` steps and keeps
@@ -31,6 +32,7 @@ from tqdm import tqdm
 import trafficbots_gym
 from trafficbots_gym.benchmarks.controllers import display_rows, format_markdown, run_benchmark
 from trafficbots_gym.env.config import BACKGROUNDS, LOG_HORIZON, resolve_device
+from trafficbots_gym.simulation.background import LEARNED_BACKGROUNDS
 
 
 class TqdmCallback(BaseCallback):
@@ -87,6 +89,16 @@ def callbacks(args: argparse.Namespace, eval_env: Any) -> CallbackList:
     ])
 
 
+def check_checkpoint(args: argparse.Namespace) -> None:
+    """Fail before training, not after it, when a learned background has no checkpoint to load."""
+    from trafficbots_gym.model.checkpoint import DEFAULT_CHECKPOINT
+    learned = sorted({bg for bg in (args.background, *args.bench_backgrounds) if bg in LEARNED_BACKGROUNDS})
+    if learned and args.checkpoint is None and not DEFAULT_CHECKPOINT.is_file():
+        raise SystemExit(f"backgrounds {learned} need a TrafficBots checkpoint and none is shipped at "
+                         f"{DEFAULT_CHECKPOINT}: pass --checkpoint PATH, or train and benchmark without them "
+                         "(e.g. --background log_replay --bench-backgrounds log_replay constant_velocity)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algo", choices=("ppo", "sac"), default="ppo")
@@ -125,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
     if args.timesteps < 1 or args.num_envs < 1:
         raise SystemExit("--timesteps and --num-envs must be >= 1")
+    check_checkpoint(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)

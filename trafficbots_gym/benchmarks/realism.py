@@ -111,9 +111,9 @@ def histogram_log_likelihood(sim: torch.Tensor, sim_valid: torch.Tensor, log: to
         return torch.bucketize(x, edges[1:-1], right=True)
 
     s, k, t, a = sim.shape
-    sim_bins = bin_of(torch.nan_to_num(sim))                                  # [S, K, T, A]
-    onehot = torch.nn.functional.one_hot(sim_bins, spec.bins).to(sim.dtype)  # [S, K, T, A, bins]
-    counts = (onehot * sim_valid.unsqueeze(-1).to(sim.dtype)).sum(dim=(1, 2))  # [S, A, bins]
+    sim_bins = bin_of(torch.nan_to_num(sim)).permute(0, 3, 1, 2).reshape(s, a, k * t)       # [S, A, K*T]
+    weight = sim_valid.permute(0, 3, 1, 2).reshape(s, a, k * t).to(sim.dtype)
+    counts = torch.zeros(s, a, spec.bins, dtype=sim.dtype, device=sim.device).scatter_add_(-1, sim_bins, weight)
     probs = (counts + spec.pseudocount) / (counts.sum(-1, keepdim=True) + spec.pseudocount * spec.bins)
     log_bins = bin_of(torch.nan_to_num(log))                                  # [S, T, A]
     logp = probs.log().unsqueeze(1).expand(s, t, a, spec.bins)

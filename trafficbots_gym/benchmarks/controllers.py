@@ -207,9 +207,10 @@ def run_batch(env: TrafficBotsVecEnv, controller: EgoController, scene_index: li
 
 def run_pair(controller: EgoController, background: str, *, episodes: int, seed: int, scenes: Any = None,
              split: str = "validation", device: torch.device | str = "cpu", checkpoint: str | None = None,
-             num_envs: int = 64, horizon: int = LOG_HORIZON,
-             env_kwargs: Mapping[str, Any] | None = None) -> EpisodeResults:
-    """``episodes`` episodes of ``controller`` against ``background`` (see the module docstring)."""
+             num_envs: int = 64, horizon: int = LOG_HORIZON, env_kwargs: Mapping[str, Any] | None = None,
+             progress: tqdm | None = None) -> EpisodeResults:
+    """``episodes`` episodes of ``controller`` against ``background`` (see the module docstring);
+    ``progress`` advances by the episodes of each finished batch."""
     if episodes < 1 or num_envs < 1:
         raise ValueError(f"episodes and num_envs must be >= 1, got {episodes} and {num_envs}")
     rows = min(num_envs, episodes)
@@ -223,6 +224,8 @@ def run_pair(controller: EgoController, background: str, *, episodes: int, seed:
             part = run_batch(env, controller, ids, seed + first)
             keep = min(rows, episodes - first)
             parts.append(_head(part, keep))
+            if progress is not None:
+                progress.update(keep)
         return EpisodeResults.concat(parts)
     finally:
         env.close()
@@ -368,11 +371,13 @@ def run_benchmark(controllers: Iterable[str], backgrounds: Iterable[str], *, epi
         if b not in BACKGROUNDS:
             raise ValueError(f"unknown background {b!r}; valid: {', '.join(BACKGROUNDS)}")
     rows = []
-    for spec, background in tqdm(pairs, desc="controller x background", unit="pair"):
-        controller = make_controller(spec, dev)
-        result = run_pair(controller, background, episodes=episodes, seed=seed, scenes=scenes, split=split,
-                          device=dev, checkpoint=checkpoint, num_envs=num_envs, horizon=horizon)
-        rows.append(summarize(controller.name, background, result))
+    with tqdm(total=len(pairs) * episodes, desc="benchmark episodes", unit="episode") as bar:
+        for spec, background in pairs:
+            controller = make_controller(spec, dev)
+            bar.set_postfix_str(f"{controller.name} / {background}")
+            result = run_pair(controller, background, episodes=episodes, seed=seed, scenes=scenes, split=split,
+                              device=dev, checkpoint=checkpoint, num_envs=num_envs, horizon=horizon, progress=bar)
+            rows.append(summarize(controller.name, background, result))
     header = (f"Scenes: {scenes if scenes is not None else f'embedded {split} split'}; {episodes} episodes per pair; "
               f"seed {seed}; horizon {horizon} steps; device {dev}.\n\n")
     write_results(rows, out, header)

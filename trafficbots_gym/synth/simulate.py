@@ -78,12 +78,14 @@ class SimSpec:
 def sumo_args(net: Path, routes: list[Path], spec: SimSpec) -> list[str]:
     """Command line of the simulation (10 Hz, IDM traffic, smooth lane changes, seeded).
 
-    The route files carry the vehicle types they use (duarouter copies them).
+    The route files carry the vehicle types they use (duarouter copies them). Pedestrians blocked
+    for 20 s may pass each other, so crowds on walking areas never freeze a long run.
     """
     return ["sumo", "-n", str(net), "-r", ",".join(str(r) for r in routes),
             "--step-length", f"{DT}", "--seed", str(spec.seed), "--begin", "0",
             "--end", f"{spec.warmup + spec.duration + 1:.1f}", "--lanechange.duration", "3",
             "--step-method.ballistic", "true", "--pedestrian.model", "striping",
+            "--pedestrian.striping.jamtime", "20",
             "--collision.action", "remove", "--collision.check-junctions", "true",
             "--time-to-teleport", "120", "--ignore-route-errors", "true", "--no-step-log", "true",
             "--no-warnings", "true", "--duration-log.disable", "true", "--threads", "1"]

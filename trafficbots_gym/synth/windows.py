@@ -77,6 +77,7 @@ def cut_window(log: SimLog, road_map: RoadMap, sdc_track: int, t0: int, scenario
     seen = _min_dist(xy.reshape(-1, 2), sdc_path).reshape(valid.shape) < min(AGENT_RADIUS, mapped_radius)
     valid = valid & seen
     valid[sdc_row] = True
+    valid = drop_overlaps(valid, xy, yaw, tracks.size[idx], tracks.type[idx], sdc_row)
     keep = valid.any(1)
     idx, valid, xy, yaw, spd = idx[keep], valid[keep], xy[keep], yaw[keep], spd[keep]
     sdc_row = int(np.nonzero(idx == sdc_track)[0][0])
@@ -93,6 +94,58 @@ def cut_window(log: SimLog, road_map: RoadMap, sdc_track: int, t0: int, scenario
         traffic_lights=_traffic_lights(log, road_map, t0, lane_set, sdc_path[STEP_CURRENT]),
         lane_exits={fid: [x for x in road_map.lane_exits.get(fid, []) if x in lane_set] for fid in sorted(lane_set)},
         tracks_to_predict=_tracks_to_predict(valid, xy, sdc_row), current_index=STEP_CURRENT)
+
+
+def boxes_overlap(xy: np.ndarray, yaw: np.ndarray, size: np.ndarray) -> np.ndarray:
+    """[T, N, N] bool: the oriented boxes of road users i != j intersect at step t (separating axes).
+
+    ``xy`` [N, T, 2] box centres, ``yaw`` [N, T], ``size`` [N, >=2] length and width.
+    """
+    pos = np.swapaxes(xy, 0, 1).astype(np.float32)                     # [T, N, 2]
+    heading = np.stack([np.cos(yaw), np.sin(yaw)], -1).swapaxes(0, 1)  # [T, N, 2]
+    half = (size[:, :2] / 2).astype(np.float32)                          # [N, 2]
+    radius = np.linalg.norm(half, axis=-1)
+    dx = pos[:, None, :, 0] - pos[:, :, None, 0]                         # [T, N, N]: centre j - centre i
+    dy = pos[:, None, :, 1] - pos[:, :, None, 1]
+    near = dx * dx + dy * dy < (radius[:, None] + radius[None]) ** 2
+    near &= ~np.eye(len(half), dtype=bool)[None]
+    if not near.any():
+        return near
+    t, i, j = np.nonzero(near)
+    u_i, u_j = heading[t, i], heading[t, j]
+    v_i, v_j = u_i[:, ::-1] * [-1, 1], u_j[:, ::-1] * [-1, 1]
+    dd = np.stack([dx[t, i, j], dy[t, i, j]], -1)
+    separated = np.zeros(len(t), bool)
+    for axis in (u_i, v_i, u_j, v_j):
+        extent_i = half[i, 0] * np.abs((u_i * axis).sum(-1)) + half[i, 1] * np.abs((v_i * axis).sum(-1))
+        extent_j = half[j, 0] * np.abs((u_j * axis).sum(-1)) + half[j, 1] * np.abs((v_j * axis).sum(-1))
+        separated |= np.abs((dd * axis).sum(-1)) > extent_i + extent_j
+    out = np.zeros_like(near)
+    out[t, i, j] = ~separated
+    return out
+
+
+def drop_overlaps(valid: np.ndarray, xy: np.ndarray, yaw: np.ndarray, size: np.ndarray, agent_type: np.ndarray,
+                  keep_row: int) -> np.ndarray:
+    """``valid`` with road users removed from the step where their box overlaps another one onwards.
+
+    SUMO's junction model lets vehicles queued on merging or crossing internal lanes overlap;
+    real logs never do. Pairs are resolved in order of their first overlapping step: the member
+    with the higher row (never ``keep_row``, the SDC) loses that step and all later ones, so the
+    packer's gap interpolation cannot bring the overlap back. Pedestrian pairs may touch (crowds).
+    """
+    valid = valid.copy()
+    overlap = boxes_overlap(xy, yaw, size) & valid.T[:, :, None] & valid.T[:, None, :]
+    ped = agent_type == AgentType.PEDESTRIAN
+    overlap &= ~(ped[:, None] & ped[None])[None]
+    overlap &= np.triu(np.ones(overlap.shape[1:], bool), 1)[None]
+    t, i, j = np.nonzero(overlap)
+    for k in np.argsort(t, kind="stable"):
+        a, b = int(i[k]), int(j[k])
+        if valid[a, t[k]] and valid[b, t[k]]:
+            victim = a if b == keep_row else b
+            valid[victim, t[k]:] = False
+    return valid
 
 
 def _min_dist(points: np.ndarray, path: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ import numpy as np
 
 from trafficbots_gym.data.constants import AgentType, MapType
 from trafficbots_gym.data.errors import RecordError, ScenarioParseError
-from trafficbots_gym.data.importing import (ImportReport, lane_exits_from_geometry, log_report,
+from trafficbots_gym.data.importing import (ImportReport, iter_files, lane_exits_from_geometry,
                                             relabel_stop_sign_lanes, resample_polyline, stop_sign_lanes_from_geometry,
                                             tl_state_from_name, traffic_lights_from_lanes, wrap_angle)
 from trafficbots_gym.data.raw import RawPolyline, RawScenario, RawTracks, RawTrafficLights
@@ -142,17 +142,7 @@ def iter_scenarios(path: str | os.PathLike) -> Iterator[RawScenario | RecordErro
     searched recursively), or a ``RecordError`` for each file that cannot be converted."""
     root = Path(path)
     files = sorted(root.rglob("*.json")) if root.is_dir() else [root]
-    for file in files:
-        try:
-            raw, report = convert_scenario(load_json(file), str(file))
-        except ScenarioParseError as e:
-            yield RecordError(e)
-            continue
-        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:  # malformed beyond the checks
-            yield RecordError(ScenarioParseError(str(file), None, None, f"malformed scenario ({type(e).__name__}: {e})"))
-            continue
-        log_report(str(file), raw.scenario_id, report)
-        yield raw
+    yield from iter_files(files, lambda file: convert_scenario(load_json(file), file))
 
 
 def convert_scenario(doc: Any, path: str) -> tuple[RawScenario, ImportReport]:

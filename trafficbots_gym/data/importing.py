@@ -3,20 +3,22 @@
 Pure functions from source values to :mod:`trafficbots_gym.data.raw` conventions: heading
 wrapping, polyline resampling to the ~1 m node spacing of the packer, traffic-light state names
 to :class:`TLState`, per-lane light series to :class:`RawTrafficLights`, lane-graph and stop-sign
-reconstruction from geometry (for sources without a lane graph), and the per-scenario record of
-what an importer had to skip.
+reconstruction from geometry (for sources without a lane graph), the per-scenario record of
+what an importer had to skip, and the per-file conversion loop of a one-scenario-per-file source.
 """
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from trafficbots_gym.data.constants import MapType, TLState
-from trafficbots_gym.data.raw import RawPolyline, RawTrafficLights
+from trafficbots_gym.data.errors import RecordError, ScenarioParseError
+from trafficbots_gym.data.raw import RawPolyline, RawScenario, RawTrafficLights
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,24 @@ def log_report(path: str, scenario_id: str, report: ImportReport) -> None:
     """Log what was skipped from one scenario (a warning; silent when nothing was skipped)."""
     if report:
         log.warning("%s, scenario %s: %s", path, scenario_id, report)
+
+
+def iter_files(files: Iterable[str | os.PathLike],
+               convert: Callable[[str], tuple[RawScenario, ImportReport]]) -> Iterator[RawScenario | RecordError]:
+    """Convert one scenario per file with ``convert(path)`` and yield it (logging what was skipped),
+    or a ``RecordError`` naming the file when it cannot be read or converted: a ``ScenarioParseError``
+    as raised, and any structure error the importer's checks missed as a "malformed scenario"."""
+    for file in map(str, files):
+        try:
+            raw, report = convert(file)
+        except ScenarioParseError as e:
+            yield RecordError(e)
+            continue
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:  # malformed beyond the checks
+            yield RecordError(ScenarioParseError(file, None, None, f"malformed scenario ({type(e).__name__}: {e})"))
+            continue
+        log_report(file, raw.scenario_id, report)
+        yield raw
 
 
 def wrap_angle(angle: np.ndarray) -> np.ndarray:

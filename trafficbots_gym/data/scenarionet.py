@@ -24,7 +24,7 @@ import numpy as np
 
 from trafficbots_gym.data.constants import DT, AgentType, MapType
 from trafficbots_gym.data.errors import RecordError, ScenarioParseError
-from trafficbots_gym.data.importing import (ImportReport, log_report, relabel_stop_sign_lanes, resample_polyline,
+from trafficbots_gym.data.importing import (ImportReport, iter_files, relabel_stop_sign_lanes, resample_polyline,
                                             tl_state_from_name, traffic_lights_from_lanes, wrap_angle)
 from trafficbots_gym.data.raw import RawPolyline, RawScenario, RawTracks, RawTrafficLights
 
@@ -117,21 +117,16 @@ def iter_scenarios(path: str | os.PathLike) -> Iterator[RawScenario | RecordErro
         files = sorted(p for p in root.rglob("*.pkl") if p.name not in INDEX_FILES)
     else:
         files = [root]
-    for file in files:
-        try:
-            data = load_pickle(file)
-            if is_index_file(data):
-                raise ScenarioParseError(str(file), None, None, "a ScenarioNet dataset index (file name -> "
-                                         "metadata), not a scenario; skipped")
-            raw, report = convert_scenario(data, str(file))
-        except ScenarioParseError as e:
-            yield RecordError(e)
-            continue
-        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:  # malformed beyond the checks
-            yield RecordError(ScenarioParseError(str(file), None, None, f"malformed scenario ({type(e).__name__}: {e})"))
-            continue
-        log_report(str(file), raw.scenario_id, report)
-        yield raw
+    yield from iter_files(files, _load_and_convert)
+
+
+def _load_and_convert(path: str) -> tuple[RawScenario, ImportReport]:
+    """Load one pickle and convert it; a dataset index file is refused with an error that says so."""
+    data = load_pickle(path)
+    if is_index_file(data):
+        raise ScenarioParseError(path, None, None, "a ScenarioNet dataset index (file name -> metadata), not a "
+                                 "scenario; skipped")
+    return convert_scenario(data, path)
 
 
 def convert_scenario(data: Any, path: str) -> tuple[RawScenario, ImportReport]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import torch
@@ -44,6 +44,8 @@ REFERENCE_INFERENCE = [  # (label, batch, ms/step, agent-steps/s)
     ("reference TrafficBots, 2-core CPU", 1, 14.6, None),
 ]
 REFERENCE_TRAINING = [("reference TrafficBots, H100 (fp16)", 8, 1.37, 2.26)]  # (label, batch, samples/s, GiB/sample)
+TRAINING_COLUMNS = ("implementation", "precision", "batch", "s/step", "CPU s/step", "samples/s", "GiB/sample")
+INFERENCE_COLUMNS = ("implementation", "precision", "batch", "ms/step", "CPU ms/step", "agent-steps/s", "reset ms")
 
 
 def _sync(device: torch.device) -> None:
@@ -125,6 +127,15 @@ def _fmt(value: float | None, spec: str) -> str:
     return "" if value is None or value != value else format(value, spec)
 
 
+def _print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """Print a Markdown table under a blank line and its title."""
+    print(f"\n{title}")
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m trafficbots_gym.benchmarks.model_speed",
                                      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -159,15 +170,12 @@ def main(argv: list[str] | None = None) -> int:
             for b in tqdm(train_batches, desc=f"training {dtype_name}"):
                 rows.append((dtype_name, b, bench_training(model, _batch(args.scenes, b, device), dtype_name,
                                                            args.train_repeats, args.checkpointing)))
-        print("\nTraining step (90-step rollout + losses + backward + Adam)")
-        print("| implementation | precision | batch | s/step | CPU s/step | samples/s | GiB/sample |")
-        print("|---|---|---|---|---|---|---|")
-        for label, b, sps, gib in REFERENCE_TRAINING:
-            print(f"| {label} | fp16 | {b} | {b / sps:.2f} | | {sps:.2f} | {gib:.2f} |")
-        for dtype_name, b, r in rows:
-            print(f"| trafficbots-gym{' (ckpt)' if args.checkpointing else ''} | {dtype_name} | {b} | "
-                  f"{r['s_per_step']:.2f} | {r['cpu_s_per_step']:.2f} | {r['samples_per_s']:.2f} | "
-                  f"{_fmt(r['gib_per_sample'], '.2f')} |")
+        ours = "trafficbots-gym (ckpt)" if args.checkpointing else "trafficbots-gym"
+        table = [(label, "fp16", str(b), f"{b / sps:.2f}", "", f"{sps:.2f}", f"{gib:.2f}")
+                 for label, b, sps, gib in REFERENCE_TRAINING]
+        table += [(ours, dtype_name, str(b), f"{r['s_per_step']:.2f}", f"{r['cpu_s_per_step']:.2f}",
+                   f"{r['samples_per_s']:.2f}", _fmt(r["gib_per_sample"], ".2f")) for dtype_name, b, r in rows]
+        _print_table("Training step (90-step rollout + losses + backward + Adam)", TRAINING_COLUMNS, table)
 
     infer_batches = [int(b) for b in args.infer_batches.split(",") if b]
     if infer_batches:
@@ -178,14 +186,11 @@ def main(argv: list[str] | None = None) -> int:
                 with torch.no_grad():
                     rows.append((dtype_name, b, bench_inference(model, _batch(args.scenes, b, device), dtype_name,
                                                                 args.steps)))
-        print("\nClosed-loop inference (TrafficBotsPolicy.act, 64 agents per scene)")
-        print("| implementation | precision | batch | ms/step | CPU ms/step | agent-steps/s | reset ms |")
-        print("|---|---|---|---|---|---|---|")
-        for label, b, ms, asps in REFERENCE_INFERENCE:
-            print(f"| {label} | fp32 | {b} | {_fmt(ms, '.1f')} | | {_fmt(asps, ',.0f')} | |")
-        for dtype_name, b, r in rows:
-            print(f"| trafficbots-gym | {dtype_name} | {b} | {r['ms_per_step']:.1f} | {r['cpu_ms_per_step']:.1f} | "
-                  f"{r['agent_steps_per_s']:,.0f} | {r['reset_ms']:.0f} |")
+        table = [(label, "fp32", str(b), _fmt(ms, ".1f"), "", _fmt(asps, ",.0f"), "")
+                 for label, b, ms, asps in REFERENCE_INFERENCE]
+        table += [("trafficbots-gym", dtype_name, str(b), f"{r['ms_per_step']:.1f}", f"{r['cpu_ms_per_step']:.1f}",
+                   f"{r['agent_steps_per_s']:,.0f}", f"{r['reset_ms']:.0f}") for dtype_name, b, r in rows]
+        _print_table("Closed-loop inference (TrafficBotsPolicy.act, 64 agents per scene)", INFERENCE_COLUMNS, table)
     return 0
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,28 +15,15 @@ from trafficbots_gym.benchmarks.ego_controllers import (
     make_controller, route_leader, stop_point_gap, tracking_action,
 )
 from trafficbots_gym.data.constants import DT, TLState
-from trafficbots_gym.data.h5io import write_scenes
 from trafficbots_gym.simulation.dynamics import unicycle_step
 from trafficbots_gym.simulation.idm import IDMParams
 from trafficbots_gym.simulation.metrics import LoggedPath
 from trafficbots_gym.simulation.state import AgentState
 
-FIXTURES = Path(__file__).parent / "fixtures"
-REFERENCE_SCENES = FIXTURES / "reference_vectors" / "reference_scenes.h5"
-WOMD_MOVING_VEHICLE = {"track_id": 1645}  # drives ~80 m on the road in the real WOMD fixture scene
+from conftest import REFERENCE_SCENES, WOMD_EGO
+
 REQUIRED_COLUMNS = ("controller", "background", "episodes", "goal_rate", "collision_rate", "offroad_rate",
                     "red_light_rate", "progress", "ade")
-
-
-@pytest.fixture(scope="module")
-def womd_scene(tmp_path_factory) -> Path:
-    """The real WOMD fixture scenario packed as a validation scene."""
-    from trafficbots_gym.data.packing import pack_scenario
-    from trafficbots_gym.data.womd import iter_scenarios
-    raw = next(iter(iter_scenarios(FIXTURES / "real_womd" / "motion_data_one_scenario.tfrecord")))
-    path = tmp_path_factory.mktemp("womd") / "womd.h5"
-    write_scenes(path, [pack_scenario(raw, "validation", rng=np.random.default_rng(0))])
-    return path
 
 
 # ------------------------------------------------------------------------------------ intervals
@@ -166,7 +152,7 @@ def test_unknown_controller_and_missing_model_are_refused_by_name(tmp_path):
 def womd_runs(womd_scene) -> dict:
     """One full log-replay episode of each built-in deterministic controller on a moving real vehicle."""
     return {name: run_pair(make_controller(name), "log_replay", episodes=1, seed=0, scenes=womd_scene,
-                           env_kwargs={"ego": WOMD_MOVING_VEHICLE})
+                           env_kwargs={"ego": WOMD_EGO})
             for name in ("expert", "constant_velocity", "idm")}
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,31 +16,13 @@ from trafficbots_gym.benchmarks.realism import (
 from trafficbots_gym.benchmarks.realism_report import main, rollout
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import N_STEP, STEP_CURRENT, MapType
-from trafficbots_gym.data.h5io import SceneReader
 from trafficbots_gym.simulation import BatchedSimulator
 from trafficbots_gym.simulation.metrics import MapGeometry
 
-REFERENCE_SCENES = Path(__file__).parent / "fixtures" / "reference_vectors" / "reference_scenes.h5"
+from conftest import REFERENCE_SCENES
+
 FEATURES = tuple(f.name for f in WOSAC_2025)
 EVENTS = ("collision", "offroad", "traffic_light_violation")
-
-
-@pytest.fixture(scope="module")
-def scenes() -> SceneBatch:
-    reader = SceneReader(REFERENCE_SCENES)
-    return SceneBatch.from_scenes([reader[0], reader[1]])
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A small random-init TrafficBots (behaviour is random, the wiring is real)."""
-    from trafficbots_gym.model.checkpoint import save_checkpoint
-    from trafficbots_gym.model.config import TrafficBotsConfig
-    from trafficbots_gym.model.traffic_bots import TrafficBots
-    torch.manual_seed(0)
-    cfg = TrafficBotsConfig(hidden_dim=32, n_head=2, d_feedforward=32, pe_dim=16, dropout=0.0, map_node_layers=1,
-                            as2pl_layers=1, as2tl_layers=1, interaction_layers=1, gru_layers=1, dest_gru_layers=1)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", TrafficBots(cfg))
 
 
 # ------------------------------------------------------------------------------------ geometry
@@ -103,10 +84,11 @@ def test_min_ade_takes_the_best_joint_rollout():
 
 
 # ------------------------------------------------------------------------------------ features
-def test_scene_features_cover_the_future_steps_of_every_evaluated_object(scenes):
-    index, mask = evaluated_objects(scenes)
+def test_scene_features_cover_the_future_steps_of_every_evaluated_object(reference_batch):
+    index, mask = evaluated_objects(reference_batch)
     assert mask.any(-1).all() and (index[mask] >= 0).all()
-    features = scene_features(Trajectories.from_log(scenes), scenes, MapGeometry.from_batch(scenes), index)
+    features = scene_features(Trajectories.from_log(reference_batch), reference_batch,
+                              MapGeometry.from_batch(reference_batch), index)
     assert set(features.values) == set(FEATURES) and set(features.valid) == set(FEATURES)
     shape = (2, N_STEP - STEP_CURRENT - 1, index.shape[1])
     for name in FEATURES:
@@ -119,48 +101,48 @@ def test_scene_features_cover_the_future_steps_of_every_evaluated_object(scenes)
     assert (features.values["distance_to_nearest_object"] <= FAR).all()
 
 
-def test_features_are_computed_the_same_in_any_chunking(scenes):
-    index, _ = evaluated_objects(scenes)
-    args = (Trajectories.from_log(scenes), scenes, MapGeometry.from_batch(scenes), index)
+def test_features_are_computed_the_same_in_any_chunking(reference_batch):
+    index, _ = evaluated_objects(reference_batch)
+    args = (Trajectories.from_log(reference_batch), reference_batch, MapGeometry.from_batch(reference_batch), index)
     a = scene_features(*args)
     b = scene_features(*args, rows_per_chunk=1, steps_per_chunk=3)
     for name in FEATURES:
         assert torch.equal(a.values[name], b.values[name]), name
 
 
-def _scores(sim: Trajectories, scenes: SceneBatch) -> dict[str, torch.Tensor]:
-    index, mask = evaluated_objects(scenes)
-    geometry = MapGeometry.from_batch(scenes)
-    log = scene_features(Trajectories.from_log(scenes), scenes, geometry, index)
-    rollout_features = scene_features(sim, scenes, geometry, index)
-    vehicle = torch.gather(scenes.agent_type[..., 0], 1, index)
+def _scores(sim: Trajectories, batch: SceneBatch) -> dict[str, torch.Tensor]:
+    index, mask = evaluated_objects(batch)
+    geometry = MapGeometry.from_batch(batch)
+    log = scene_features(Trajectories.from_log(batch), batch, geometry, index)
+    rollout_features = scene_features(sim, batch, geometry, index)
+    vehicle = torch.gather(batch.agent_type[..., 0], 1, index)
     return realism_scores(realism_inputs(rollout_features, log, 1, mask, vehicle).repeat_rollouts(8))
 
 
-def test_log_replay_scores_higher_than_a_corrupted_rollout_on_the_kinematic_features(scenes):
-    log = Trajectories.from_log(scenes)
+def test_log_replay_scores_higher_than_a_corrupted_rollout_on_the_kinematic_features(reference_batch):
+    log = Trajectories.from_log(reference_batch)
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(log.pos.shape, generator=gen) * 0.3
     noise[:, :STEP_CURRENT + 1] = 0.0
     corrupted = Trajectories(pos=log.pos + noise, yaw=log.yaw + 0.2 * torch.randn(log.yaw.shape, generator=gen),
                              valid=log.valid)
-    replay, bad = _scores(log, scenes), _scores(corrupted, scenes)
+    replay, bad = _scores(log, reference_batch), _scores(corrupted, reference_batch)
     for name in BUCKETS["kinematic_metrics"]:
         assert (replay[name] > bad[name]).all(), name
     assert (replay["realism_meta_metric"] > bad["realism_meta_metric"]).all()
 
 
 # ------------------------------------------------------------------------------------ rollouts and report
-def test_log_replay_rollout_without_an_ego_is_the_log_for_every_agent(scenes):
-    traj = rollout(BatchedSimulator(background="log_replay"), scenes)
-    assert traj.pos.shape == scenes.agent_pos.shape
-    assert torch.equal(traj.valid, scenes.agent_valid)
-    assert torch.allclose(traj.pos[traj.valid], scenes.agent_pos[scenes.agent_valid])
+def test_log_replay_rollout_without_an_ego_is_the_log_for_every_agent(reference_batch):
+    traj = rollout(BatchedSimulator(background="log_replay"), reference_batch)
+    assert traj.pos.shape == reference_batch.agent_pos.shape
+    assert torch.equal(traj.valid, reference_batch.agent_valid)
+    assert torch.allclose(traj.pos[traj.valid], reference_batch.agent_pos[reference_batch.agent_valid])
 
 
-def test_constant_velocity_rollout_moves_the_sdc_too(scenes):
-    traj = rollout(BatchedSimulator(background="constant_velocity"), scenes)
-    sdc_log, sdc_sim = scenes.agent_pos[:, -1, 0], traj.pos[:, -1, 0]
+def test_constant_velocity_rollout_moves_the_sdc_too(reference_batch):
+    traj = rollout(BatchedSimulator(background="constant_velocity"), reference_batch)
+    sdc_log, sdc_sim = reference_batch.agent_pos[:, -1, 0], traj.pos[:, -1, 0]
     assert (sdc_sim - sdc_log).norm(dim=-1).min() > 0.5
 
 

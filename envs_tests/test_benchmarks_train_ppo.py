@@ -6,10 +6,10 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-import torch
+
+from conftest import REFERENCE_SCENES
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE_SCENES = ROOT / "envs_tests" / "fixtures" / "reference_vectors" / "reference_scenes.h5"
 
 
 def _train_ppo_module():
@@ -19,18 +19,9 @@ def _train_ppo_module():
     return module
 
 
-def _tiny_checkpoint(path: Path) -> Path:
-    from trafficbots_gym.model.checkpoint import save_checkpoint
-    from trafficbots_gym.model.config import TrafficBotsConfig
-    from trafficbots_gym.model.traffic_bots import TrafficBots
-    torch.manual_seed(0)
-    cfg = TrafficBotsConfig(hidden_dim=32, n_head=2, d_feedforward=32, pe_dim=16, dropout=0.0, map_node_layers=1,
-                            as2pl_layers=1, as2tl_layers=1, interaction_layers=1, gru_layers=1, dest_gru_layers=1)
-    return save_checkpoint(path, TrafficBots(cfg))
-
-
 @pytest.mark.parametrize("algo", ["ppo", pytest.param("sac", marks=pytest.mark.slow)])
-def test_tiny_run_saves_policy_checkpoints_logs_and_benchmarks_it_under_two_backgrounds(tmp_path, algo):
+def test_tiny_run_saves_policy_checkpoints_logs_and_benchmarks_it_under_two_backgrounds(tmp_path, algo,
+                                                                                        tiny_checkpoint):
     out = tmp_path / "run"
     policy = _train_ppo_module().main([
         "--algo", algo, "--buffer-size", "1000", "--timesteps", "96", "--num-envs", "2", "--n-steps", "16",
@@ -38,7 +29,7 @@ def test_tiny_run_saves_policy_checkpoints_logs_and_benchmarks_it_under_two_back
         "--background", "log_replay", "--scenes", str(REFERENCE_SCENES), "--eval-scenes", str(REFERENCE_SCENES),
         "--horizon", "6", "--eval-episodes", "2", "--eval-num-envs", "2",
         "--bench-backgrounds", "log_replay", "trafficbots", "--bench-episodes", "2",
-        "--checkpoint", str(_tiny_checkpoint(tmp_path / "tiny.safetensors")), "--device", "cpu", "--out", str(out)])
+        "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--out", str(out)])
     assert policy == out / "policy.zip" and policy.is_file()
     assert list((out / "checkpoints").glob(f"{algo}_*_steps.zip"))
     assert (out / "eval" / "evaluations.npz").is_file() and (out / "best" / "best_model.zip").is_file()

@@ -15,17 +15,17 @@ from trafficbots_gym.data.errors import RecordError
 from trafficbots_gym.data.importing import lane_exits_from_geometry, stop_sign_lanes_from_geometry
 from trafficbots_gym.data.raw import RawScenario
 
-FIXTURE = Path(__file__).parent / "fixtures" / "real_womd" / "gpudrive_test_scene.json"
+from conftest import GPUDRIVE_JSON
 
 
 @pytest.fixture(scope="module")
 def source() -> dict:
-    return json.loads(FIXTURE.read_text())
+    return json.loads(GPUDRIVE_JSON.read_text())
 
 
 @pytest.fixture(scope="module")
 def raw() -> RawScenario:
-    (item,) = list(gpudrive.iter_scenarios(FIXTURE))
+    (item,) = list(gpudrive.iter_scenarios(GPUDRIVE_JSON))
     assert isinstance(item, RawScenario), str(item)
     return item
 
@@ -126,7 +126,7 @@ def test_other_objects_are_skipped_and_roles_follow_the_remaining_indices(source
 
 
 def test_truncated_and_garbage_json_give_clear_errors(tmp_path: Path) -> None:
-    text = FIXTURE.read_text()
+    text = GPUDRIVE_JSON.read_text()
     err = _error(text[: len(text) // 3], tmp_path)
     assert "invalid JSON" in err and "truncated file?" in err
     assert "invalid JSON at line 1 column 1" in _error("\x00garbage{", tmp_path)

@@ -13,7 +13,8 @@ from trafficbots_gym.data.cli import Task, file_seed, find_inputs, output_name, 
 from trafficbots_gym.data.h5io import SceneReader
 from trafficbots_gym.data.tfrecord import read_records, write_records
 
-FIXTURE = Path(__file__).parent / "fixtures" / "real_womd" / "motion_data_one_scenario.tfrecord"
+from conftest import WOMD_TFRECORD
+
 SCENARIO_ID = "637f20cafde22ff8"
 
 
@@ -23,7 +24,7 @@ def _summary(capsys) -> str:
 
 def test_packing_the_real_file_writes_one_shard_and_an_index(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    assert pack_main([str(FIXTURE), "--out", str(out), "--split", "validation", "--workers", "1"]) == 0
+    assert pack_main([str(WOMD_TFRECORD), "--out", str(out), "--split", "validation", "--workers", "1"]) == 0
     assert _summary(capsys).startswith("packed 1 scenes, skipped 0 bad records")
     index = json.loads((out / "index.json").read_text())
     assert index["shards"] == [{"file": "motion_data_one_scenario.h5", "data_len": 1, "scenario_ids": [SCENARIO_ID]}]
@@ -34,7 +35,7 @@ def test_packing_the_real_file_writes_one_shard_and_an_index(tmp_path: Path, cap
 
 def test_rerun_skips_finished_shards_unless_overwrite(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    args = [str(FIXTURE), "--out", str(out), "--split", "training"]
+    args = [str(WOMD_TFRECORD), "--out", str(out), "--split", "training"]
     assert pack_main(args) == 0
     shard = out / "motion_data_one_scenario.h5"
     stamp = shard.stat().st_mtime_ns
@@ -49,14 +50,14 @@ def test_rerun_skips_finished_shards_unless_overwrite(tmp_path: Path, capsys) ->
 
 def test_existing_shard_of_another_split_is_not_mixed_in(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
-    assert pack_main([str(FIXTURE), "--out", str(out), "--split", "testing"]) == 0
-    assert pack_main([str(FIXTURE), "--out", str(out), "--split", "training"]) == 1
+    assert pack_main([str(WOMD_TFRECORD), "--out", str(out), "--split", "testing"]) == 0
+    assert pack_main([str(WOMD_TFRECORD), "--out", str(out), "--split", "training"]) == 1
     err = capsys.readouterr().err
     assert "exists with testing keys, not training; pass --overwrite" in err
 
 
 def test_bad_records_are_reported_skipped_and_counted(tmp_path: Path, capsys) -> None:
-    good = read_records(FIXTURE)[0]
+    good = read_records(WOMD_TFRECORD)[0]
     src = tmp_path / "src"
     src.mkdir()
     write_records(src / "mixed.tfrecord", [b"\x08\x01not a scenario at all", good, good[:1000]])
@@ -72,7 +73,7 @@ def test_a_file_that_cannot_be_read_fails_the_run_but_not_the_other_files(tmp_pa
     src = tmp_path / "src"
     src.mkdir()
     for name in ("a.tfrecord", "b.tfrecord"):
-        shutil.copy(FIXTURE, src / name)
+        shutil.copy(WOMD_TFRECORD, src / name)
     real_source = cli.source_for
 
     def failing_source(path: Path):
@@ -114,7 +115,7 @@ def test_folder_inputs_skip_scenarionet_metadata_and_hidden_files(tmp_path: Path
 def test_two_inputs_that_would_share_a_shard_are_refused(tmp_path: Path, capsys) -> None:
     for d in ("x", "y"):
         (tmp_path / d).mkdir()
-        shutil.copy(FIXTURE, tmp_path / d / "same.tfrecord")
+        shutil.copy(WOMD_TFRECORD, tmp_path / d / "same.tfrecord")
     assert pack_main([str(tmp_path / "x"), str(tmp_path / "y"), "--out", str(tmp_path / "out"),
                       "--split", "training"]) == 1
     assert "would both write same.h5" in capsys.readouterr().err
@@ -129,7 +130,7 @@ def test_per_file_random_streams_depend_on_seed_and_name_only() -> None:
 def test_training_shards_are_reproducible_and_seed_dependent(tmp_path: Path) -> None:
     centers = []
     for run, seed in (("a", "3"), ("b", "3"), ("c", "4")):
-        assert pack_main([str(FIXTURE), "--out", str(tmp_path / run), "--split", "training", "--seed", seed]) == 0
+        assert pack_main([str(WOMD_TFRECORD), "--out", str(tmp_path / run), "--split", "training", "--seed", seed]) == 0
         centers.append(SceneReader(tmp_path / run)[0].scenario_center)
     assert np.array_equal(centers[0], centers[1]) and not np.array_equal(centers[0], centers[2])
 
@@ -139,7 +140,7 @@ def test_spawned_workers_produce_the_same_shards_as_one_process(tmp_path: Path) 
     src = tmp_path / "src"
     src.mkdir()
     for name in ("a.tfrecord", "b.tfrecord"):
-        shutil.copy(FIXTURE, src / name)
+        shutil.copy(WOMD_TFRECORD, src / name)
     tasks = [Task(src / n, tmp_path / w / f"{n[0]}.h5", "training", 5, None, None)
              for w in ("one", "two") for n in ("a.tfrecord", "b.tfrecord")]
     for w in ("one", "two"):

@@ -14,18 +14,17 @@ from trafficbots_gym.data.errors import RecordError
 from trafficbots_gym.data.importing import resample_polyline
 from trafficbots_gym.data.raw import RawScenario
 
-FIXTURE = (Path(__file__).parent / "fixtures" / "real_womd" / "scenarionet"
-           / "sd_training.tfrecord-00000-of-01000_2a1e44d405a6833f.pkl")
+from conftest import SCENARIONET_PKL
 
 
 @pytest.fixture(scope="module")
 def source() -> dict:
-    return scenarionet.load_pickle(FIXTURE)
+    return scenarionet.load_pickle(SCENARIONET_PKL)
 
 
 @pytest.fixture(scope="module")
 def raw() -> RawScenario:
-    (item,) = list(scenarionet.iter_scenarios(FIXTURE))
+    (item,) = list(scenarionet.iter_scenarios(SCENARIONET_PKL))
     assert isinstance(item, RawScenario), str(item)
     return item
 
@@ -141,7 +140,7 @@ def test_reduce_based_payloads_are_refused_too(tmp_path: Path) -> None:
 
 def test_truncated_and_garbage_pickles_give_clear_errors(tmp_path: Path) -> None:
     truncated = tmp_path / "truncated.pkl"
-    truncated.write_bytes(FIXTURE.read_bytes()[:50_000])
+    truncated.write_bytes(SCENARIONET_PKL.read_bytes()[:50_000])
     assert "truncated pickle" in str(_only_error(truncated))
     garbage = tmp_path / "garbage.pkl"
     garbage.write_bytes(np.random.default_rng(0).bytes(4096))
@@ -169,10 +168,10 @@ def test_malformed_fields_are_named(source: dict, tmp_path: Path) -> None:
 
 
 def test_dataset_summary_is_reported_as_not_a_scenario_and_skipped_in_folders(tmp_path: Path) -> None:
-    summary = {FIXTURE.name: {"id": "2a1e44d405a6833f", "number_summary": {"object": 211}}}
+    summary = {SCENARIONET_PKL.name: {"id": "2a1e44d405a6833f", "number_summary": {"object": 211}}}
     (tmp_path / "dataset_summary.pkl").write_bytes(pickle.dumps(summary))
     assert "not a scenario" in str(_only_error(tmp_path / "dataset_summary.pkl"))
-    (tmp_path / FIXTURE.name).write_bytes(FIXTURE.read_bytes())
+    (tmp_path / SCENARIONET_PKL.name).write_bytes(SCENARIONET_PKL.read_bytes())
     items = list(scenarionet.iter_scenarios(tmp_path))
     assert [type(i).__name__ for i in items] == ["RawScenario"]
 

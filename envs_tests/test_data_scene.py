@@ -16,12 +16,12 @@ from trafficbots_gym.data.packing import pack_scenario
 from trafficbots_gym.data.scene import Scene, SceneValidationError, all_keys
 from trafficbots_gym.data.womd import iter_scenarios
 
-FIXTURE = Path(__file__).parent / "fixtures" / "real_womd" / "motion_data_one_scenario.tfrecord"
+from conftest import WOMD_TFRECORD
 
 
 @pytest.fixture(scope="module")
 def scenes() -> dict[str, Scene]:
-    raw = next(iter_scenarios(FIXTURE))
+    raw = next(iter_scenarios(WOMD_TFRECORD))
     return {split: pack_scenario(raw, split, rng=np.random.default_rng(1))
             for split in ("training", "validation", "testing")}
 

@@ -15,7 +15,7 @@ from trafficbots_gym.data import stats
 from trafficbots_gym.data.constants import N_PL_TYPE, N_TL_STATE, AgentType, MapType, TLState
 from trafficbots_gym.simulation.metrics import MapGeometry
 
-FIXTURE_H5 = Path(__file__).parent / "fixtures" / "reference_vectors" / "reference_scenes.h5"
+from conftest import REFERENCE_SCENES
 
 
 def _types(*kinds: AgentType) -> torch.Tensor:
@@ -131,9 +131,9 @@ def test_count_histograms_report_exact_integer_percentiles_and_keep_every_count(
 def test_stats_command_reports_two_datasets_side_by_side_with_json_and_png(tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture) -> None:
     other = tmp_path / "copy.h5"
-    shutil.copy(FIXTURE_H5, other)
+    shutil.copy(REFERENCE_SCENES, other)
     out_json, out_png = tmp_path / "report" / "stats.json", tmp_path / "stats.png"
-    assert stats.main([str(FIXTURE_H5), str(other), "--max-scenes", "1", "--json", str(out_json),
+    assert stats.main([str(REFERENCE_SCENES), str(other), "--max-scenes", "1", "--json", str(out_json),
                        "--png", str(out_png)]) == 0
     table = capsys.readouterr().out
     header = table.splitlines()[0]

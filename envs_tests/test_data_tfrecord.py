@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from trafficbots_gym.data.tfrecord import (TFRecordError, crc32c, encode_record, iter_records, masked_crc32c,
                                            read_records, write_records)
 
-FIXTURE = Path(__file__).parent / "fixtures" / "real_womd" / "motion_data_one_scenario.tfrecord"
+from conftest import WOMD_TFRECORD
 
 
 def _crc32c_bitwise(data: bytes) -> int:
@@ -44,7 +44,7 @@ def test_crc32c_of_long_inputs_matches_bitwise_crc(size: int) -> None:
 
 
 def test_real_womd_file_has_one_record_whose_crcs_verify() -> None:
-    records = read_records(FIXTURE)
+    records = read_records(WOMD_TFRECORD)
     assert len(records) == 1
     assert len(records[0]) == 952_947
 

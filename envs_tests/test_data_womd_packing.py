@@ -22,7 +22,8 @@ from trafficbots_gym.data.tfrecord import read_records, write_records
 from trafficbots_gym.data.womd import iter_scenarios, scenario_from_bytes
 from trafficbots_gym.data.womd_proto import Scenario
 
-FIXTURE = Path(__file__).parent / "fixtures" / "real_womd" / "motion_data_one_scenario.tfrecord"
+from conftest import WOMD_TFRECORD
+
 SPLIT_KEYS = {
     "training": {"agent", "tl_lane", "tl_stop"},
     "validation": {"agent", "tl_lane", "tl_stop", "agent_no_sim", "history_agent", "history_agent_no_sim",
@@ -40,7 +41,7 @@ VIEWS = ("agent", "agent_no_sim", "tl_lane", "tl_stop", "history_agent", "histor
 
 @pytest.fixture(scope="module")
 def record() -> bytes:
-    return read_records(FIXTURE)[0]
+    return read_records(WOMD_TFRECORD)[0]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def proto(record: bytes) -> Scenario:
 
 @pytest.fixture(scope="module")
 def raw(record: bytes) -> RawScenario:
-    return scenario_from_bytes(record, FIXTURE, 0)
+    return scenario_from_bytes(record, WOMD_TFRECORD, 0)
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_map_point_without_a_coordinate_is_read_point_by_point(proto: Scenario, 
     def edit(m: Scenario) -> None:
         lane = next(f for f in m.map_features if f.WhichOneof("feature_data") == "lane")
         lane.lane.polyline[0].ClearField("z")  # the coordinate columns no longer line up
-    changed = scenario_from_bytes(_modified(proto, edit), FIXTURE, 0)
+    changed = scenario_from_bytes(_modified(proto, edit), WOMD_TFRECORD, 0)
     first_lane = next(i for i, f in enumerate(proto.map_features) if f.WhichOneof("feature_data") == "lane")
     k = [pl.feature_id for pl in raw.polylines].index(proto.map_features[first_lane].id)
     assert changed.polylines[k].points[0, 2] == 0.0  # an unset field reads as 0, like protobuf does

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,12 +17,12 @@ from trafficbots_gym.env.route import Route
 from trafficbots_gym.env.scenes import SceneLoader, SceneSource
 from trafficbots_gym.simulation.state import AgentState
 
-SCENES = Path(__file__).parent / "fixtures" / "reference_vectors" / "reference_scenes.h5"
+from conftest import REFERENCE_SCENES
 
 
 @pytest.fixture(scope="module")
 def source() -> SceneSource:
-    return SceneSource(SCENES)
+    return SceneSource(REFERENCE_SCENES)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +62,7 @@ def test_bad_scene_choice_names_the_problem(source):
 
 def test_loaded_scene_holds_the_full_log(source):
     arrays = source.load(0)
-    full = SceneReader(SCENES)[0]
+    full = SceneReader(REFERENCE_SCENES)[0]
     assert arrays["agent_valid"].shape == (91, 64)
     np.testing.assert_array_equal(arrays["agent_pos"], full.agent.pos)
     np.testing.assert_array_equal(arrays["map_pos"], full.map.pos)
@@ -82,7 +81,7 @@ def test_corrupt_scene_file_is_named(tmp_path):
 
 
 def test_history_only_scene_is_rejected_with_the_reason(tmp_path):
-    scene = SceneReader(SCENES)[0]
+    scene = SceneReader(REFERENCE_SCENES)[0]
     testing = dataclasses.replace(scene, agent=None, agent_no_sim=None, tl_lane=None, tl_stop=None)
     path = tmp_path / "testing.h5"
     write_scenes(path, [testing])

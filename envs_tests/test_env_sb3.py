@@ -3,28 +3,16 @@ from __future__ import annotations
 
 import gc
 import resource
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.vec_env import VecEnv
 
 from trafficbots_gym import make_sb3_vec_env
 from trafficbots_gym.env.traffic_bots_env import TrafficBotsEnv
 
-REFERENCE_SCENES = Path(__file__).parent / "fixtures" / "reference_vectors" / "reference_scenes.h5"
-NO_TERMINATION = {"collision": False, "offroad": False, "goal_reached": False, "outside_map": False}
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small tensors gain nothing from threads; a busy 2-core CPU loses a lot to them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from conftest import NO_TERMINATION, REFERENCE_SCENES
 
 
 def test_adapter_is_an_sb3_vec_env_with_sb3_autoreset():

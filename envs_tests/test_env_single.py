@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pickle
 import warnings
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -15,47 +14,11 @@ from safetensors.torch import save_file
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import trafficbots_gym  # noqa: F401  (registers TrafficBots-v0)
-from trafficbots_gym.data.h5io import SceneFormatError, write_scenes
+from trafficbots_gym.data.h5io import SceneFormatError
 from trafficbots_gym.env.core import EPISODE_KEYS, STEP_INFO_KEYS
 from trafficbots_gym.env.traffic_bots_env import TrafficBotsEnv
 
-FIXTURES = Path(__file__).parent / "fixtures"
-REFERENCE_SCENES = FIXTURES / "reference_vectors" / "reference_scenes.h5"
-NO_TERMINATION = {"collision": False, "offroad": False, "goal_reached": False, "outside_map": False}
-WOMD_EGO = {"track_id": 1645}  # a vehicle of the real scene that drives ~80 m on the road
-
-
-@pytest.fixture(scope="module")
-def womd_scene(tmp_path_factory) -> Path:
-    """The real WOMD fixture scenario packed as a validation scene."""
-    from trafficbots_gym.data.packing import pack_scenario
-    from trafficbots_gym.data.womd import iter_scenarios
-    raw = next(iter(iter_scenarios(FIXTURES / "real_womd" / "motion_data_one_scenario.tfrecord")))
-    path = tmp_path_factory.mktemp("womd") / "womd.h5"
-    write_scenes(path, [pack_scenario(raw, "validation", rng=np.random.default_rng(0))])
-    return path
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A small random-init TrafficBots checkpoint: random behaviour, real wiring, fast on CPU."""
-    from trafficbots_gym.model.checkpoint import save_checkpoint
-    from trafficbots_gym.model.config import TrafficBotsConfig
-    from trafficbots_gym.model.traffic_bots import TrafficBots
-    torch.manual_seed(0)
-    cfg = TrafficBotsConfig(hidden_dim=32, n_head=2, d_feedforward=32, pe_dim=16, dropout=0.0, map_node_layers=1,
-                            as2pl_layers=1, as2tl_layers=1, interaction_layers=1, gru_layers=1, dest_gru_layers=1,
-                            add_goal_mlp_in_layers=1, add_latent_mlp_in_layers=1)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "small.safetensors", TrafficBots(cfg))
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small tensors gain nothing from threads; a busy 2-core CPU loses a lot to them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from conftest import NO_TERMINATION, REFERENCE_SCENES, WOMD_EGO
 
 
 def _logged_action(env: TrafficBotsEnv, step: int) -> np.ndarray:
@@ -90,8 +53,8 @@ def test_gymnasium_and_sb3_env_checkers_pass(obs_mode, action_mode):
         sb3_check_env(gym.make("TrafficBots-v0", **kwargs))
 
 
-def test_checkers_pass_with_the_learned_background(womd_scene, checkpoint):
-    env = gym.make("TrafficBots-v0", scenes=womd_scene, checkpoint=str(checkpoint), ego=WOMD_EGO, horizon=3)
+def test_checkers_pass_with_the_learned_background(womd_scene, small_checkpoint):
+    env = gym.make("TrafficBots-v0", scenes=womd_scene, checkpoint=str(small_checkpoint), ego=WOMD_EGO, horizon=3)
     check_env(env.unwrapped, skip_render_check=True)
 
 
@@ -205,9 +168,9 @@ def test_ego_invalid_at_the_current_step_is_a_clear_error():
 
 
 # ------------------------------------------------------------------------------------------ seeding
-def test_same_seed_gives_identical_episodes_with_learned_agents(womd_scene, checkpoint):
+def test_same_seed_gives_identical_episodes_with_learned_agents(womd_scene, small_checkpoint):
     def run(seed):
-        env = TrafficBotsEnv(scenes=womd_scene, checkpoint=checkpoint, ego=WOMD_EGO, termination=NO_TERMINATION)
+        env = TrafficBotsEnv(scenes=womd_scene, checkpoint=small_checkpoint, ego=WOMD_EGO, termination=NO_TERMINATION)
         obs, rewards = _rollout(env, seed, 4)
         return obs, rewards, env.core.sim.state.pos.clone()
     a, b, c = run(11), run(11), run(12)
@@ -257,9 +220,9 @@ def test_corrupt_scene_file_fails_naming_the_path(tmp_path):
         TrafficBotsEnv(scenes=bad, background="log_replay")
 
 
-def test_checkpoint_mismatch_lists_the_keys(checkpoint, tmp_path):
+def test_checkpoint_mismatch_lists_the_keys(small_checkpoint, tmp_path):
     from trafficbots_gym.model.checkpoint import CheckpointError
-    with safe_open(str(checkpoint), framework="pt") as f:
+    with safe_open(str(small_checkpoint), framework="pt") as f:
         metadata = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     dropped = sorted(tensors)[0]
@@ -271,8 +234,8 @@ def test_checkpoint_mismatch_lists_the_keys(checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("background", ["idm", "trafficbots"])
-def test_env_pickles_mid_episode_and_continues_identically(background, checkpoint):
-    env = TrafficBotsEnv(scenes=REFERENCE_SCENES, background=background, checkpoint=checkpoint,
+def test_env_pickles_mid_episode_and_continues_identically(background, small_checkpoint):
+    env = TrafficBotsEnv(scenes=REFERENCE_SCENES, background=background, checkpoint=small_checkpoint,
                          termination=NO_TERMINATION)
     env.reset(seed=1, options={"scene_index": 1})
     for _ in range(3):

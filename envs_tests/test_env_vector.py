@@ -10,46 +10,16 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 import trafficbots_gym  # noqa: F401  (registers TrafficBots-v0)
-from trafficbots_gym.data.h5io import write_scenes
 from trafficbots_gym.env.traffic_bots_env import TrafficBotsEnv
 from trafficbots_gym.env.vector_env import TrafficBotsVecEnv
 
-FIXTURES = Path(__file__).parent / "fixtures"
-REFERENCE_SCENES = FIXTURES / "reference_vectors" / "reference_scenes.h5"
-NO_TERMINATION = {"collision": False, "offroad": False, "goal_reached": False, "outside_map": False}
+from conftest import NO_TERMINATION, REFERENCE_SCENES
 
 
 @pytest.fixture(scope="module")
-def scene_files(tmp_path_factory) -> list[Path]:
+def scene_files(womd_scene: Path) -> list[Path]:
     """The two reference scenes plus the real WOMD scenario (three scenes in two files)."""
-    from trafficbots_gym.data.packing import pack_scenario
-    from trafficbots_gym.data.womd import iter_scenarios
-    raw = next(iter(iter_scenarios(FIXTURES / "real_womd" / "motion_data_one_scenario.tfrecord")))
-    path = tmp_path_factory.mktemp("womd") / "womd.h5"
-    write_scenes(path, [pack_scenario(raw, "validation", rng=np.random.default_rng(0))])
-    return [REFERENCE_SCENES, path]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    """A small random-init TrafficBots checkpoint: random behaviour, real wiring, fast on CPU."""
-    from trafficbots_gym.model.checkpoint import save_checkpoint
-    from trafficbots_gym.model.config import TrafficBotsConfig
-    from trafficbots_gym.model.traffic_bots import TrafficBots
-    torch.manual_seed(0)
-    cfg = TrafficBotsConfig(hidden_dim=32, n_head=2, d_feedforward=32, pe_dim=16, dropout=0.0, map_node_layers=1,
-                            as2pl_layers=1, as2tl_layers=1, interaction_layers=1, gru_layers=1, dest_gru_layers=1,
-                            add_goal_mlp_in_layers=1, add_latent_mlp_in_layers=1)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "small.safetensors", TrafficBots(cfg))
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Small tensors gain nothing from threads; a busy 2-core CPU loses a lot to them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    return [REFERENCE_SCENES, womd_scene]
 
 
 def _log_replay(num_envs: int, **kwargs) -> TrafficBotsVecEnv:
@@ -67,8 +37,8 @@ def test_make_vec_builds_the_batched_env_with_next_step_autoreset():
         assert env.action_space.shape == (3, 2)
 
 
-def test_one_row_reproduces_the_single_env_across_autoresets(scene_files, checkpoint):
-    kwargs = {"scenes": scene_files, "checkpoint": checkpoint, "horizon": 4}
+def test_one_row_reproduces_the_single_env_across_autoresets(scene_files, small_checkpoint):
+    kwargs = {"scenes": scene_files, "checkpoint": small_checkpoint, "horizon": 4}
     single, vec = TrafficBotsEnv(**kwargs), TrafficBotsVecEnv(1, **kwargs)
     s_obs, s_info = single.reset(seed=9)
     v_obs, v_info = vec.reset(seed=9)
@@ -104,9 +74,9 @@ def test_rows_match_single_envs_seeded_seed_plus_row():
         np.testing.assert_array_equal(v_obs[row], env.step(action)[0])
 
 
-def test_same_seed_same_batch_with_learned_agents(scene_files, checkpoint):
+def test_same_seed_same_batch_with_learned_agents(scene_files, small_checkpoint):
     def run() -> tuple[list[np.ndarray], torch.Tensor]:
-        env = TrafficBotsVecEnv(2, scenes=scene_files, checkpoint=checkpoint, horizon=3)
+        env = TrafficBotsVecEnv(2, scenes=scene_files, checkpoint=small_checkpoint, horizon=3)
         outs = [env.reset(seed=4)[0]]
         for _ in range(5):
             outs.append(env.step(np.full((2, 2), 0.2, np.float32))[0])

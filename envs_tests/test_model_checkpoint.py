@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,10 +12,9 @@ from trafficbots_gym.model.checkpoint import CheckpointError, load_model, read_m
 from trafficbots_gym.model.config import TrafficBotsConfig
 from trafficbots_gym.model.traffic_bots import TrafficBots
 
-REFERENCE_CKPT = Path(__file__).parent / "fixtures" / "reference_vectors" / "reference_random_init.ckpt"
-TINY = TrafficBotsConfig(hidden_dim=32, n_head=2, d_feedforward=32, pe_dim=16, map_node_layers=1, as2pl_layers=1,
-                         as2tl_layers=1, interaction_layers=1, gru_layers=1, dest_gru_layers=1,
-                         add_goal_mlp_in_layers=1, reference_compat=True)
+from conftest import REFERENCE_CKPT, TINY_MODEL
+
+TINY = TrafficBotsConfig(**{**TINY_MODEL, "add_goal_mlp_in_layers": 1, "reference_compat": True})
 
 
 def tiny() -> TrafficBots:

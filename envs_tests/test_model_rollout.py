@@ -1,63 +1,45 @@
 """Specification of the closed-loop rollouts (trafficbots_gym.model.rollout)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from trafficbots_gym.data.batch import SceneBatch
-from trafficbots_gym.data.h5io import SceneReader
-from trafficbots_gym.model.config import TrafficBotsConfig
 from trafficbots_gym.model.rollout import rollout
 from trafficbots_gym.model.traffic_bots import TrafficBots
 
-SCENES = Path(__file__).parent / "fixtures" / "reference_vectors" / "reference_scenes.h5"
-TINY = dict(hidden_dim=32, n_head=2, d_feedforward=32, pe_dim=16, map_node_layers=1, as2pl_layers=1,
-            as2tl_layers=1, interaction_layers=1, gru_layers=2, dest_gru_layers=1, add_goal_mlp_in_layers=1)
+from conftest import tiny_model
+
+MODEL = dict(dropout=0.1, gru_layers=2, add_goal_mlp_in_layers=1)
+"""Overrides of the tiny TrafficBots configuration used here (training-mode tests see dropout)."""
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _model(compat: bool = False) -> TrafficBots:
+    return tiny_model(**MODEL, reference_compat=compat)
 
 
-@pytest.fixture(scope="module")
-def batch() -> SceneBatch:
-    reader = SceneReader(SCENES)
-    return SceneBatch.from_scenes([reader[0], reader[1]])
-
-
-def tiny_model(compat: bool = False, seed: int = 0) -> TrafficBots:
-    torch.manual_seed(seed)
-    return TrafficBots(TrafficBotsConfig(**TINY, reference_compat=compat))
-
-
-def test_training_rollout_shapes_and_layout(batch):
-    out = rollout(tiny_model().train(), batch, procedure="training", generator=torch.Generator().manual_seed(0),
+def test_training_rollout_shapes_and_layout(reference_batch):
+    out = rollout(_model().train(), reference_batch, procedure="training", generator=torch.Generator().manual_seed(0),
                   n_steps=12)
-    b, a = batch.batch_size, batch.agent_valid.shape[-1]
+    b, a = reference_batch.batch_size, reference_batch.agent_valid.shape[-1]
     assert out.steps.tolist() == list(range(1, 13))
     assert out.pred_pos.shape == (b, 12, a, 2) and out.pred_yaw.shape == (b, 12, a)
     assert out.action_mean.shape == (b, 12, a, 2) and out.dest_logits.shape == (b, a, 1024)
     assert out.latent_post.mean.shape == (b, a, 16) and out.latent_prior.valid.shape == (b, a)
     # warm start: every logged agent is overridden at steps 1..10 only
-    assert torch.equal(out.override[:, :10], batch.agent_valid[:, 1:11])
+    assert torch.equal(out.override[:, :10], reference_batch.agent_valid[:, 1:11])
     assert not out.override[:, 10:].any()
-    assert torch.equal(out.pred_valid[:, 0], batch.agent_valid[:, 0])
+    assert torch.equal(out.pred_valid[:, 0], reference_batch.agent_valid[:, 0])
     assert not out.pred_pos[~out.pred_valid].any()
 
 
-def test_training_rollout_is_differentiable_end_to_end(batch):
-    model = tiny_model().train()
-    out = rollout(model, batch, procedure="training", generator=torch.Generator().manual_seed(1), n_steps=14)
-    valid = out.pred_valid[:, 10:] & batch.agent_valid[:, 11:15]
-    imitation = (out.pred_pos[:, 10:] - batch.agent_pos[:, 11:15]).norm(dim=-1)[valid].mean()
+def test_training_rollout_is_differentiable_end_to_end(reference_batch):
+    model = _model().train()
+    out = rollout(model, reference_batch, procedure="training", generator=torch.Generator().manual_seed(1), n_steps=14)
+    valid = out.pred_valid[:, 10:] & reference_batch.agent_valid[:, 11:15]
+    imitation = (out.pred_pos[:, 10:] - reference_batch.agent_pos[:, 11:15]).norm(dim=-1)[valid].mean()
     kl = out.latent_post.kl(out.latent_prior)[out.latent_post.valid].mean()
-    logp = torch.log_softmax(out.dest_logits, -1).gather(-1, batch.agent_dest.unsqueeze(-1)).squeeze(-1)
+    logp = torch.log_softmax(out.dest_logits, -1).gather(-1, reference_batch.agent_dest.unsqueeze(-1)).squeeze(-1)
     nll = -logp[out.dest_valid].mean()
     (imitation + kl + nll).backward()
     grads = {name: p.grad for name, p in model.named_parameters()}
@@ -69,12 +51,12 @@ def test_training_rollout_is_differentiable_end_to_end(batch):
     assert all(grads[f"action_head.log_std.{i}"] is None for i in range(3))
 
 
-def test_rollouts_are_deterministic_given_the_generator(batch):
-    model = tiny_model().train()
+def test_rollouts_are_deterministic_given_the_generator(reference_batch):
+    model = _model().train()
 
     def run(seed: int):
         torch.manual_seed(1234)  # dropout masks
-        return rollout(model, batch, procedure="training", generator=torch.Generator().manual_seed(seed),
+        return rollout(model, reference_batch, procedure="training", generator=torch.Generator().manual_seed(seed),
                        n_steps=12, deterministic_action=False)
 
     a, b, c = run(7), run(7), run(8)
@@ -82,46 +64,46 @@ def test_rollouts_are_deterministic_given_the_generator(batch):
     assert not torch.equal(a.latent_sample, c.latent_sample)
 
 
-def test_prior_probability_one_rolls_out_the_prior(batch):
-    out = rollout(tiny_model().eval(), batch, procedure="training", p_prior=1.0, n_steps=11,
+def test_prior_probability_one_rolls_out_the_prior(reference_batch):
+    out = rollout(_model().eval(), reference_batch, procedure="training", p_prior=1.0, n_steps=11,
                   generator=torch.Generator().manual_seed(0))
     assert out.latent_from_prior.all()
     expected = out.latent_prior.log_prob(out.latent_sample)
     torch.testing.assert_close(out.latent_logp, expected)
 
 
-def test_fixed_mode_feeds_simulated_kinematics_back_compat_mode_keeps_them_stale(batch):
-    fixed, compat = tiny_model(compat=False), tiny_model(compat=True)
+def test_fixed_mode_feeds_simulated_kinematics_back_compat_mode_keeps_them_stale(reference_batch):
+    fixed, compat = _model(compat=False), _model(compat=True)
     compat.load_state_dict(fixed.state_dict())
     with torch.no_grad():
-        a = rollout(fixed.eval(), batch, procedure="joint_future", n_steps=14)
-        b = rollout(compat.eval(), batch, procedure="joint_future", n_steps=14)
+        a = rollout(fixed.eval(), reference_batch, procedure="joint_future", n_steps=14)
+        b = rollout(compat.eval(), reference_batch, procedure="joint_future", n_steps=14)
     # identical through the first free step (its inputs are the logged state of step 10) ...
     torch.testing.assert_close(a.pred_pos[:, :11], b.pred_pos[:, :11], atol=1e-5, rtol=0)
     # ... then the inputs differ (updated vs stale velocity / acceleration / yaw rate)
     assert (a.pred_pos[:, 12:] - b.pred_pos[:, 12:]).abs().max() > 1e-4
 
 
-def test_future_traffic_lights_reach_the_policy_only_in_fixed_mode_with_a_full_log(batch):
-    changed = SceneBatch(**{**batch.__dict__, "tl_state": batch.tl_state.clone()})
+def test_future_traffic_lights_reach_the_policy_only_in_fixed_mode_with_a_full_log(reference_batch):
+    changed = SceneBatch(**{**reference_batch.__dict__, "tl_state": reference_batch.tl_state.clone()})
     changed.tl_state[:, 11:] = changed.tl_state[:, 11:].roll(1, dims=-1)   # lights change from step 11 on
     for compat, procedure, sees_future in ((False, "training", True), (True, "training", False),
                                            (False, "joint_future", False)):
-        model = tiny_model(compat=compat).eval()
+        model = _model(compat=compat).eval()
         with torch.no_grad():   # p_prior=1: the latent only sees the history, so only the policy can differ
             a, b = (rollout(model, x, procedure=procedure, p_prior=1.0, n_steps=14,
-                            generator=torch.Generator().manual_seed(0)) for x in (batch, changed))
+                            generator=torch.Generator().manual_seed(0)) for x in (reference_batch, changed))
         assert torch.equal(a.action_mean[:, :11], b.action_mean[:, :11])   # steps 1..11 see lights <= 10
         assert (not torch.equal(a.action_mean[:, 11:], b.action_mean[:, 11:])) == sees_future, (compat, procedure)
 
 
-def test_activation_checkpointing_gives_the_same_gradients(batch):
-    model = tiny_model().eval()  # no dropout, so both passes see the same network
+def test_activation_checkpointing_gives_the_same_gradients(reference_batch):
+    model = _model().eval()  # no dropout, so both passes see the same network
 
     def grads(use_checkpoint: bool) -> dict[str, torch.Tensor]:
         model.zero_grad()
-        out = rollout(model, batch, procedure="training", generator=torch.Generator().manual_seed(3), n_steps=13,
-                      use_checkpoint=use_checkpoint)
+        out = rollout(model, reference_batch, procedure="training", generator=torch.Generator().manual_seed(3),
+                      n_steps=13, use_checkpoint=use_checkpoint)
         out.pred_pos[out.pred_valid].square().mean().backward()
         return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
@@ -131,21 +113,20 @@ def test_activation_checkpointing_gives_the_same_gradients(batch):
         torch.testing.assert_close(plain[name], ckpt[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_bfloat16_autocast_rollout_stays_finite_and_close(batch):
-    model = tiny_model().eval()
+def test_bfloat16_autocast_rollout_stays_finite_and_close(reference_batch):
+    model = _model().eval()
     with torch.no_grad():
-        ref = rollout(model, batch, procedure="joint_future", n_steps=12)
-        low = rollout(model, batch, procedure="joint_future", n_steps=12, autocast_dtype=torch.bfloat16)
+        ref = rollout(model, reference_batch, procedure="joint_future", n_steps=12)
+        low = rollout(model, reference_batch, procedure="joint_future", n_steps=12, autocast_dtype=torch.bfloat16)
     assert low.pred_pos.dtype == torch.float32 and torch.isfinite(low.pred_pos).all()
     assert (low.pred_pos - ref.pred_pos).abs().max() < 0.5
 
 
-def test_bad_procedure_or_missing_log_is_refused(batch):
-    model = tiny_model().eval()
+def test_bad_procedure_or_missing_log_is_refused(reference_scenes, reference_batch):
+    model = _model().eval()
     with pytest.raises(ValueError, match="unknown procedure"):
-        rollout(model, batch, procedure="replay")
-    reader = SceneReader(SCENES)
-    history_only = SceneBatch.from_scenes([reader[0]], history_only=True)
+        rollout(model, reference_batch, procedure="replay")
+    history_only = SceneBatch.from_scenes(reference_scenes[:1], history_only=True)
     with pytest.raises(ValueError, match="needs the full log"):
         rollout(model, history_only, procedure="reactive_replay")
     out = rollout(model, history_only, procedure="joint_future", n_steps=12)

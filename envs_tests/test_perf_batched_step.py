@@ -16,18 +16,15 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.h5io import SceneReader
 from trafficbots_gym.env.vector_env import TrafficBotsVecEnv
-from trafficbots_gym.model.config import TrafficBotsConfig
 from trafficbots_gym.model.policy import TrafficBotsPolicy
-from trafficbots_gym.model.traffic_bots import TrafficBots
 from trafficbots_gym.simulation.buffers import moved_tensors, object_tensors, storage_signature
 from trafficbots_gym.simulation.graphed import StepGraph
 
-REFERENCE_SCENES = Path(__file__).parent / "fixtures" / "reference_vectors" / "reference_scenes.h5"
-NO_TERMINATION = {"collision": False, "offroad": False, "goal_reached": False, "outside_map": False}
+from conftest import NO_TERMINATION, REFERENCE_SCENES, save_tiny_checkpoint, tiny_model
+
 BACKGROUNDS = ("trafficbots", "mixed", "idm", "constant_velocity", "log_replay")
-TINY = dict(hidden_dim=32, n_head=2, d_feedforward=32, pe_dim=16, dropout=0.0, map_node_layers=1, as2pl_layers=1,
-            as2tl_layers=1, interaction_layers=1, gru_layers=2, dest_gru_layers=1, add_goal_mlp_in_layers=1,
-            add_latent_mlp_in_layers=1)
+MODEL = dict(gru_layers=2, add_goal_mlp_in_layers=1, add_latent_mlp_in_layers=1)
+"""Overrides of the tiny TrafficBots configuration used here."""
 HOST_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "unique", "_unique2", "lift_fresh",
             "lift_fresh_copy"}
 """Ops that synchronise with the host on CUDA (scalar reads, data-dependent shapes) or copy host data to
@@ -50,19 +47,9 @@ class HostOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    from trafficbots_gym.model.checkpoint import save_checkpoint
-    torch.manual_seed(0)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", TrafficBots(TrafficBotsConfig(**TINY)))
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.safetensors", **MODEL)
 
 
 def _vec_env(background: str, checkpoint: Path, num_envs: int = 2, **kwargs) -> TrafficBotsVecEnv:
@@ -134,8 +121,7 @@ def _scenes(n: int) -> SceneBatch:
 
 
 def test_policy_reset_encodes_in_chunks_with_the_same_result_as_one_chunk():
-    torch.manual_seed(0)
-    model = TrafficBots(TrafficBotsConfig(**TINY))
+    model = tiny_model(**MODEL)
     batch = _scenes(3)
     chunked, whole = TrafficBotsPolicy(model, encode_chunk=1), TrafficBotsPolicy(model, encode_chunk=64)
     for policy in (chunked, whole):
@@ -148,8 +134,7 @@ def test_policy_reset_encodes_in_chunks_with_the_same_result_as_one_chunk():
 
 
 def test_full_reset_with_the_same_batch_size_reuses_the_policy_buffers():
-    torch.manual_seed(0)
-    policy = TrafficBotsPolicy(TrafficBots(TrafficBotsConfig(**TINY)), encode_chunk=1)
+    policy = TrafficBotsPolicy(tiny_model(**MODEL), encode_chunk=1)
     policy.reset(_scenes(2))
     before = storage_signature(object_tensors(policy))
     policy.reset(_scenes(3).index([1, 2]))
@@ -159,8 +144,7 @@ def test_full_reset_with_the_same_batch_size_reuses_the_policy_buffers():
 
 
 def test_bf16_policy_actions_stay_close_to_fp32():
-    torch.manual_seed(0)
-    model = TrafficBots(TrafficBotsConfig(**TINY))
+    model = tiny_model(**MODEL)
     batch = _scenes(2)
     fp32, bf16 = TrafficBotsPolicy(model), TrafficBotsPolicy(model, autocast_dtype=torch.bfloat16)
     for policy in (fp32, bf16):

@@ -10,20 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from trafficbots_gym.benchmarks import vec_env_speed
 
+from conftest import REFERENCE_SCENES
+
 ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_SCENES = ROOT / "envs_tests" / "fixtures" / "reference_vectors" / "reference_scenes.h5"
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_vec_env_speed_prints_each_row_and_writes_csv_and_plot(tmp_path, capsys):

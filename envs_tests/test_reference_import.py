@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from trafficbots_gym.data.batch import SceneBatch
-from trafficbots_gym.data.h5io import SceneReader
 from trafficbots_gym.model.checkpoint import load_model
 from trafficbots_gym.model.reference_import import (CheckpointImportError, convert_state_dict,
                                                     import_reference_checkpoint, key_table,
@@ -22,43 +20,32 @@ from trafficbots_gym.model.reference_import import (CheckpointImportError, conve
 from trafficbots_gym.model.rollout import RolloutOutput, rollout, sample_destinations
 from trafficbots_gym.model.traffic_bots import TrafficBots
 
-VECTORS = Path(__file__).parent / "fixtures" / "reference_vectors"
-CKPT = VECTORS / "reference_random_init.ckpt"
+from conftest import REFERENCE_CKPT, REFERENCE_VECTORS
 
 ATOL = {"action0": 1e-6, "latent_mean": 1e-6, "action0_std": 1e-6, "latent_std": 1e-6, "latent_logp": 1e-5,
         "action_logp": 1e-5, "dest_logp": 1e-5, "action_mean": 1e-4, "pos": 2e-3, "yaw": 5e-4, "spd": 2e-4}
 EXACT = ("valid", "override", "outside_map", "dest_reached", "steps", "latent_valid", "dest")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread():
-    """One intra-op thread: the reference vectors were made so, and it avoids oversubscribed CI cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def reference_ckpt() -> dict:
-    return torch.load(CKPT, map_location="cpu", weights_only=True)
+    return torch.load(REFERENCE_CKPT, map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module")
 def imported() -> tuple[TrafficBots, dict]:
-    return import_reference_checkpoint(CKPT)
+    return import_reference_checkpoint(REFERENCE_CKPT)
 
 
 @pytest.fixture(scope="module")
-def scenes() -> tuple[SceneBatch, SceneBatch]:
-    reader = SceneReader(VECTORS / "reference_scenes.h5")
-    items = [reader[0], reader[1]]
-    return SceneBatch.from_scenes(items), SceneBatch.from_scenes(items, history_only=True)
+def scenes(reference_scenes) -> tuple[SceneBatch, SceneBatch]:
+    """The reference scenes with the full log, and with the history only."""
+    return SceneBatch.from_scenes(reference_scenes), SceneBatch.from_scenes(reference_scenes, history_only=True)
 
 
 @pytest.fixture(scope="module")
 def vectors() -> dict[str, np.ndarray]:
-    with np.load(VECTORS / "reference_rollouts.npz") as data:
+    with np.load(REFERENCE_VECTORS / "reference_rollouts.npz") as data:
         return {k: data[k] for k in data.files}
 
 
@@ -198,7 +185,7 @@ def test_checkpoints_with_arbitrary_globals_are_refused(tmp_path, reference_ckpt
 
 def test_cli_converts_to_safetensors_that_load_to_the_same_weights(tmp_path, imported, capsys):
     out = tmp_path / "converted.safetensors"
-    assert main([str(CKPT), str(out)]) == 0
+    assert main([str(REFERENCE_CKPT), str(out)]) == 0
     assert "3,395,949 parameters" in capsys.readouterr().out
     loaded = load_model(out)
     assert loaded.cfg == imported[0].cfg
@@ -238,7 +225,7 @@ def test_a_swapped_tensor_fails_the_match(key, pair, dim, reference_ckpt, scenes
     shared_copy = key.replace("model.", "model.latent_encoder.", 1)
     if "transformer_as2" in key:
         ref[shared_copy] = ref[key]
-    model, _ = import_reference_checkpoint(CKPT)
+    model, _ = import_reference_checkpoint(REFERENCE_CKPT)
     model.load_state_dict(convert_state_dict(ref, model))
     prefix = "jfp" if "prior" in key else "rr"
     ours = run_procedure(model, scenes, prefix, n_steps=2)

@@ -12,11 +12,11 @@ from gymnasium.wrappers import RecordVideo
 import trafficbots_gym  # noqa: F401  (registers TrafficBots-v0)
 from trafficbots_gym.rendering import colors
 
-SCENES = Path(__file__).parent / "fixtures" / "reference_vectors" / "reference_scenes.h5"
+from conftest import REFERENCE_SCENES
 
 
 def _make(render_mode: str, **kwargs: object) -> gym.Env:
-    return gym.make("TrafficBots-v0", render_mode=render_mode, scenes=str(SCENES), background="log_replay",
+    return gym.make("TrafficBots-v0", render_mode=render_mode, scenes=str(REFERENCE_SCENES), background="log_replay",
                     device="cpu", horizon=3, render_width=160, render_height=120, render_px_per_m=8.0,
                     disable_env_checker=True, **kwargs)
 

@@ -4,34 +4,21 @@ A small random-init TrafficBots keeps these fast; behaviour is not tested, only 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import STEP_CURRENT
-from trafficbots_gym.data.h5io import SceneReader
-from trafficbots_gym.model.config import TrafficBotsConfig
 from trafficbots_gym.model.policy import TrafficBotsPolicy
 from trafficbots_gym.model.traffic_bots import TrafficBots
 from trafficbots_gym.simulation import BatchedSimulator
 
-FIXTURE = Path(__file__).parent / "fixtures" / "reference_vectors" / "reference_scenes.h5"
-
-
-@pytest.fixture(scope="module")
-def scenes() -> SceneBatch:
-    reader = SceneReader(FIXTURE)
-    return SceneBatch.from_scenes([reader[0], reader[1]])
+from conftest import tiny_model
 
 
 @pytest.fixture(scope="module")
 def model() -> TrafficBots:
-    torch.manual_seed(0)
-    return TrafficBots(TrafficBotsConfig(hidden_dim=32, n_head=2, d_feedforward=32, pe_dim=16, dropout=0.0,
-                                         map_node_layers=1, as2pl_layers=1, as2tl_layers=1, interaction_layers=1,
-                                         gru_layers=1, dest_gru_layers=1))
+    return tiny_model()
 
 
 def _simulator(model: TrafficBots, background: str = "trafficbots", **kwargs) -> BatchedSimulator:
@@ -48,67 +35,68 @@ def _run(sim: BatchedSimulator, batch: SceneBatch, ego: torch.Tensor, n: int, se
     return [sim.step(_expert(batch, ego, STEP_CURRENT + 1 + i)) for i in range(n)]
 
 
-def test_learned_background_moves_agents_away_from_the_log_while_the_ego_follows_its_action(scenes, model):
+def test_learned_background_moves_agents_away_from_the_log_while_the_ego_follows_its_action(reference_batch, model):
     ego = torch.tensor([0, 0])
-    outs = _run(_simulator(model), scenes, ego, n=5)
+    outs = _run(_simulator(model), reference_batch, ego, n=5)
     last, t = outs[-1].state, STEP_CURRENT + 5
-    torch.testing.assert_close(last.pos[:, 0], scenes.agent_pos[:, t, 0], atol=1e-3, rtol=0)
-    both = last.valid & scenes.agent_valid[:, t]
+    torch.testing.assert_close(last.pos[:, 0], reference_batch.agent_pos[:, t, 0], atol=1e-3, rtol=0)
+    both = last.valid & reference_batch.agent_valid[:, t]
     both[:, 0] = False
-    assert (last.pos - scenes.agent_pos[:, t]).norm(dim=-1)[both].max() > 0.1
+    assert (last.pos - reference_batch.agent_pos[:, t]).norm(dim=-1)[both].max() > 0.1
 
 
-def test_same_generator_seed_gives_identical_stochastic_rollouts(scenes, model):
+def test_same_generator_seed_gives_identical_stochastic_rollouts(reference_batch, model):
     ego = torch.tensor([0, 0])
     kwargs = dict(destination="sample", deterministic_action=False)
-    a = _run(_simulator(model, **kwargs), scenes, ego, n=4, seed=3)
-    b = _run(_simulator(model, **kwargs), scenes, ego, n=4, seed=3)
-    c = _run(_simulator(model, **kwargs), scenes, ego, n=4, seed=4)
+    a = _run(_simulator(model, **kwargs), reference_batch, ego, n=4, seed=3)
+    b = _run(_simulator(model, **kwargs), reference_batch, ego, n=4, seed=3)
+    c = _run(_simulator(model, **kwargs), reference_batch, ego, n=4, seed=4)
     for x, y in zip(a, b):
         assert torch.equal(x.state.pos, y.state.pos) and torch.equal(x.state.valid, y.state.valid)
     assert not torch.equal(a[-1].state.pos, c[-1].state.pos)
 
 
-def test_learned_batch_of_two_equals_two_batches_of_one(scenes, model):
+def test_learned_batch_of_two_equals_two_batches_of_one(reference_batch, model):
     ego = torch.tensor([0, 3])
     kwargs = dict(destination="argmax", deterministic_latent=True)
-    both = _run(_simulator(model, **kwargs), scenes, ego, n=4)
+    both = _run(_simulator(model, **kwargs), reference_batch, ego, n=4)
     for row in range(2):
-        one = _run(_simulator(model, **kwargs), scenes.index([row]), ego[row:row + 1], n=4)
+        one = _run(_simulator(model, **kwargs), reference_batch.index([row]), ego[row:row + 1], n=4)
         for x, y in zip(both, one):
             torch.testing.assert_close(x.state.pos[row], y.state.pos[0], atol=1e-5, rtol=0)
             assert torch.equal(x.state.valid[row], y.state.valid[0])
 
 
-def test_learned_reset_with_env_ids_leaves_other_rows_running(scenes, model):
+def test_learned_reset_with_env_ids_leaves_other_rows_running(reference_batch, model):
     ego = torch.tensor([0, 0])
     kwargs = dict(destination="argmax", deterministic_latent=True)
     sim, reference = _simulator(model, **kwargs), _simulator(model, **kwargs)
-    _run(sim, scenes, ego, n=2)
-    _run(reference, scenes, ego, n=2)
-    sim.reset(scenes.index([0]), torch.tensor([0]), env_ids=torch.tensor([1]))
+    _run(sim, reference_batch, ego, n=2)
+    _run(reference, reference_batch, ego, n=2)
+    sim.reset(reference_batch.index([0]), torch.tensor([0]), env_ids=torch.tensor([1]))
     fresh = _simulator(model, **kwargs)
-    fresh.reset(scenes.index([0]), torch.tensor([0]))
+    fresh.reset(reference_batch.index([0]), torch.tensor([0]))
     for t in range(13, 16):
-        action = _expert(scenes, ego, t)
-        out = sim.step(torch.stack([action[0], _expert(scenes, ego, t - 2)[0]]))
+        action = _expert(reference_batch, ego, t)
+        out = sim.step(torch.stack([action[0], _expert(reference_batch, ego, t - 2)[0]]))
         ref = reference.step(action)
-        one = fresh.step(_expert(scenes, ego, t - 2)[:1])
+        one = fresh.step(_expert(reference_batch, ego, t - 2)[:1])
         torch.testing.assert_close(out.state.pos[0], ref.state.pos[0], atol=1e-5, rtol=0)
         torch.testing.assert_close(out.state.pos[1], one.state.pos[0], atol=1e-5, rtol=0)
 
 
-def test_mixed_background_drives_only_agents_near_the_ego_and_replays_the_rest(scenes, model):
+def test_mixed_background_drives_only_agents_near_the_ego_and_replays_the_rest(reference_batch, model):
     ego = torch.tensor([0, 0])
     sim = _simulator(model, "mixed", mixed_radius=25.0)
-    outs = _run(sim, scenes, ego, n=5)
-    pos10 = scenes.agent_pos[:, STEP_CURRENT]
+    outs = _run(sim, reference_batch, ego, n=5)
+    pos10 = reference_batch.agent_pos[:, STEP_CURRENT]
     near = (pos10 - pos10[:, :1]).norm(dim=-1) <= 25.0
-    expected = near & scenes.agent_valid[:, STEP_CURRENT]
+    expected = near & reference_batch.agent_valid[:, STEP_CURRENT]
     expected[:, 0] = False
     assert torch.equal(sim.reactive, expected)
     t = STEP_CURRENT + 5
-    replay = ~sim.reactive & scenes.agent_valid[:, t]
+    replay = ~sim.reactive & reference_batch.agent_valid[:, t]
     replay[:, 0] = False
-    assert torch.equal(outs[-1].state.pos[replay], scenes.agent_pos[:, t][replay])
-    assert (outs[-1].state.pos - scenes.agent_pos[:, t]).norm(dim=-1)[sim.reactive & outs[-1].state.valid].max() > 0.1
+    assert torch.equal(outs[-1].state.pos[replay], reference_batch.agent_pos[:, t][replay])
+    moved = (outs[-1].state.pos - reference_batch.agent_pos[:, t]).norm(dim=-1)
+    assert moved[sim.reactive & outs[-1].state.valid].max() > 0.1

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +12,8 @@ from trafficbots_gym.data.h5io import SceneReader
 from trafficbots_gym.simulation import metrics as M
 from trafficbots_gym.simulation.state import AgentState
 
-FIXTURE = Path(__file__).parent / "fixtures" / "reference_vectors" / "reference_scenes.h5"
+from conftest import REFERENCE_SCENES
+
 VEH, PED = [True, False, False], [False, True, False]
 
 
@@ -133,7 +133,7 @@ def test_offroad_ignores_pedestrians_and_invalid_agents():
 
 
 def test_lane_distance_matches_brute_force_on_reference_scenes():
-    reader = SceneReader(FIXTURE)
+    reader = SceneReader(REFERENCE_SCENES)
     batch = SceneBatch.from_scenes([reader[0], reader[1]])
     geom = M.MapGeometry.from_batch(batch)
     bound = batch.map_boundary
@@ -152,7 +152,7 @@ def test_lane_distance_matches_brute_force_on_reference_scenes():
 
 
 def test_map_geometry_rows_can_be_replaced_by_scenes_with_more_polylines():
-    reader = SceneReader(FIXTURE)
+    reader = SceneReader(REFERENCE_SCENES)
     batch = SceneBatch.from_scenes([reader[1], reader[1]])
     small = M.MapGeometry.from_batch(batch)
     big = M.MapGeometry.from_batch(SceneBatch.from_scenes([reader[0]]))

@@ -2,25 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import fields
-from pathlib import Path
 
 import pytest
 import torch
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import N_STEP, STEP_CURRENT, MapType, TLState
-from trafficbots_gym.data.h5io import SceneReader
 from trafficbots_gym.simulation import BACKGROUNDS, BatchedSimulator
 from trafficbots_gym.simulation.dynamics import unicycle_step
 
-FIXTURE = Path(__file__).parent / "fixtures" / "reference_vectors" / "reference_scenes.h5"
 NON_LEARNED = ("log_replay", "constant_velocity", "idm")
-
-
-@pytest.fixture(scope="module")
-def scenes() -> SceneBatch:
-    reader = SceneReader(FIXTURE)
-    return SceneBatch.from_scenes([reader[0], reader[1]])
 
 
 def _expert_action(batch: SceneBatch, ego: torch.Tensor, step: int) -> torch.Tensor:
@@ -113,38 +104,38 @@ def test_learned_backgrounds_require_a_policy(name):
         BatchedSimulator(background=name)
 
 
-def test_reset_starts_from_the_logged_current_step(scenes):
+def test_reset_starts_from_the_logged_current_step(reference_batch):
     sim = BatchedSimulator(background="idm")
-    sim.reset(scenes, torch.tensor([0, 0]))
+    sim.reset(reference_batch, torch.tensor([0, 0]))
     assert sim.step_index.tolist() == [STEP_CURRENT, STEP_CURRENT]
-    assert torch.equal(sim.state.valid, scenes.agent_valid[:, STEP_CURRENT])
-    assert torch.equal(sim.state.pos[sim.state.valid], scenes.agent_pos[:, STEP_CURRENT][sim.state.valid])
+    assert torch.equal(sim.state.valid, reference_batch.agent_valid[:, STEP_CURRENT])
+    assert torch.equal(sim.state.pos[sim.state.valid], reference_batch.agent_pos[:, STEP_CURRENT][sim.state.valid])
 
 
-def test_reset_rejects_an_ego_that_is_not_valid_at_the_current_step(scenes):
-    invalid = int((~scenes.agent_valid[1, STEP_CURRENT]).nonzero()[0])
+def test_reset_rejects_an_ego_that_is_not_valid_at_the_current_step(reference_batch):
+    invalid = int((~reference_batch.agent_valid[1, STEP_CURRENT]).nonzero()[0])
     with pytest.raises(ValueError, match="not valid at step 10"):
-        BatchedSimulator(background="log_replay").reset(scenes, torch.tensor([0, invalid]))
+        BatchedSimulator(background="log_replay").reset(reference_batch, torch.tensor([0, invalid]))
 
 
-def test_log_replay_with_expert_ego_actions_reproduces_the_log_for_80_steps(scenes):
+def test_log_replay_with_expert_ego_actions_reproduces_the_log_for_80_steps(reference_batch):
     ego = torch.tensor([0, 0])
-    outs = _rollout(BatchedSimulator(background="log_replay"), scenes, ego)
+    outs = _rollout(BatchedSimulator(background="log_replay"), reference_batch, ego)
     for i, out in enumerate(outs):
         t = STEP_CURRENT + 1 + i
         assert out.step.tolist() == [t, t]
-        assert torch.equal(out.state.valid, scenes.agent_valid[:, t])
+        assert torch.equal(out.state.valid, reference_batch.agent_valid[:, t])
         v = out.state.valid
-        assert torch.equal(out.state.pos[:, 1:][v[:, 1:]], scenes.agent_pos[:, t, 1:][v[:, 1:]])
-        torch.testing.assert_close(out.state.pos[:, 0], scenes.agent_pos[:, t, 0], atol=1e-3, rtol=0)
-        torch.testing.assert_close(out.state.yaw[:, 0], scenes.agent_yaw[:, t, 0], atol=1e-4, rtol=0)
+        assert torch.equal(out.state.pos[:, 1:][v[:, 1:]], reference_batch.agent_pos[:, t, 1:][v[:, 1:]])
+        torch.testing.assert_close(out.state.pos[:, 0], reference_batch.agent_pos[:, t, 0], atol=1e-3, rtol=0)
+        torch.testing.assert_close(out.state.yaw[:, 0], reference_batch.agent_yaw[:, t, 0], atol=1e-4, rtol=0)
     final = outs[-1]
     torch.testing.assert_close(final.ego_progress, final.ego_path_length, atol=1e-2, rtol=0)
     assert final.ego_dist_to_goal.max() < 1e-2 and final.ego_log_distance.max() < 1e-3
 
 
-def test_log_replay_agents_vanish_after_the_log_and_traffic_lights_hold(scenes):
-    short = _truncate(scenes, 21)
+def test_log_replay_agents_vanish_after_the_log_and_traffic_lights_hold(reference_batch):
+    short = _truncate(reference_batch, 21)
     sim = BatchedSimulator(background="log_replay")
     outs = _rollout(sim, short, torch.tensor([0, 0]), n=11)
     assert outs[-1].step.tolist() == [21, 21]
@@ -155,33 +146,33 @@ def test_log_replay_agents_vanish_after_the_log_and_traffic_lights_hold(scenes):
     assert torch.equal(pos, short.tl_pos[:, -1])
 
 
-def test_constant_velocity_keeps_speed_and_heading(scenes):
+def test_constant_velocity_keeps_speed_and_heading(reference_batch):
     sim = BatchedSimulator(background="constant_velocity")
-    outs = _rollout(sim, scenes, torch.tensor([0, 0]), n=30)
-    start = scenes.agent_valid[:, STEP_CURRENT].clone()
+    outs = _rollout(sim, reference_batch, torch.tensor([0, 0]), n=30)
+    start = reference_batch.agent_valid[:, STEP_CURRENT].clone()
     start[:, 0] = False
     alive = start & outs[-1].state.valid
     assert alive.sum() > 50
-    torch.testing.assert_close(outs[-1].state.spd[alive], scenes.agent_spd[:, STEP_CURRENT][alive])
-    torch.testing.assert_close(outs[-1].state.yaw[alive], scenes.agent_yaw[:, STEP_CURRENT][alive])
+    torch.testing.assert_close(outs[-1].state.spd[alive], reference_batch.agent_spd[:, STEP_CURRENT][alive])
+    torch.testing.assert_close(outs[-1].state.yaw[alive], reference_batch.agent_yaw[:, STEP_CURRENT][alive])
     assert (outs[-1].state.acc[alive] == 0).all() and (outs[-1].state.yaw_rate[alive] == 0).all()
 
 
 @pytest.mark.parametrize("name", ["constant_velocity", "idm"])
-def test_reactive_agents_spawn_at_their_logged_state_when_they_appear(scenes, name):
+def test_reactive_agents_spawn_at_their_logged_state_when_they_appear(reference_batch, name):
     # scene 0: agent 36 first appears at step 18; scene 1: agent 38 at step 53
     sim = BatchedSimulator(background=name)
-    outs = _rollout(sim, _truncate(scenes, 55), torch.tensor([0, 0]), n=44)
+    outs = _rollout(sim, _truncate(reference_batch, 55), torch.tensor([0, 0]), n=44)
     for row, agent, step in [(0, 36, 18), (1, 38, 53)]:
         before, at = outs[step - STEP_CURRENT - 2].state, outs[step - STEP_CURRENT - 1].state
         assert not before.valid[row, agent] and at.valid[row, agent]
-        assert torch.equal(at.pos[row, agent], scenes.agent_pos[row, step, agent])
-        assert torch.equal(at.spd[row, agent], scenes.agent_spd[row, step, agent])
+        assert torch.equal(at.pos[row, agent], reference_batch.agent_pos[row, step, agent])
+        assert torch.equal(at.spd[row, agent], reference_batch.agent_spd[row, step, agent])
 
 
 @pytest.mark.parametrize("name", ["constant_velocity", "idm"])
-def test_reactive_agents_keep_driving_after_the_log_ends(scenes, name):
-    short = _truncate(scenes, 21)
+def test_reactive_agents_keep_driving_after_the_log_ends(reference_batch, name):
+    short = _truncate(reference_batch, 21)
     outs = _rollout(BatchedSimulator(background=name), short, torch.tensor([0, 0]), n=14)
     last = outs[-1].state
     assert (last.valid.sum(-1) > 10).all()
@@ -250,19 +241,19 @@ def test_ego_actions_are_clipped_to_the_vehicle_limits():
 
 
 @pytest.mark.parametrize("name", NON_LEARNED)
-def test_rollouts_are_deterministic(scenes, name):
-    a = _rollout(BatchedSimulator(background=name), scenes, torch.tensor([0, 0]), n=10)
-    b = _rollout(BatchedSimulator(background=name), scenes, torch.tensor([0, 0]), n=10)
+def test_rollouts_are_deterministic(reference_batch, name):
+    a = _rollout(BatchedSimulator(background=name), reference_batch, torch.tensor([0, 0]), n=10)
+    b = _rollout(BatchedSimulator(background=name), reference_batch, torch.tensor([0, 0]), n=10)
     for x, y in zip(a, b):
         _assert_same_output(x, y)
 
 
 @pytest.mark.parametrize("name", NON_LEARNED)
-def test_batch_of_two_equals_two_batches_of_one(scenes, name):
+def test_batch_of_two_equals_two_batches_of_one(reference_batch, name):
     ego = torch.tensor([0, 2])
-    both = _rollout(BatchedSimulator(background=name), scenes, ego, n=10)
+    both = _rollout(BatchedSimulator(background=name), reference_batch, ego, n=10)
     for row in range(2):
-        single = _rollout(BatchedSimulator(background=name), scenes.index([row]), ego[row:row + 1], n=10)
+        single = _rollout(BatchedSimulator(background=name), reference_batch.index([row]), ego[row:row + 1], n=10)
         for x, y in zip(both, single):
             assert torch.equal(x.state.pos[row], y.state.pos[0]) and torch.equal(x.state.valid[row], y.state.valid[0])
             assert torch.equal(x.collided[row], y.collided[0]) and torch.equal(x.offroad[row], y.offroad[0])
@@ -270,24 +261,24 @@ def test_batch_of_two_equals_two_batches_of_one(scenes, name):
 
 
 @pytest.mark.parametrize("name", NON_LEARNED)
-def test_reset_with_env_ids_replaces_only_those_rows(scenes, name):
+def test_reset_with_env_ids_replaces_only_those_rows(reference_batch, name):
     ego = torch.tensor([0, 0])
     sim = BatchedSimulator(background=name)
-    sim.reset(scenes, ego)
+    sim.reset(reference_batch, ego)
     reference = BatchedSimulator(background=name)
-    reference.reset(scenes, ego)
+    reference.reset(reference_batch, ego)
     for t in range(11, 16):
-        sim.step(_expert_action(scenes, ego, t))
-        reference.step(_expert_action(scenes, ego, t))
+        sim.step(_expert_action(reference_batch, ego, t))
+        reference.step(_expert_action(reference_batch, ego, t))
     # row 1 gets scene 0 (ego slot 2) as a fresh scene; row 0 continues
-    sim.reset(scenes.index([0]), torch.tensor([2]), env_ids=torch.tensor([1]))
+    sim.reset(reference_batch.index([0]), torch.tensor([2]), env_ids=torch.tensor([1]))
     assert sim.step_index.tolist() == [15, STEP_CURRENT]
     assert sim.ego_index.tolist() == [0, 2]
-    assert torch.equal(sim.batch.agent_pos[1], scenes.agent_pos[0])
+    assert torch.equal(sim.batch.agent_pos[1], reference_batch.agent_pos[0])
     fresh = BatchedSimulator(background=name)
-    fresh.reset(scenes.index([0]), torch.tensor([2]))
+    fresh.reset(reference_batch.index([0]), torch.tensor([2]))
     for t in range(16, 26):
-        action = _expert_action(scenes, ego, t)
+        action = _expert_action(reference_batch, ego, t)
         out = sim.step(torch.stack([action[0], torch.zeros(2)]))
         ref = reference.step(action)
         one = fresh.step(torch.zeros(1, 2))
@@ -296,13 +287,13 @@ def test_reset_with_env_ids_replaces_only_those_rows(scenes, name):
         assert torch.equal(out.offroad[1], one.offroad[0])
 
 
-def test_reset_with_env_ids_accepts_a_full_batch(scenes):
+def test_reset_with_env_ids_accepts_a_full_batch(reference_batch):
     sim = BatchedSimulator(background="idm")
-    sim.reset(scenes, torch.tensor([0, 0]))
+    sim.reset(reference_batch, torch.tensor([0, 0]))
     sim.step(torch.zeros(2, 2))
-    swapped = scenes.index([1, 0])
+    swapped = reference_batch.index([1, 0])
     sim.reset(swapped, torch.tensor([0, 0]), env_ids=torch.tensor([0]))
-    assert torch.equal(sim.batch.agent_pos[0], scenes.agent_pos[1])
+    assert torch.equal(sim.batch.agent_pos[0], reference_batch.agent_pos[1])
     assert sim.step_index.tolist() == [STEP_CURRENT, STEP_CURRENT + 1]
 
 
@@ -310,13 +301,13 @@ def test_backgrounds_constant_lists_every_mode():
     assert BACKGROUNDS == ("log_replay", "constant_velocity", "idm", "trafficbots", "mixed")
 
 
-def test_step_without_ego_action_moves_the_ego_like_the_background(scenes):
+def test_step_without_ego_action_moves_the_ego_like_the_background(reference_batch):
     replay = BatchedSimulator(background="log_replay")
-    replay.reset(scenes, torch.tensor([0, 0]))
+    replay.reset(reference_batch, torch.tensor([0, 0]))
     cv = BatchedSimulator(background="constant_velocity")
-    cv.reset(scenes, torch.tensor([0, 0]))
+    cv.reset(reference_batch, torch.tensor([0, 0]))
     for _ in range(5):
         logged, kept = replay.step(None), cv.step(None)
-    assert torch.equal(logged.state.pos[:, 0], scenes.agent_pos[:, STEP_CURRENT + 5, 0])
-    torch.testing.assert_close(kept.state.spd[:, 0], scenes.agent_spd[:, STEP_CURRENT, 0])
+    assert torch.equal(logged.state.pos[:, 0], reference_batch.agent_pos[:, STEP_CURRENT + 5, 0])
+    torch.testing.assert_close(kept.state.spd[:, 0], reference_batch.agent_spd[:, STEP_CURRENT, 0])
     assert (kept.state.acc[:, 0] == 0).all()

@@ -11,7 +11,7 @@ from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.h5io import SceneFormatError
 from training.datamodule import H5SceneDataModule, ReplacementSampler, SynthCorpusDataModule, make_datamodule
 
-SCENES = Path(__file__).parent / "fixtures" / "reference_vectors" / "reference_scenes.h5"
+from conftest import REFERENCE_SCENES
 
 
 def test_replacement_sampler_draws_epoch_size_indices_with_replacement_and_a_new_draw_each_epoch() -> None:
@@ -34,9 +34,9 @@ def test_replacement_sampler_rejects_empty_data() -> None:
 
 
 def test_h5_datamodule_reads_reference_split_names_from_a_data_dir(tmp_path: Path) -> None:
-    shutil.copy(SCENES, tmp_path / "training.h5")
+    shutil.copy(REFERENCE_SCENES, tmp_path / "training.h5")
     (tmp_path / "validation").mkdir()
-    shutil.copy(SCENES, tmp_path / "validation" / "shard_000.h5")
+    shutil.copy(REFERENCE_SCENES, tmp_path / "validation" / "shard_000.h5")
     dm = H5SceneDataModule(data_dir=tmp_path, batch_size=2, num_workers=0, pin_memory=False, epoch_size=3)
     dm.setup("fit")
     train = list(dm.train_dataloader())
@@ -54,8 +54,8 @@ def test_h5_datamodule_names_the_missing_split(tmp_path: Path) -> None:
 
 
 def test_h5_datamodule_takes_explicit_files_per_split_with_workers() -> None:
-    dm = H5SceneDataModule(files={"train": [SCENES, SCENES], "val": SCENES}, batch_size=4, num_workers=1,
-                           pin_memory=False, epoch_size=4, seed=1)
+    dm = H5SceneDataModule(files={"train": [REFERENCE_SCENES, REFERENCE_SCENES], "val": REFERENCE_SCENES}, batch_size=4,
+                           num_workers=1, pin_memory=False, epoch_size=4, seed=1)
     dm.setup("fit")
     assert len(dm.dataset("train")) == 4  # two shards of two scenes
     batch = next(iter(dm.train_dataloader()))
@@ -64,11 +64,11 @@ def test_h5_datamodule_takes_explicit_files_per_split_with_workers() -> None:
 
 def test_h5_datamodule_rejects_unknown_split_keys() -> None:
     with pytest.raises(ValueError, match="trainnig"):
-        H5SceneDataModule(files={"trainnig": SCENES})
+        H5SceneDataModule(files={"trainnig": REFERENCE_SCENES})
 
 
 def test_make_datamodule_dispatches_on_source_and_rejects_unknown_sources() -> None:
-    assert isinstance(make_datamodule("h5", files={"val": SCENES}, num_workers=0), H5SceneDataModule)
+    assert isinstance(make_datamodule("h5", files={"val": REFERENCE_SCENES}, num_workers=0), H5SceneDataModule)
     with pytest.raises(ValueError, match="tfrecord"):
         make_datamodule("tfrecord")
 

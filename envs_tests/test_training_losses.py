@@ -3,17 +3,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import pytest
 import torch
 
-from trafficbots_gym.data import SceneReader
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.model.losses import (LossConfig, dest_nll, imitation_loss, imitation_per_step,
                                           kl_diag_gaussian, kl_loss, training_losses)
-
-SCENES = Path(__file__).parent / "fixtures" / "reference_vectors" / "reference_scenes.h5"
 
 
 @dataclass
@@ -35,38 +31,33 @@ class FakeRollout:
     dest_valid: torch.Tensor | None = None
 
 
-@pytest.fixture(scope="module")
-def batch() -> SceneBatch:
-    return SceneBatch.from_scenes(list(SceneReader(SCENES)))
-
-
 def log_replay(batch: SceneBatch) -> FakeRollout:
     """A rollout that reproduces the log exactly (prediction index i = step i + 1)."""
     return FakeRollout(pred_pos=batch.agent_pos[:, 1:].clone(), pred_yaw=batch.agent_yaw[:, 1:].clone(),
                        pred_spd=batch.agent_spd[:, 1:].clone(), pred_valid=batch.agent_valid[:, :-1].clone())
 
 
-def test_imitation_loss_is_zero_when_prediction_equals_log(batch: SceneBatch) -> None:
-    assert imitation_loss(log_replay(batch), batch).item() == 0.0
+def test_imitation_loss_is_zero_when_prediction_equals_log(reference_batch: SceneBatch) -> None:
+    assert imitation_loss(log_replay(reference_batch), reference_batch).item() == 0.0
 
 
-def test_imitation_loss_matches_reference_formula_for_a_constant_offset(batch: SceneBatch) -> None:
-    out = log_replay(batch)
+def test_imitation_loss_matches_reference_formula_for_a_constant_offset(reference_batch: SceneBatch) -> None:
+    out = log_replay(reference_batch)
     out.pred_pos = out.pred_pos + torch.tensor([0.5, -3.0])  # SmoothL1: 0.5*0.5^2 = 0.125 and 3-0.5 = 2.5
     out.pred_yaw = out.pred_yaw + math.pi / 2                 # 10 * 0.5 * (1 - cos) = 5
     out.pred_spd = out.pred_spd + 2.0                         # SmoothL1 = 1.5
     expected = 0.1 * (0.125 + 2.5) + 5.0 + 0.1 * 1.5
-    assert imitation_loss(out, batch).item() == pytest.approx(expected, rel=1e-5)
+    assert imitation_loss(out, reference_batch).item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_imitation_loss_ignores_history_steps_and_invalid_predictions(batch: SceneBatch) -> None:
-    out = log_replay(batch)
+def test_imitation_loss_ignores_history_steps_and_invalid_predictions(reference_batch: SceneBatch) -> None:
+    out = log_replay(reference_batch)
     out.pred_pos[:, :10] += 100.0          # steps 1..10 are teacher forced, never scored
     out.pred_valid[:, 50:, 3] = False
     out.pred_pos[:, 50:, 3] += 100.0       # agent 3 is not simulated after step 50
-    assert imitation_loss(out, batch).item() == 0.0
+    assert imitation_loss(out, reference_batch).item() == 0.0
     out.pred_pos[:, 10] += 1.0             # step 11 is the first scored step
-    assert imitation_loss(out, batch).item() > 0.0
+    assert imitation_loss(out, reference_batch).item() > 0.0
 
 
 def test_imitation_per_step_is_differentiable_and_minimal_at_the_log() -> None:
@@ -113,27 +104,27 @@ def test_dest_nll_is_log_of_class_count_for_uniform_logits_and_skips_impossible_
     assert dest_nll(logits, dest, torch.tensor([[False, True]])).item() == 0.0
 
 
-def test_training_losses_weight_the_terms_like_the_reference(batch: SceneBatch) -> None:
-    out = log_replay(batch)
+def test_training_losses_weight_the_terms_like_the_reference(reference_batch: SceneBatch) -> None:
+    out = log_replay(reference_batch)
     out.pred_spd = out.pred_spd + 2.0
-    b, a = batch.agent_dest.shape
+    b, a = reference_batch.agent_dest.shape
     valid = torch.ones(b, a, dtype=torch.bool)
     out.latent_post = Gaussian(torch.ones(b, a, 16), torch.zeros(16), valid)
     out.latent_prior = Gaussian(torch.zeros(b, a, 16), torch.zeros(16), valid)
     out.dest_logits, out.dest_valid = torch.zeros(b, a, 1024), valid
-    losses = training_losses(out, batch)
+    losses = training_losses(out, reference_batch)
     assert set(losses) == {"loss", "imitation", "kl", "dest_nll"}
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
     assert losses["imitation"].item() == pytest.approx(0.15, rel=1e-5)
     assert losses["kl"].item() == pytest.approx(8.0)
     assert losses["dest_nll"].item() == pytest.approx(math.log(1024), rel=1e-6)
     assert losses["loss"].item() == pytest.approx(0.15 + 0.1 * 8.0 + math.log(1024), rel=1e-5)
-    custom = training_losses(out, batch, replace(LossConfig(), w_kl=0.0, w_dest=2.0))
+    custom = training_losses(out, reference_batch, replace(LossConfig(), w_kl=0.0, w_dest=2.0))
     assert custom["loss"].item() == pytest.approx(0.15 + 2 * math.log(1024), rel=1e-5)
 
 
-def test_training_losses_without_latent_or_destination_are_imitation_only(batch: SceneBatch) -> None:
-    losses = training_losses(log_replay(batch), batch)
+def test_training_losses_without_latent_or_destination_are_imitation_only(reference_batch: SceneBatch) -> None:
+    losses = training_losses(log_replay(reference_batch), reference_batch)
     assert losses["kl"].item() == 0.0 and losses["dest_nll"].item() == 0.0 and losses["loss"].item() == 0.0
 
 

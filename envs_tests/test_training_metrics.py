@@ -1,19 +1,15 @@
 """Specification of the closed-loop validation metrics (training.metrics)."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
 
-from trafficbots_gym.data import SceneReader
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import AgentType
+from trafficbots_gym.data.scene import Scene
 from training.metrics import MetricSums, free_steps, rollout_metrics
-
-SCENES = Path(__file__).parent / "fixtures" / "reference_vectors" / "reference_scenes.h5"
 
 
 @dataclass
@@ -29,18 +25,10 @@ class FakeRollout:
     dest_valid: torch.Tensor
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a small shared CPU, thread hand-offs cost more than they gain."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def batch() -> SceneBatch:
-    return SceneBatch.from_scenes([SceneReader(SCENES)[1]])
+def batch(reference_scenes: list[Scene]) -> SceneBatch:
+    """The second reference scene alone."""
+    return SceneBatch.from_scenes(reference_scenes[1:])
 
 
 def log_replay(batch: SceneBatch, n_steps: int = 30) -> FakeRollout:

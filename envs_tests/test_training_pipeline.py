@@ -5,7 +5,6 @@ Runs on CPU on the two reference scenes with the ``model=tiny`` preset (20-step 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,36 +12,27 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from trafficbots_gym.data import SceneReader
 from trafficbots_gym.data.batch import SceneBatch
+from trafficbots_gym.data.scene import Scene
 from trafficbots_gym.model.checkpoint import load_model
 from trafficbots_gym.model.losses import training_losses
 from training.lightning_module import MODEL_CONFIG_KEY, TrafficBotsModule
 from training.run import checkpoint_kind, run
 
-FIXTURES = Path(__file__).parent / "fixtures" / "reference_vectors"
-SCENES = FIXTURES / "reference_scenes.h5"
-REFERENCE_CKPT = FIXTURES / "reference_random_init.ckpt"
+from conftest import REFERENCE_CKPT, REFERENCE_SCENES, TINY_MODEL
+
 CONF = Path(__file__).resolve().parent.parent / "training" / "conf"
 METRICS = ("ade", "fde", "collision_rate", "offroad_rate", "outside_map_rate", "dest_reached_rate", "dest_accuracy")
 
 
 def make_cfg(out: Path, *overrides: str) -> DictConfig:
     """The run config on the fixture scenes, tiny model, no worker processes, no progress bar."""
-    base = [f"output_dir={out}", "model=tiny", f"+datamodule.files={{train: {SCENES}, val: {SCENES}, test: {SCENES}}}",
-            "datamodule.num_workers=0", "datamodule.batch_size=1", "datamodule.pin_memory=false",
-            "trainer.enable_progress_bar=false", "trainer.accelerator=cpu", "trainer.log_every_n_steps=1"]
+    files = f"{{train: {REFERENCE_SCENES}, val: {REFERENCE_SCENES}, test: {REFERENCE_SCENES}}}"
+    base = [f"output_dir={out}", "model=tiny", f"+datamodule.files={files}", "datamodule.num_workers=0",
+            "datamodule.batch_size=1", "datamodule.pin_memory=false", "trainer.enable_progress_bar=false",
+            "trainer.accelerator=cpu", "trainer.log_every_n_steps=1"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("run", overrides=base + list(overrides))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: on a small shared CPU, thread hand-offs cost more than they gain."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +55,10 @@ def test_fast_dev_run_fit_on_two_scenes_gives_finite_losses_and_closed_loop_metr
     assert (tmp_path / "export" / "last.safetensors").is_file()
 
 
-def test_loss_decreases_when_overfitting_one_repeated_batch() -> None:
+def test_loss_decreases_when_overfitting_one_repeated_batch(reference_scenes: list[Scene]) -> None:
     torch.manual_seed(0)
-    batch = SceneBatch.from_scenes([SceneReader(SCENES)[1]])
-    module = TrafficBotsModule(model=dict(hidden_dim=32, n_head=2, d_feedforward=32, dropout=0.0, pe_dim=16,
-                                          map_node_layers=1, as2pl_layers=1, as2tl_layers=1, interaction_layers=1,
-                                          gru_layers=1, dest_gru_layers=1),
+    batch = SceneBatch.from_scenes(reference_scenes[1:])
+    module = TrafficBotsModule(model=dict(TINY_MODEL),
                                optimizer=dict(lr=1e-2, lr_goal=1e-2), p_training_rollout_prior=0.0, n_rollout_steps=20)
     opt = module.configure_optimizers()["optimizer"]
     losses = []

@@ -68,7 +68,7 @@ def reference_scenes() -> list[Scene]:
 
 @pytest.fixture(scope="module")
 def reference_batch(reference_scenes: list[Scene]) -> SceneBatch:
-    """The two reference scenes as one batch (one per test module: tests may not share edits)."""
+    """The two reference scenes as one batch, built per test module so an in-place edit stays in its module."""
     return SceneBatch.from_scenes(reference_scenes)
 
 

@@ -1,13 +1,16 @@
 """Synthetic scenes from SUMO runs: SUMO conventions, packing, determinism and log quality."""
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import numpy as np
 import pytest
 
 from trafficbots_gym.data.constants import N_STEP, AgentRole, AgentType
 from trafficbots_gym.data.scene import Scene
 from trafficbots_gym.synth.generate import GenerationConfig, generate_scenes, run_scenes, run_seeds
-from trafficbots_gym.synth.simulate import _tracks_from_samples
+from trafficbots_gym.synth.simulate import SimulationStalled, _tracks_from_samples, run_watched
 
 pytest.importorskip("libsumo", reason="libsumo is not installed")
 
@@ -37,6 +40,31 @@ def test_tracks_are_split_at_teleports_and_missing_steps() -> None:
     tracks = _tracks_from_samples(samples, {"v": (0, 4.0, 1.8, 1.5)})
     assert tracks.start.tolist() == [0, 2, 5] and tracks.length.tolist() == [2, 2, 1]
     assert len(set(tracks.object_id.tolist())) == 3
+
+
+def _count_to(n: int, progress: Any) -> int:
+    for _ in range(n):
+        progress.value += 1
+    return n
+
+
+def _hang(progress: Any) -> None:
+    while True:
+        time.sleep(0.05)
+
+
+def _fail(progress: Any) -> None:
+    raise ValueError("bad route file")
+
+
+def test_watched_simulations_return_results_and_errors_and_stop_when_stalled() -> None:
+    assert run_watched(_count_to, (1000,), stall_seconds=5.0) == 1000
+    with pytest.raises(ValueError, match="bad route file"):
+        run_watched(_fail, (), stall_seconds=5.0)
+    start = time.monotonic()
+    with pytest.raises(SimulationStalled):
+        run_watched(_hang, (), stall_seconds=0.5)
+    assert time.monotonic() - start < 10.0
 
 
 def test_generated_scenes_validate_with_a_moving_sdc_at_index_zero(scenes: list[Scene]) -> None:

@@ -16,7 +16,7 @@ training) so it plugs into a DataLoader with ``collate_arrays``.
 from __future__ import annotations
 
 import json
-import multiprocessing
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +31,14 @@ from trafficbots_gym.data.constants import N_STEP, SPLITS
 from trafficbots_gym.data.h5io import atomic_path
 from trafficbots_gym.data.packing import pack_scenario
 from trafficbots_gym.data.raw import RawPolyline
-from trafficbots_gym.synth.generate import run_seeds
+from trafficbots_gym.synth.generate import process_pool, run_seeds
 from trafficbots_gym.synth.roadmap import RoadMap, TlLinks
 from trafficbots_gym.synth.runs import RunSpec, execute_run, sample_run_spec
-from trafficbots_gym.synth.simulate import SimLog, TrackLog
+from trafficbots_gym.synth.simulate import SimLog, SimulationStalled, TrackLog
+from trafficbots_gym.synth.sumo_tools import SumoToolError
 from trafficbots_gym.synth.windows import candidate_windows, cut_window
+
+logger = logging.getLogger(__name__)
 
 CORPUS_VERSION: int = 1
 WINDOW_STRIDE: int = 10
@@ -209,10 +212,14 @@ def _decode_tracks(a: dict[str, np.ndarray]) -> TrackLog:
 # --------------------------------------------------------------------------------------------------
 
 
-def _build_one(args: tuple[int, str, int, float, str]) -> tuple[str, int]:
+def _build_one(args: tuple[int, str, int, float, str]) -> tuple[str, int] | None:
     run_seed, split, index, duration, out_dir = args
     spec = sample_run_spec(run_seed, duration)
-    road_map, log = execute_run(spec)
+    try:
+        road_map, log = execute_run(spec)
+    except (SumoToolError, SimulationStalled) as e:
+        logger.warning("run %s skipped: %s", spec.tag, e)
+        return None
     path = save_run(Path(out_dir) / run_file_name(split, index), spec, split, road_map, log)
     return str(path), int(len(read_windows(path)))
 
@@ -221,20 +228,21 @@ def build_corpus(out_dir: str | os.PathLike, runs: dict[str, int], seed: int, du
                  workers: int = 1) -> list[tuple[str, int]]:
     """Simulate ``runs[split]`` runs of ``duration`` seconds per split into ``out_dir``.
 
-    Returns (file, distinct windows) per run, in order; shows a progress bar. Runs are simulated
-    in ``workers`` processes (libsumo allows one simulation per process).
+    Returns (file, distinct windows) per stored run, in order (a run whose tools fail or whose
+    simulation stalls is skipped with a warning); shows a progress bar. Runs are simulated in
+    ``workers`` processes.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     jobs = [(s, split, k, duration, str(out)) for split, n in runs.items()
             for k, s in enumerate(run_seeds(seed, split, n))]
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    pool = process_pool(workers)
     try:
-        results = pool.imap(_build_one, jobs) if pool is not None else map(_build_one, jobs)
-        return list(tqdm(results, total=len(jobs), desc="corpus runs", unit="run"))
+        results = pool.map(_build_one, jobs) if pool is not None else map(_build_one, jobs)
+        return [r for r in tqdm(results, total=len(jobs), desc="corpus runs", unit="run") if r is not None]
     finally:
         if pool is not None:
-            pool.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 # --------------------------------------------------------------------------------------------------

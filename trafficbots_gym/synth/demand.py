@@ -51,7 +51,7 @@ def sample_demand_spec(rng: np.random.Generator, seed: int, end: float, sidewalk
     return DemandSpec(
         seed=seed, end=end, vehicle_density=float(rng.uniform(60.0, 180.0)),
         bike_period=float(rng.choice((0.0, 2.0, 5.0))),
-        ped_period=float(rng.uniform(0.5, 2.0)) if sidewalks else 0.0,
+        ped_period=float(rng.uniform(0.8, 3.0)) if sidewalks else 0.0,
         fringe_factor=float(rng.choice((2.0, 5.0, 10.0))))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +18,7 @@ from trafficbots_gym.data.constants import N_STEP, SPLITS, STEP_CURRENT
 from trafficbots_gym.data.packing import PackingError, pack_scenario
 from trafficbots_gym.data.scene import Scene
 from trafficbots_gym.synth.runs import RunSpec, execute_run, sample_run_spec
-from trafficbots_gym.synth.simulate import SimLog
+from trafficbots_gym.synth.simulate import SimLog, SimulationStalled
 from trafficbots_gym.synth.sumo_tools import SumoToolError
 from trafficbots_gym.synth.windows import candidate_windows, cut_window
 
@@ -71,7 +72,7 @@ def run_scenes(run_seed: int, config: GenerationConfig) -> list[Scene]:
     spec: RunSpec = sample_run_spec(run_seed, config.duration)
     try:
         road_map, log_ = execute_run(spec)
-    except SumoToolError as e:
+    except (SumoToolError, SimulationStalled) as e:
         log.warning("run %s skipped: %s", spec.tag, e)
         return []
     rng = np.random.default_rng([run_seed, 1])
@@ -99,14 +100,14 @@ def generate_scenes(num_scenes: int, seed: int, config: GenerationConfig, worker
     if num_scenes < 1:
         raise ValueError(f"num_scenes must be >= 1, got {num_scenes}")
     produced, next_run = 0, 0
-    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
+    pool = process_pool(workers)
     try:
         while produced < num_scenes:
             wave = max(workers, -(-(num_scenes - produced) // config.scenes_per_run))
             seeds = run_seeds(seed, config.split, wave, start=next_run)
             next_run += wave
             jobs = [(s, config) for s in seeds]
-            results = pool.imap(_run_scenes_star, jobs) if pool is not None else map(_run_scenes_star, jobs)
+            results = pool.map(_run_scenes_star, jobs) if pool is not None else map(_run_scenes_star, jobs)
             for scenes in results:
                 for scene in scenes[:num_scenes - produced]:
                     produced += 1
@@ -117,4 +118,14 @@ def generate_scenes(num_scenes: int, seed: int, config: GenerationConfig, worker
                 raise RuntimeError(f"only {produced} of {num_scenes} scenes after {next_run} runs")
     finally:
         if pool is not None:
-            pool.terminate()
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor | None:
+    """``workers`` spawned worker processes (None for 1: run in this process).
+
+    Workers are not daemonic, so each can run its simulations in child processes.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) if workers > 1 else None

@@ -1,15 +1,20 @@
 """Run SUMO through libsumo at 10 Hz and record every road user and traffic-light link.
 
-libsumo runs one simulation per process at a time: :func:`simulate` starts, steps and closes it,
-so a process can run several simulations one after the other, and parallel runs need worker
-processes. Recorded tracks are box centres in the SUMO network frame with headings in radians
-counter-clockwise from +x (SUMO angles are degrees clockwise from north, positions are the front
-bumper). A track is split wherever the road user jumps (teleport) or disappears for a step.
+libsumo runs one simulation per process: :func:`simulate` runs each simulation in a fresh child
+process under a stall watchdog (a rare SUMO step can loop forever), so callers may themselves be
+workers of a (non-daemonic) process pool. Recorded tracks are box centres in the SUMO network frame
+with headings in radians counter-clockwise from +x (SUMO angles are degrees clockwise from north,
+positions are the front bumper). A track is split wherever the road user jumps (teleport) or
+disappears for a step.
 """
 from __future__ import annotations
 
+import multiprocessing
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,14 +90,71 @@ def sumo_args(net: Path, routes: list[Path], spec: SimSpec) -> list[str]:
             "--step-length", f"{DT}", "--seed", str(spec.seed), "--begin", "0",
             "--end", f"{spec.warmup + spec.duration + 1:.1f}", "--lanechange.duration", "3",
             "--step-method.ballistic", "true", "--pedestrian.model", "striping",
-            "--pedestrian.striping.jamtime", "20",
+            "--pedestrian.striping.jamtime", "60",
             "--collision.action", "remove", "--collision.check-junctions", "true",
             "--time-to-teleport", "120", "--ignore-route-errors", "true", "--no-step-log", "true",
             "--no-warnings", "true", "--duration-log.disable", "true", "--threads", "1"]
 
 
+class SimulationStalled(RuntimeError):
+    """A simulation made no progress for ``STALL_SECONDS`` (a SUMO step that never returns)."""
+
+
+STALL_SECONDS: float = 120.0
+"""A single simulation step taking this long (normal steps take milliseconds) aborts the run."""
+
+
 def simulate(net: Path, routes: list[Path], tl_links: TlLinks, spec: SimSpec) -> SimLog:
-    """Run one seeded simulation and record ``spec.duration`` seconds after ``spec.warmup``."""
+    """Run one seeded simulation and record ``spec.duration`` seconds after ``spec.warmup``.
+
+    The simulation runs in a child process (libsumo allows one simulation per process) under a
+    watchdog: :class:`SimulationStalled` is raised if it stops advancing for ``STALL_SECONDS``.
+    """
+    return run_watched(_simulate_here, (net, routes, tl_links, spec), STALL_SECONDS)
+
+
+def run_watched(target: Callable[..., Any], args: tuple[Any, ...], stall_seconds: float) -> Any:
+    """``target(*args, progress)`` in a child process; its result, or an error if it stalls or dies.
+
+    ``progress`` is a shared counter the target increments while it works; the child is killed
+    when the counter stays unchanged for ``stall_seconds``.
+    """
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    progress = ctx.Value("q", 0, lock=False)
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child_main, args=(target, args, progress, sender), daemon=True)
+    child.start()
+    sender.close()
+    try:
+        last, since = -1, time.monotonic()
+        while not receiver.poll(0.2):
+            if not child.is_alive() and not receiver.poll(0.2):
+                raise RuntimeError(f"simulation process died (exit code {child.exitcode})")
+            if progress.value != last:
+                last, since = progress.value, time.monotonic()
+            elif time.monotonic() - since > stall_seconds:
+                raise SimulationStalled(f"no progress for {stall_seconds:.0f} s after {last} steps")
+        ok, value = receiver.recv()
+    finally:
+        if child.is_alive():
+            child.kill()
+        child.join()
+        receiver.close()
+    if not ok:
+        raise value
+    return value
+
+
+def _child_main(target: Callable[..., Any], args: tuple[Any, ...], progress: Any, sender: Any) -> None:
+    try:
+        result = (True, target(*args, progress))
+    except Exception as e:  # handed to the parent, which re-raises it
+        result = (False, e)
+    sender.send(result)
+    sender.close()
+
+
+def _simulate_here(net: Path, routes: list[Path], tl_links: TlLinks, spec: SimSpec, progress: Any) -> SimLog:
     import libsumo
 
     libsumo.start(sumo_args(net, routes, spec))
@@ -101,7 +163,8 @@ def simulate(net: Path, routes: list[Path], tl_links: TlLinks, spec: SimSpec) ->
         n_warm, n_rec = int(round(spec.warmup / DT)), int(round(spec.duration / DT))
         for _ in range(n_warm):
             libsumo.simulationStep()
-        return _record(libsumo, tl_links, n_rec)
+            progress.value += 1
+        return _record(libsumo, tl_links, n_rec, progress)
     finally:
         libsumo.close()
 
@@ -118,7 +181,7 @@ def _desync_traffic_lights(sumo, rng: np.random.Generator) -> None:  # noqa: ANN
         sumo.trafficlight.setPhaseDuration(tl, float(np.cumsum(durations)[phase] - t) + DT)
 
 
-def _record(sumo, tl_links: TlLinks, n_step: int) -> SimLog:  # noqa: ANN001
+def _record(sumo, tl_links: TlLinks, n_step: int, progress: Any) -> SimLog:  # noqa: ANN001
     var = (sumo.VAR_POSITION, sumo.VAR_ANGLE, sumo.VAR_SPEED)
     samples: dict[str, list[tuple[int, float, float, float, float]]] = {}
     static: dict[str, tuple[int, float, float, float]] = {}
@@ -129,6 +192,7 @@ def _record(sumo, tl_links: TlLinks, n_step: int) -> SimLog:  # noqa: ANN001
     domains = ((sumo.vehicle, "v"), (sumo.person, "p"))
     for step in range(n_step):
         sumo.simulationStep()
+        progress.value += 1
         for domain, prefix in domains:
             for sid in domain.getIDList():
                 key = prefix + sid

@@ -8,7 +8,10 @@
 * Adam with a second parameter group (``lr_goal``) for the destination predictor and StepLR per epoch,
   as the reference;
 * checkpoints also carry the model config under :data:`MODEL_CONFIG_KEY`;
-* the action log-stds are frozen: training executes the action mean, so they never get a gradient.
+* the action log-stds are frozen: training executes the action mean, so they never get a gradient;
+* ``cuda_graph=True`` captures the training forward + backward pass once into a CUDA graph
+  (:class:`~trafficbots_gym.model.graphed_training.GraphedLossBackward`) and replays it for every batch;
+  gradient clipping, the optimizer and the LR schedule stay Lightning's (one device, fp32 or bf16).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from pytorch_lightning.utilities import grad_norm
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.model.config import TrafficBotsConfig
+from trafficbots_gym.model.graphed_training import GraphedLossBackward
 from trafficbots_gym.model.losses import LossConfig, training_losses
 from trafficbots_gym.model.rollout import PROCEDURES, RolloutOutput, rollout
 from trafficbots_gym.model.traffic_bots import TrafficBots
@@ -61,7 +65,9 @@ class TrafficBotsModule(pl.LightningModule):
     probability that a training rollout uses the prior latent; ``n_rollout_steps``: simulated steps
     (90 = the whole log; fewer gives a shorter training horizon); ``activation_checkpointing`` recomputes
     each step's activations in the backward pass; ``autocast_dtype`` (``bfloat16``/``float16``/None) runs the
-    network, not the dynamics, under autocast.
+    network, not the dynamics, under autocast. ``cuda_graph`` replays the training forward + backward pass
+    from a CUDA graph (on a CUDA device; eager elsewhere); it needs one device, no activation checkpointing
+    and no fp16 loss scaling.
     """
 
     def __init__(self, model: dict[str, Any] | None = None, optimizer: dict[str, Any] | None = None,
@@ -69,7 +75,7 @@ class TrafficBotsModule(pl.LightningModule):
                  val_procedures: Sequence[str] = ("reactive_replay", "joint_future"),
                  test_procedures: Sequence[str] = ("joint_future",), p_training_rollout_prior: float = 0.1,
                  n_rollout_steps: int = 90, activation_checkpointing: bool = False,
-                 autocast_dtype: str | None = None) -> None:
+                 autocast_dtype: str | None = None, cuda_graph: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = TrafficBots(TrafficBotsConfig.from_dict(dict(model or {})))
@@ -88,26 +94,62 @@ class TrafficBotsModule(pl.LightningModule):
             raise ValueError(f"n_rollout_steps must be in 1..90, got {n_rollout_steps}")
         if autocast_dtype is not None and autocast_dtype not in AUTOCAST_DTYPES:
             raise ValueError(f"autocast_dtype={autocast_dtype!r} is not one of {sorted(AUTOCAST_DTYPES)} or None")
+        if cuda_graph and activation_checkpointing:
+            raise ValueError("cuda_graph=True cannot be combined with activation_checkpointing=True "
+                             "(recomputation reads the RNG state on the host)")
         self.val_procedures, self.test_procedures = list(val_procedures), list(test_procedures)
         self.p_prior = p_training_rollout_prior
         self.n_rollout_steps = n_rollout_steps
         self.activation_checkpointing = activation_checkpointing
         self.autocast_dtype = AUTOCAST_DTYPES.get(autocast_dtype or "")
         self.eval_sums = MetricSums()
+        self.cuda_graph = cuda_graph
+        self._graphed: GraphedLossBackward | None = None
 
     # ---------------------------------------------------------------------------------------- rollouts
-    def run_rollout(self, batch: SceneBatch, procedure: str) -> RolloutOutput:
+    def run_rollout(self, batch: SceneBatch, procedure: str, check_destinations: bool = True) -> RolloutOutput:
         """One rollout of the network on ``batch`` with this module's settings."""
         return rollout(self.model, batch, procedure=procedure, p_prior=self.p_prior,  # type: ignore[arg-type]
                        n_steps=self.n_rollout_steps, use_checkpoint=self.activation_checkpointing,
-                       autocast_dtype=self.autocast_dtype)
+                       autocast_dtype=self.autocast_dtype, check_destinations=check_destinations)
+
+    def _training_losses(self, batch: SceneBatch) -> dict[str, torch.Tensor]:
+        """Losses of one training rollout (in graph mode the training step checks the destinations)."""
+        out = self.run_rollout(batch, "training", check_destinations=not self.cuda_graph)
+        return training_losses(out, batch, self.loss_cfg)
 
     def training_step(self, batch: SceneBatch, batch_idx: int) -> torch.Tensor:
-        losses = training_losses(self.run_rollout(batch, "training"), batch, self.loss_cfg)
+        if self.cuda_graph:
+            if not bool(batch.agent_dest_known.all()):  # checked here: the captured rollout cannot
+                raise ValueError("procedure 'training' needs logged destinations (agent/dest) for every scene")
+            if self._graphed is None:
+                self._graphed = GraphedLossBackward(self._training_losses, list(self.model.parameters()))
+            losses = self._graphed(batch)  # gradients are in .grad already; backward() below is skipped
+        else:
+            losses = self._training_losses(batch)
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, batch_size=batch.batch_size,
                       prog_bar=False)
         self.log("loss", losses["loss"].detach(), batch_size=batch.batch_size, prog_bar=True, logger=False)
         return losses["loss"]
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        if not self.cuda_graph:  # graph mode: the training step ran the backward pass already
+            super().backward(loss, *args, **kwargs)
+
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer: torch.optim.Optimizer) -> None:
+        if not self.cuda_graph:  # graph mode: the training step replaces the gradients
+            optimizer.zero_grad()
+
+    def on_fit_start(self) -> None:
+        if not self.cuda_graph:
+            return
+        precision = str(self.trainer.precision)
+        if precision.startswith("16"):
+            raise ValueError(f"cuda_graph=True supports trainer.precision 32-true or bf16-mixed, not {precision} "
+                             "(fp16 loss scaling happens in the backward call that the graph replaces)")
+        if self.trainer.world_size > 1:
+            raise ValueError(f"cuda_graph=True runs on one device; this trainer has {self.trainer.world_size} "
+                             "processes (train DDP without it)")
 
     def _evaluate(self, batch: SceneBatch, stage: str, procedures: Sequence[str]) -> None:
         geometry = MapGeometry.from_batch(batch)

@@ -5,7 +5,9 @@
 
 Training: one optimisation step = 90-step differentiable training rollout (warm start 1..10, free
 11..90), the training losses, backward and Adam, at each ``--train-batches`` size, under fp16 (with a
-GradScaler) or bf16 autocast (fp32 on CPU). Reported: samples/s and peak GPU memory per sample.
+GradScaler) or bf16 autocast (fp32 on CPU), eagerly and (on CUDA, fp32 / bf16) with the forward +
+backward pass replayed from a CUDA graph (``GraphedLossBackward``, what ``model.cuda_graph=true`` trains
+with). Reported: samples/s and peak GPU memory per sample.
 
 Inference: ``TrafficBotsPolicy.act`` for every agent of B scenes (64 agents each), after ``reset``
 (encoding + warm start, timed separately). Reported: ms per simulation step and agent-steps/s, for
@@ -30,6 +32,7 @@ from tqdm import tqdm
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.h5io import SceneReader
 from trafficbots_gym.model.checkpoint import load_model
+from trafficbots_gym.model.graphed_training import GraphedLossBackward
 from trafficbots_gym.model.losses import training_losses
 from trafficbots_gym.model.policy import TrafficBotsPolicy
 from trafficbots_gym.model.rollout import rollout
@@ -44,7 +47,7 @@ REFERENCE_INFERENCE = [  # (label, batch, ms/step, agent-steps/s)
     ("reference TrafficBots, 2-core CPU", 1, 14.6, None),
 ]
 REFERENCE_TRAINING = [("reference TrafficBots, H100 (fp16)", 8, 1.37, 2.26)]  # (label, batch, samples/s, GiB/sample)
-TRAINING_COLUMNS = ("implementation", "precision", "batch", "s/step", "CPU s/step", "samples/s", "GiB/sample")
+TRAINING_COLUMNS = ("implementation", "mode", "precision", "batch", "s/step", "CPU s/step", "samples/s", "GiB/sample")
 INFERENCE_COLUMNS = ("implementation", "precision", "batch", "ms/step", "CPU ms/step", "agent-steps/s", "reset ms")
 
 
@@ -72,14 +75,26 @@ def _timed(fn: Callable[[], None], device: torch.device, repeats: int, warmup: i
 
 
 def bench_training(model: TrafficBots, batch: SceneBatch, dtype_name: str, repeats: int,
-                   use_checkpoint: bool) -> dict[str, float]:
-    """Seconds per training step and peak memory for one batch size / precision."""
+                   use_checkpoint: bool, graph: bool = False) -> dict[str, float]:
+    """Seconds per training step and peak memory for one batch size / precision; ``graph`` replays the
+    forward + backward pass from a CUDA graph (the optimizer step stays eager)."""
     device = batch.device
     dtype = DTYPES[dtype_name]
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
     generator = torch.Generator(device=device).manual_seed(0)
+
+    def losses(b: SceneBatch) -> dict[str, torch.Tensor]:
+        out = rollout(model, b, procedure="training", autocast_dtype=dtype, check_destinations=False)
+        return training_losses(out, b)
+
+    graphed = GraphedLossBackward(losses, list(model.parameters()), warmup_calls=2)
+
+    def graph_step() -> None:
+        graphed(batch)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -94,7 +109,12 @@ def bench_training(model: TrafficBots, batch: SceneBatch, dtype_name: str, repea
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds, cpu_seconds = _timed(step, device, repeats, warmup=1)
+    if graph:
+        seconds, cpu_seconds = _timed(graph_step, device, repeats, warmup=3)
+        if not graphed.captured:
+            raise RuntimeError(f"the training pass was not captured: {graphed.disabled_reason}")
+    else:
+        seconds, cpu_seconds = _timed(step, device, repeats, warmup=1)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return {"s_per_step": seconds, "cpu_s_per_step": cpu_seconds, "samples_per_s": batch.batch_size / seconds,
             "gib_per_sample": peak / batch.batch_size}
@@ -144,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-dtypes", default=None, help="default: fp16,bf16 on GPU, fp32 on CPU")
     parser.add_argument("--train-repeats", type=int, default=3)
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing per step")
+    parser.add_argument("--train-modes", default=None,
+                        help="comma list of eager,graph (default: both on CUDA, eager on CPU)")
     parser.add_argument("--infer-batches", default="1,8,32,128,256", help="comma list; empty to skip")
     parser.add_argument("--dtypes", default="fp32,bf16", help="inference precisions")
     parser.add_argument("--steps", type=int, default=50, help="timed act() calls per configuration")
@@ -164,17 +186,23 @@ def main(argv: list[str] | None = None) -> int:
     train_batches = [int(b) for b in args.train_batches.split(",") if b]
     train_dtypes = (args.train_dtypes.split(",") if args.train_dtypes else
                     (["fp16", "bf16"] if device.type == "cuda" else ["fp32"]))
+    train_modes = (args.train_modes.split(",") if args.train_modes else
+                   (["eager", "graph"] if device.type == "cuda" else ["eager"]))
     if train_batches:
         rows = []
-        for dtype_name in train_dtypes:
-            for b in tqdm(train_batches, desc=f"training {dtype_name}"):
-                rows.append((dtype_name, b, bench_training(model, _batch(args.scenes, b, device), dtype_name,
-                                                           args.train_repeats, args.checkpointing)))
+        for mode in train_modes:
+            for dtype_name in train_dtypes:
+                if mode == "graph" and (dtype_name == "fp16" or args.checkpointing or device.type != "cuda"):
+                    continue  # graphs need CUDA and take no loss scaling or activation checkpointing
+                for b in tqdm(train_batches, desc=f"training {mode} {dtype_name}"):
+                    rows.append((mode, dtype_name, b, bench_training(
+                        model, _batch(args.scenes, b, device), dtype_name, args.train_repeats, args.checkpointing,
+                        graph=mode == "graph")))
         ours = "trafficbots-gym (ckpt)" if args.checkpointing else "trafficbots-gym"
-        table = [(label, "fp16", str(b), f"{b / sps:.2f}", "", f"{sps:.2f}", f"{gib:.2f}")
+        table = [(label, "eager", "fp16", str(b), f"{b / sps:.2f}", "", f"{sps:.2f}", f"{gib:.2f}")
                  for label, b, sps, gib in REFERENCE_TRAINING]
-        table += [(ours, dtype_name, str(b), f"{r['s_per_step']:.2f}", f"{r['cpu_s_per_step']:.2f}",
-                   f"{r['samples_per_s']:.2f}", _fmt(r["gib_per_sample"], ".2f")) for dtype_name, b, r in rows]
+        table += [(ours, mode, dtype_name, str(b), f"{r['s_per_step']:.2f}", f"{r['cpu_s_per_step']:.2f}",
+                   f"{r['samples_per_s']:.2f}", _fmt(r["gib_per_sample"], ".2f")) for mode, dtype_name, b, r in rows]
         _print_table("Training step (90-step rollout + losses + backward + Adam)", TRAINING_COLUMNS, table)
 
     infer_batches = [int(b) for b in args.infer_batches.split(",") if b]

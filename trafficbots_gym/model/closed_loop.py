@@ -9,6 +9,7 @@ midpoint unicycle, applies teacher forcing / spawning, checks the map boundary (
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, fields
 
 import torch
@@ -125,10 +126,17 @@ def _slice_steps(kin: AgentKinematics, n: int) -> AgentKinematics:
 
 def action_limits(cfg_limits: list[list[float]], agent_type: Tensor, like: Tensor) -> Tensor:
     """[B, A, 2] physical limits per agent type (vehicle limits for agents without a type)."""
-    limits = torch.as_tensor(cfg_limits, dtype=like.dtype, device=like.device)
+    limits = _limit_table(tuple(tuple(float(v) for v in row) for row in cfg_limits), like.dtype, like.device)
     onehot = agent_type.to(like.dtype)
     typed = onehot @ limits
     return torch.where(agent_type.any(-1, keepdim=True), typed, limits[0])
+
+
+@functools.lru_cache(maxsize=32)
+def _limit_table(limits: tuple[tuple[float, ...], ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The limits as a device tensor, made once: a host-to-device copy may not run inside a CUDA graph."""
+    with torch.inference_mode(False):
+        return torch.tensor(limits, dtype=dtype, device=device)
 
 
 def teacher_forcing_mask(valid: Tensor, step_spawn: int, step_warm_start: int) -> Tensor:
@@ -140,7 +148,7 @@ def teacher_forcing_mask(valid: Tensor, step_spawn: int, step_warm_start: int) -
     mask = torch.zeros_like(valid)
     mask[:, 0] = valid[:, 0]
     spawn = ~valid[:, :-1] & valid[:, 1:]
-    spawn[:, step_spawn:] = False
+    spawn[:, step_spawn:].fill_(False)
     mask[:, 1:] |= spawn
     mask[:, :step_warm_start + 1] |= valid[:, :step_warm_start + 1]
     return mask

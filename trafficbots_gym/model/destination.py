@@ -24,9 +24,9 @@ def destination_mask(agent_type: Tensor, map_type: Tensor, map_valid: Tensor) ->
     lane = map_type[:, :, :MapType.BIKE_LANE].any(-1)                      # 0..2 vehicle lanes
     bike = map_type[:, :, MapType.BIKE_LANE]
     candidate = map_valid & map_type[:, :, :N_DEST_TYPES].any(-1)
-    veh = agent_type[:, :, [AgentType.VEHICLE]] & bike.unsqueeze(1)
-    ped = agent_type[:, :, [AgentType.PEDESTRIAN]] & (lane | bike).unsqueeze(1)
-    cyc = agent_type[:, :, [AgentType.CYCLIST]] & lane.unsqueeze(1)
+    veh = agent_type[:, :, AgentType.VEHICLE, None] & bike.unsqueeze(1)
+    ped = agent_type[:, :, AgentType.PEDESTRIAN, None] & (lane | bike).unsqueeze(1)
+    cyc = agent_type[:, :, AgentType.CYCLIST, None] & lane.unsqueeze(1)
     return veh | ped | cyc | ~candidate.unsqueeze(1)
 
 

@@ -67,14 +67,17 @@ class RolloutOutput:
 def rollout(model: TrafficBots, batch: SceneBatch, *, procedure: Procedure,
             generator: torch.Generator | None = None, deterministic_action: bool = True,
             history: SceneBatch | None = None, p_prior: float = 0.1, n_steps: int = N_STEP - 1,
-            use_checkpoint: bool = False, autocast_dtype: torch.dtype | None = None) -> RolloutOutput:
+            use_checkpoint: bool = False, autocast_dtype: torch.dtype | None = None,
+            check_destinations: bool = True) -> RolloutOutput:
     """Roll out ``model`` on ``batch`` (full 91-step logs) with ``procedure``.
 
     ``generator`` drives every random draw (latent samples, prior/posterior choice, stochastic actions).
     ``history`` is the scenes' ``history/`` view for the history-based inputs (defaults to the first
     11 steps of ``batch``). ``use_checkpoint`` recomputes each step's network activations in the backward
     pass (activation checkpointing); ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the network under
-    autocast while dynamics stay float32.
+    autocast while dynamics stay float32. ``check_destinations`` verifies that every scene has logged
+    destinations (a host synchronisation; a caller that checked the batch already, or that captures the
+    rollout in a CUDA graph, turns it off).
     """
     if procedure not in PROCEDURES:
         raise ValueError(f"unknown procedure {procedure!r}; expected one of {PROCEDURES}")
@@ -83,7 +86,7 @@ def rollout(model: TrafficBots, batch: SceneBatch, *, procedure: Procedure,
     needs_log = procedure != "joint_future"
     if needs_log and batch.num_steps <= n_hist:
         raise ValueError(f"procedure {procedure!r} needs the full log, the batch has {batch.num_steps} steps")
-    if needs_log and not bool(batch.agent_dest_known.all()):
+    if needs_log and check_destinations and not bool(batch.agent_dest_known.all()):
         raise ValueError(f"procedure {procedure!r} needs logged destinations (agent/dest) for every scene")
     device = batch.device
     with autocast(device, autocast_dtype):

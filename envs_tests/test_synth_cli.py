@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import pytest
 
 from trafficbots_gym.data.h5io import SceneReader
-from trafficbots_gym.synth.cli import main
+from trafficbots_gym.synth.cli import GZIP_LEVEL, main
 
 pytest.importorskip("libsumo", reason="libsumo is not installed")
 
@@ -25,10 +26,13 @@ def test_scenes_go_to_shards_with_an_index(tmp_path: Path, capsys: pytest.Captur
     assert not list(out.glob("*.tmp"))
 
 
-def test_an_h5_path_gets_a_single_file(tmp_path: Path) -> None:
+def test_an_h5_path_gets_a_single_gzip9_file(tmp_path: Path) -> None:
     out = tmp_path / "one.h5"
     assert main(["--num-scenes", "1", "--out", str(out), "--seed", "2", "--duration", "15"]) == 0
     assert len(SceneReader(out)) == 1 and [p.name for p in tmp_path.iterdir()] == ["one.h5"]
+    with h5py.File(out, "r") as f:
+        ds = f["0/map/pos"]
+        assert ds.compression == "gzip" and ds.compression_opts == GZIP_LEVEL and ds.shuffle
 
 
 def test_corpus_subcommand_reports_runs_windows_and_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

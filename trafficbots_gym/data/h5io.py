@@ -21,6 +21,9 @@ from trafficbots_gym.data.scene import Scene, SceneValidationError
 
 INDEX_NAME = "index.json"
 H5_SUFFIXES = (".h5", ".hdf5")
+FILE_FORMAT = ("v110", "v110")
+"""HDF5 object format of written files: with 1.10 chunk indexes and compact groups a dataset's metadata
+takes about 0.3 KB instead of 3 KB in the 1.8 default; read by HDF5 >= 1.10 (any h5py 3)."""
 
 
 class SceneFormatError(ValueError):
@@ -49,13 +52,15 @@ def write_scenes(path: str | os.PathLike, scenes: Iterable[Scene], *, compressio
                  compression_opts: int | None = 4, validate: bool = True) -> int:
     """Write ``scenes`` to ``path`` as groups "0", "1", ... atomically; return the scene count.
 
-    Datasets use gzip level 4 with the shuffle filter, as the reference packer does.
+    Datasets use gzip level 4 with the shuffle filter, as the reference packer does, in one chunk
+    each (scenes are read whole; one deflate stream per array compresses better than h5py's
+    automatic tiles), in the :data:`FILE_FORMAT` object format.
     """
     final = Path(path)
     tmp = atomic_path(final)
     count = 0
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", libver=FILE_FORMAT) as f:
             for scene in scenes:
                 if validate:
                     scene.validate(source=str(final))
@@ -63,7 +68,8 @@ def write_scenes(path: str | os.PathLike, scenes: Iterable[Scene], *, compressio
                 for key, value in scene.to_arrays().items():
                     kwargs: dict[str, Any] = {}
                     if compression and value.ndim > 0:
-                        kwargs = {"compression": compression, "compression_opts": compression_opts, "shuffle": True}
+                        kwargs = {"compression": compression, "compression_opts": compression_opts, "shuffle": True,
+                                  "chunks": value.shape}
                     group.create_dataset(key, data=value, **kwargs)
                 for key, value in scene.attrs().items():
                     group.attrs[key] = value

@@ -1,4 +1,4 @@
-"""Synthetic WOMD-like scenes: runs -> spread-out windows -> ``pack_scenario`` -> ``Scene``.
+"""Synthetic WOMD-like scenes: runs -> spread-out windows -> ``pack_scenario`` -> snapped ``Scene``.
 
 ``run_seeds(seed, n)`` derives the run seeds of a dataset from one master seed, ``run_scenes``
 packs the scenes of one run, and ``generate_scenes`` streams the scenes of many runs (in worker
@@ -17,6 +17,7 @@ import numpy as np
 from trafficbots_gym.data.constants import N_STEP, SPLITS, STEP_CURRENT
 from trafficbots_gym.data.packing import PackingError, pack_scenario
 from trafficbots_gym.data.scene import Scene
+from trafficbots_gym.synth.quantize import quantize_scene
 from trafficbots_gym.synth.runs import RunSpec, execute_run, sample_run_spec
 from trafficbots_gym.synth.simulate import SimLog, SimulationStalled
 from trafficbots_gym.synth.sumo_tools import SumoToolError
@@ -68,7 +69,8 @@ def pick_windows(log_: SimLog, n: int, rng: np.random.Generator) -> list[tuple[i
 
 
 def run_scenes(run_seed: int, config: GenerationConfig) -> list[Scene]:
-    """The packed scenes of one run (fewer than requested when the run has too few windows)."""
+    """The packed scenes of one run, float values snapped to grids (``quantize``); fewer than
+    requested when the run has too few windows."""
     spec: RunSpec = sample_run_spec(run_seed, config.duration)
     try:
         road_map, log_ = execute_run(spec)
@@ -81,7 +83,8 @@ def run_scenes(run_seed: int, config: GenerationConfig) -> list[Scene]:
         sid = f"{spec.tag}-t{t0:05d}-sdc{int(log_.tracks.object_id[track]):05d}"
         raw = cut_window(log_, road_map, track, t0, sid)
         try:
-            scenes.append(pack_scenario(raw, config.split, rng=np.random.default_rng([run_seed, t0, track])))
+            scene = pack_scenario(raw, config.split, rng=np.random.default_rng([run_seed, t0, track]))
+            scenes.append(quantize_scene(scene))
         except PackingError as e:
             log.warning("scene %s skipped: %s", sid, e)
     return scenes

@@ -6,6 +6,8 @@ window that moves in it. :func:`cut_window` turns a window into a world-frame ``
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from trafficbots_gym.data.constants import N_PL, N_PL_NODE, N_STEP, N_TL_STOP, STEP_CURRENT, AgentType
@@ -20,8 +22,10 @@ SDC_MIN_TRAVEL: float = 2.0
 AGENT_RADIUS: float = 80.0
 """Road users are observed while this close (m) to the SDC's path (a sensor range), or closer
 when the map is so dense that its 1024 polylines cover less."""
-MAP_RADIUS: float = 150.0
-"""Map features within this distance (m) of the SDC path are kept."""
+MAP_RADIUS: float = 120.0
+"""Map points within this distance (m) of the SDC path are kept (polylines are cut to the span of
+their points within it): about the reach of WOMD maps, whose nodes lie within 122 m of the SDC path
+in the reference scenes."""
 MAX_TRACKS_TO_PREDICT: int = 8
 PREDICT_RADIUS: float = 30.0
 
@@ -73,7 +77,7 @@ def cut_window(log: SimLog, road_map: RoadMap, sdc_track: int, t0: int, scenario
     if not valid[sdc_row].all():
         raise ValueError(f"{scenario_id}: SDC track {sdc_track} is not valid over steps {t0}..{t0 + N_STEP - 1}")
     sdc_path = xy[sdc_row]
-    polylines, mapped_radius = _map_near(road_map, sdc_path)
+    polylines, mapped_radius = map_near(road_map, sdc_path)
     seen = _min_dist(xy.reshape(-1, 2), sdc_path).reshape(valid.shape) < min(AGENT_RADIUS, mapped_radius)
     valid = valid & seen
     valid[sdc_row] = True
@@ -157,25 +161,32 @@ def _min_dist(points: np.ndarray, path: np.ndarray) -> np.ndarray:
     return out
 
 
-def _map_near(road_map: RoadMap, path: np.ndarray) -> tuple[list[RawPolyline], float]:
-    """Polylines within MAP_RADIUS of the SDC path, farthest from it first; and the mapped radius.
+def map_near(road_map: RoadMap, path: np.ndarray) -> tuple[list[RawPolyline], float]:
+    """Polylines within MAP_RADIUS of the SDC path, cut to that band, farthest first; and the mapped radius.
 
-    The packer prunes an oversized map by walking polylines in order and dropping those far from
-    the relevant agents until N_PL chunks remain; farthest-first order makes that crop a clean band
-    along the SDC path instead of dropping whole feature classes. The mapped radius is the width of
-    that band (distance at which the nearest polylines fill N_PL chunks), or MAP_RADIUS.
+    Open polylines keep the span from their first to their last point within MAP_RADIUS; polygons
+    and traffic-light controlled lanes (whose start is the stop point) stay whole. The packer prunes
+    an oversized map by walking polylines in order and dropping those far from the relevant agents
+    until N_PL chunks remain; farthest-first order makes that crop a clean band along the SDC path
+    instead of dropping whole feature classes. The mapped radius is the width of that band (distance
+    at which the nearest polylines fill N_PL chunks), or MAP_RADIUS.
     """
     keep, dist, chunks = [], [], []
+    whole = {int(f) for f in road_map.tl_links.lane_feature}
     lo, hi = path.min(0) - MAP_RADIUS, path.max(0) + MAP_RADIUS
     for pl in road_map.polylines:
         pts = pl.points[:, :2]
         if (pts.max(0) < lo).any() or (pts.min(0) > hi).any():
             continue
-        d = float(_min_dist(pts, path).min())
-        if d < MAP_RADIUS:
-            keep.append(pl)
-            dist.append(d)
-            chunks.append(4 if pl.is_polygon else (len(pts) - 1) // N_PL_NODE + 1)
+        d_pts = _min_dist(pts, path)
+        near = np.flatnonzero(d_pts < MAP_RADIUS)
+        if len(near) == 0:
+            continue
+        if not pl.is_polygon and pl.feature_id not in whole:
+            pl = dataclasses.replace(pl, points=pl.points[near[0]:near[-1] + 1])
+        keep.append(pl)
+        dist.append(float(d_pts.min()))
+        chunks.append(4 if pl.is_polygon else (len(pl.points) - 1) // N_PL_NODE + 1)
     order = np.argsort(dist, kind="stable")
     filled = np.cumsum(np.asarray(chunks)[order]) > N_PL
     radius = float(np.asarray(dist)[order][np.argmax(filled)]) if filled.any() else MAP_RADIUS

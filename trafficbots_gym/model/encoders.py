@@ -65,7 +65,12 @@ class InputPeEncoder(nn.Module):
 
 
 class MapEncoder(nn.Module):
-    """Polyline encoder: node tokens -> node transformer -> max-pool -> polyline transformer."""
+    """Polyline encoder: node tokens -> node transformer -> max-pool -> polyline transformer.
+
+    Polylines are encoded independently of each other up to the max-pool (:meth:`encode_polylines`), so
+    any subset of them (e.g. only the valid ones) can go through that part; :meth:`aggregate` then runs
+    the polyline transformer over all polylines of each scene.
+    """
 
     def __init__(self, cfg: TrafficBotsConfig) -> None:
         super().__init__()
@@ -77,12 +82,19 @@ class MapEncoder(nn.Module):
     def forward(self, node_valid: Tensor, node_attr: Tensor, node_pe: Tensor) -> tuple[Tensor, Tensor]:
         """``node_valid`` [B, P, N], ``node_attr`` [B, P, N, attr], ``node_pe`` [B, P, N, pe]
         -> polyline features [B, P, D] and polyline validity [B, P]."""
-        n_scene, n_pl, n_node = node_valid.shape
-        nodes = self.input_encoder(node_valid, node_attr, node_pe).flatten(0, 1)
-        valid = node_valid.flatten(0, 1)
-        nodes = self.node_transformer(nodes, valid, nodes, valid)
-        nodes = nodes.masked_fill(~valid.unsqueeze(-1), float("-inf")).view(n_scene, n_pl, n_node, -1)
+        n_scene, n_pl = node_valid.shape[:2]
+        pl = self.encode_polylines(node_valid.flatten(0, 1), node_attr.flatten(0, 1), node_pe.flatten(0, 1))
         pl_valid = node_valid.any(-1)
-        pl = nodes.amax(dim=2).masked_fill(~pl_valid.unsqueeze(-1), 0.0)
-        pl = self.polyline_transformer(pl, pl_valid, pl, pl_valid)
-        return pl, pl_valid
+        return self.aggregate(pl.view(n_scene, n_pl, -1), pl_valid), pl_valid
+
+    def encode_polylines(self, node_valid: Tensor, node_attr: Tensor, node_pe: Tensor) -> Tensor:
+        """Max-pooled node features [R, D] of R independent polylines (``node_valid`` [R, N], ``node_attr``
+        [R, N, attr], ``node_pe`` [R, N, pe]); zero for polylines without a valid node."""
+        nodes = self.input_encoder(node_valid, node_attr, node_pe)
+        nodes = self.node_transformer(nodes, node_valid, nodes, node_valid)
+        pooled = nodes.masked_fill(~node_valid.unsqueeze(-1), float("-inf")).amax(dim=1)
+        return pooled.masked_fill(~node_valid.any(-1, keepdim=True), 0.0)
+
+    def aggregate(self, pl: Tensor, pl_valid: Tensor) -> Tensor:
+        """Polyline transformer over the pooled features ``pl`` [B, P, D] with validity ``pl_valid`` [B, P]."""
+        return self.polyline_transformer(pl, pl_valid, pl, pl_valid)

@@ -10,12 +10,20 @@ one batched call, the physical action (acceleration m/s^2, yaw rate rad/s) that 
 (step-1) to ``step``. ``act`` has static shapes and no host synchronisation, so it can be captured in a
 CUDA graph or compiled.
 
+On a CPU, reset takes exact shortcuts (``fast_reset``): only polylines with a valid node go through the
+node encoder, destinations are scored only against candidate polylines, and the warm start computes the
+recurrent input of its leading steps in one batch (:mod:`~trafficbots_gym.model.warm_start`). Each is
+row-for-row the same computation as the plain path, so results are identical. With ``cache_keys`` the
+per-scene encodings are kept in an :class:`~trafficbots_gym.model.encoding_cache.EncodingCache` (LRU,
+bounded in bytes, cleared when the weights change), so a reset of a recently seen scene skips them.
+
 The simulator owns the dynamics, overrides and kills; the policy keeps its GRU state, the navigator
 (destination reached -> disabled) and, in reference-compatible mode, the stale kinematic inputs (latched
 when an agent (re)appears).
 """
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -24,15 +32,16 @@ from torch import Tensor
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import N_STEP
-from trafficbots_gym.model.closed_loop import (EpisodeContext, LoopState, action_limits, encode_episode,
-                                               history_tl, initial_loop_state, policy_step, teacher_forcing_mask,
-                                               transition)
+from trafficbots_gym.model.closed_loop import (EpisodeContext, LoopState, SceneEncoding, action_limits,
+                                               history_tl, log_kinematics, policy_step)
 from trafficbots_gym.model.distributions import DiagGaussian, categorical_sample
+from trafficbots_gym.model.encoding_cache import MIB, EncodingCache
 from trafficbots_gym.model.layers import KeyValue
 from trafficbots_gym.model.navigation import DestinationGeometry
-from trafficbots_gym.model.rollout import TEACHER_FORCING, autocast
-from trafficbots_gym.model.traffic_bots import MapContext, TrafficBots
-from trafficbots_gym.simulation.buffers import assign, copy_rows_, index_tree, same_layout
+from trafficbots_gym.model.rollout import autocast
+from trafficbots_gym.model.traffic_bots import AgentKinematics, MapContext, TrafficBots
+from trafficbots_gym.model.warm_start import log_exact_steps, recurrent_prefix, warm_start
+from trafficbots_gym.simulation.buffers import assign, clone_tree, copy_rows_, index_tree, same_layout
 from trafficbots_gym.simulation.state import AgentState
 
 LatentMode = Literal["prior", "posterior"]
@@ -40,6 +49,10 @@ DestinationMode = Literal["sample", "argmax", "logged"]
 ENCODE_CHUNK = 32
 """Default number of scenes encoded together at reset (bounds the memory of map encoding and destination
 scoring: about 0.3 GiB of activations per scene for the full-size model)."""
+CACHE_MB = 256.0
+"""Default budget of the per-scene encoding cache (MiB). An entry of the full-size model takes about 16 MiB
+(traffic-light keys/values of all 91 steps 11 MiB, map 3.5 MiB, warm-start GRU states 1 MiB), so the
+default holds the 16 most recently reset scenes."""
 
 
 @dataclass
@@ -53,19 +66,28 @@ class _Encoded:
     latent_mean: Tensor     # [R, A, Z]
     latent_log_std: Tensor  # [R, A, Z]
     logits: Tensor | None   # [R, A, P] destination logits (None for logged destinations)
+    prefix_steps: Tensor | None  # [R] long: leading warm-start transitions with recorded GRU states
+    prefix: Tensor | None        # [R, n_hist-1, layers, A, D] their GRU states (see warm_start.py)
 
 
 class TrafficBotsPolicy:
     """Batched closed-loop TrafficBots policy for B scenes x A agents (see the module docstring)."""
 
     def __init__(self, model: TrafficBots, *, device: str | torch.device = "cpu",
-                 autocast_dtype: torch.dtype | None = None, encode_chunk: int = ENCODE_CHUNK) -> None:
+                 autocast_dtype: torch.dtype | None = None, encode_chunk: int = ENCODE_CHUNK,
+                 cache_mb: float = CACHE_MB, fast_reset: bool | None = None) -> None:
+        """``cache_mb``: budget of the per-scene encoding cache (0 = off; used by resets with ``cache_keys``);
+        ``fast_reset``: the exact reset shortcuts of the module docstring (None = on for a CPU device)."""
         if encode_chunk < 1:
             raise ValueError(f"encode_chunk must be >= 1, got {encode_chunk}")
+        if cache_mb < 0:
+            raise ValueError(f"cache_mb must be >= 0, got {cache_mb}")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.autocast_dtype = autocast_dtype
         self.encode_chunk = encode_chunk
+        self.fast_reset = self.device.type == "cpu" if fast_reset is None else bool(fast_reset)
+        self.cache = EncodingCache(int(cache_mb * MIB))
         self.generator: torch.Generator | None = None
         self._ctx: EpisodeContext | None = None
         self._loop: LoopState | None = None
@@ -110,14 +132,17 @@ class TrafficBotsPolicy:
     @torch.no_grad()
     def reset(self, batch: SceneBatch, *, env_ids: Tensor | None = None, generator: torch.Generator | None = None,
               latent: LatentMode = "prior", destination: DestinationMode = "sample",
-              deterministic_action: bool = True, deterministic_latent: bool = False) -> None:
+              deterministic_action: bool = True, deterministic_latent: bool = False,
+              cache_keys: Sequence[Hashable | None] | None = None) -> None:
         """Start episodes for the scenes of ``batch`` (at least the 11 history steps).
 
         Without ``env_ids`` this (re)defines the batch size. With ``env_ids`` [len(batch)] only those rows
         are replaced. ``latent``: draw the personality from the prior (history) or the posterior (needs the
         full log); ``deterministic_latent`` takes its mean. ``destination``: sample or argmax of the
         destination predictor, or the logged ``agent/dest``. ``generator`` drives all random draws of this
-        reset and of later stochastic actions.
+        reset and of later stochastic actions. ``cache_keys`` (one per scene of ``batch``, None = do not
+        cache) name the scenes' contents: encodings are reused from / stored in the encoding cache under
+        them, so a key must always denote the same scene data.
         """
         if latent not in ("prior", "posterior"):
             raise ValueError(f"latent must be 'prior' or 'posterior', got {latent!r}")
@@ -143,7 +168,9 @@ class TrafficBotsPolicy:
         batch = batch.to(self.device)
         n_scene = batch.batch_size
         in_place = env_ids is None and self._ctx is not None and self._dest.shape[0] == n_scene
-        enc = self._encode(batch, latent, destination, self._ctx if in_place else None)
+        if cache_keys is not None and len(cache_keys) != n_scene:
+            raise ValueError(f"cache_keys has {len(cache_keys)} entries for {n_scene} scenes")
+        enc = self._encode(batch, latent, destination, self._ctx if in_place else None, cache_keys)
         dist = DiagGaussian(enc.latent_mean, enc.latent_log_std)
         latent_sample = dist.sample(deterministic_latent, self.generator)
         if destination == "logged":
@@ -163,7 +190,11 @@ class TrafficBotsPolicy:
             goal_feature=goal_feature,
             dest=DestinationGeometry.gather(dest, batch.map_valid, batch.map_type, batch.map_pos, batch.map_dir),
             boundary=batch.map_boundary.clone())
-        loop, warm = self._warm_start(ctx, batch, enc.goal_valid, deterministic_action)
+        prefix_steps = 0 if enc.prefix_steps is None else int(enc.prefix_steps.min())
+        loop = warm_start(model, ctx, batch, enc.goal_valid, prefix=enc.prefix, prefix_steps=prefix_steps,
+                          deterministic_action=deterministic_action, generator=self.generator,
+                          autocast_dtype=self.autocast_dtype)
+        warm = loop.agents.clone()
         deterministic = torch.full_like(loop.goal_valid, deterministic_action)
         if env_ids is None:   # into the existing buffers when the layout allows (CUDA graphs stay valid)
             self._ctx = assign(self._ctx, ctx) if same_layout(self._ctx, ctx) else ctx   # ctx owns its tensors
@@ -180,35 +211,67 @@ class TrafficBotsPolicy:
         self._all_deterministic = bool(self._deterministic.all())
 
     def _encode(self, batch: SceneBatch, latent: LatentMode, destination: DestinationMode,
-                target: EpisodeContext | None) -> _Encoded:
-        """Encode ``batch`` in chunks of ``encode_chunk`` scenes. Map and traffic-light tensors go straight
-        into ``target``'s buffers when given (a full reset in place), else into new ones."""
-        model, n_hist = self.model, self.model.cfg.n_step_history
+                target: EpisodeContext | None, cache_keys: Sequence[Hashable | None] | None) -> _Encoded:
+        """Encodings of every scene of ``batch``: cached ones from the cache, the others encoded in chunks of
+        ``encode_chunk`` scenes (and cached under their key). Map and traffic-light tensors go straight into
+        ``target``'s buffers when given (a full reset in place), else into new ones."""
         n_scene = batch.batch_size
+        variant = (latent, destination == "logged", batch.num_steps)
+        keys = [None if k is None else (k, variant) for k in (cache_keys or [None] * n_scene)]
+        if any(k is not None for k in keys):
+            self.cache.bind(self.model)
         out: _Encoded | None = None
-        for start in range(0, n_scene, self.encode_chunk):
-            rows = slice(start, min(start + self.encode_chunk, n_scene))
-            sub = index_tree(batch, rows)
-            with autocast(self.device, self.autocast_dtype):
-                enc = encode_episode(model, sub, full_log=latent == "posterior")
-                if latent == "posterior":
-                    dist = model.latent(enc.full_tokens, sub.agent_valid, enc.tl_tokens, enc.tl_valid, enc.map,
-                                        posterior=True)
-                else:
-                    tl_tokens, tl_valid = history_tl(enc, None, model)
-                    dist = model.latent(enc.history_tokens, enc.history_valid, tl_tokens, tl_valid, enc.map,
-                                        posterior=False)
-                logits = None if destination == "logged" else model.destination_logits(
-                    enc.history_tokens, enc.history_valid, sub.agent_type, enc.map, sub.map_type)
-                tl_kv = model.project_tl_kv(_pad_steps(enc.tl_tokens, N_STEP))
-            part = _Encoded(map=enc.map, tl_kv=tl_kv, tl_valid=_pad_steps(enc.tl_valid, N_STEP),
-                            goal_valid=enc.history_valid.any(1), latent_mean=dist.mean.float(),
-                            latent_log_std=dist.log_std.float().expand_as(dist.mean), logits=logits)
+
+        def write(rows: slice | Tensor, part: _Encoded) -> None:
+            nonlocal out
             if out is None:
                 out = _allocate_rows(part, n_scene, target)
             _write_chunk(out, rows, part)
+
+        missing = []
+        for row, key in enumerate(keys):
+            entry = None if key is None else self.cache.get(key)
+            if entry is None:
+                missing.append(row)
+            else:
+                write(slice(row, row + 1), entry)
+        for start in range(0, len(missing), self.encode_chunk):
+            rows = missing[start:start + self.encode_chunk]
+            index = (slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] == len(rows) - 1
+                     else torch.tensor(rows, device=self.device))
+            part = self._encode_scenes(index_tree(batch, index), latent, destination)
+            for i, row in enumerate(rows):
+                if keys[row] is not None:
+                    self.cache.put(keys[row], part if len(rows) == 1 else clone_tree(index_tree(part, slice(i, i + 1))))
+            write(index, part)
         assert out is not None
         return out
+
+    def _encode_scenes(self, batch: SceneBatch, latent: LatentMode, destination: DestinationMode) -> _Encoded:
+        """Encode the scenes of ``batch`` (one chunk) and, with ``fast_reset``, the warm start's recurrent
+        prefix."""
+        model, n_hist = self.model, self.model.cfg.n_step_history
+        sparse = self.fast_reset
+        with autocast(self.device, self.autocast_dtype):
+            enc = _scene_encoding(model, batch, full_log=latent == "posterior", sparse=sparse)
+            if latent == "posterior":
+                dist = model.latent(enc.full_tokens, batch.agent_valid, enc.tl_tokens, enc.tl_valid, enc.map,
+                                    posterior=True)
+            else:
+                tl_tokens, tl_valid = history_tl(enc, None, model)
+                dist = model.latent(enc.history_tokens, enc.history_valid, tl_tokens, tl_valid, enc.map,
+                                    posterior=False)
+            logits = None if destination == "logged" else model.destination_logits(
+                enc.history_tokens, enc.history_valid, batch.agent_type, enc.map, batch.map_type, sparse=sparse)
+            tl_kv = model.project_tl_kv(_pad_steps(enc.tl_tokens, N_STEP))
+            tl_valid = _pad_steps(enc.tl_valid, N_STEP)
+            prefix_steps = prefix = None
+            if self.fast_reset:
+                prefix_steps = log_exact_steps(batch.agent_valid, n_hist)
+                prefix = recurrent_prefix(model, batch, enc.map, tl_kv, tl_valid, int(prefix_steps.max()))
+        return _Encoded(map=enc.map, tl_kv=tl_kv, tl_valid=tl_valid, goal_valid=enc.history_valid.any(1),
+                        latent_mean=dist.mean.float(), latent_log_std=dist.log_std.float().expand_as(dist.mean),
+                        logits=logits, prefix_steps=prefix_steps, prefix=prefix)
 
     @torch.no_grad()
     def act(self, state: AgentState, step: Tensor) -> Tensor:
@@ -248,17 +311,20 @@ class TrafficBotsPolicy:
         if self._ctx is None:
             raise RuntimeError("TrafficBotsPolicy.reset(batch) must be called before using the policy")
 
-    def _warm_start(self, ctx: EpisodeContext, batch: SceneBatch, goal_valid: Tensor,
-                    deterministic_action: bool) -> tuple[LoopState, AgentState]:
-        """Steps 1..10 of the log with teacher forcing (as in training); returns the loop state and the
-        agents' state at step 10."""
-        tf_mask = teacher_forcing_mask(batch.agent_valid, *TEACHER_FORCING["training"])
-        state = initial_loop_state(self.model, batch, goal_valid)
-        for t in range(1, self.model.cfg.n_step_history):
-            with autocast(self.device, self.autocast_dtype):
-                state = transition(self.model, ctx, state, t, batch, tf_mask, deterministic=deterministic_action,
-                                   generator=self.generator).state
-        return state, state.agents.clone()
+
+def _scene_encoding(model: TrafficBots, batch: SceneBatch, *, full_log: bool, sparse: bool) -> SceneEncoding:
+    """Map, traffic-light and logged agent tokens of ``batch`` (``closed_loop.encode_episode`` with the
+    history taken from ``batch``); ``sparse``: the exact inference shortcut of ``TrafficBots.encode_map``."""
+    n_hist = model.cfg.n_step_history
+    n_tokens = batch.num_steps if full_log and batch.num_steps > n_hist else n_hist
+    kin = log_kinematics(batch)
+    tokens = model.encode_agents(AgentKinematics(*(getattr(kin, f.name)[:, :n_tokens] for f in fields(kin))),
+                                 batch.agent_size, batch.agent_type)
+    return SceneEncoding(
+        map=model.encode_map(batch.map_valid, batch.map_type, batch.map_pos, batch.map_dir, sparse=sparse),
+        tl_tokens=model.encode_traffic_lights(batch.tl_valid, batch.tl_state, batch.tl_pos, batch.tl_dir),
+        tl_valid=batch.tl_valid, history_tokens=tokens[:, :n_hist], history_valid=batch.agent_valid[:, :n_hist],
+        full_tokens=tokens if n_tokens > n_hist else None)
 
 
 def _step_autocast(device: torch.device, dtype: torch.dtype | None):  # noqa: ANN202 - context manager
@@ -288,10 +354,10 @@ def _allocate_rows(part: _Encoded, n_scene: int, target: EpisodeContext | None) 
         tl_kv, tl_valid = [(empty(k), empty(v)) for k, v in part.tl_kv], empty(part.tl_valid)
     return _Encoded(map=map_ctx, tl_kv=tl_kv, tl_valid=tl_valid, goal_valid=empty(part.goal_valid),
                     latent_mean=empty(part.latent_mean), latent_log_std=empty(part.latent_log_std),
-                    logits=empty(part.logits))
+                    logits=empty(part.logits), prefix_steps=empty(part.prefix_steps), prefix=empty(part.prefix))
 
 
-def _write_chunk(out: _Encoded, rows: slice, part: _Encoded) -> None:
+def _write_chunk(out: _Encoded, rows: slice | Tensor, part: _Encoded) -> None:
     """Copy the chunk ``part`` into rows ``rows`` of ``out``."""
     for f in fields(_Encoded):
         copy_rows_(getattr(out, f.name), rows, getattr(part, f.name))

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from trafficbots_gym.data.constants import N_PL_NODE
 from trafficbots_gym.model.action_head import ActionHead
 from trafficbots_gym.model.config import TrafficBotsConfig
-from trafficbots_gym.model.destination import DestPredictor
+from trafficbots_gym.model.destination import N_DEST_TYPES, DestPredictor, destination_mask
 from trafficbots_gym.model.distributions import DiagGaussian
 from trafficbots_gym.model.encoders import InputPeEncoder, MapEncoder, PosePE, wrap_angle
 from trafficbots_gym.model.latent import LatentHead
@@ -92,14 +92,36 @@ class TrafficBots(nn.Module):
     def _pe_yaw(self, yaw: Tensor) -> Tensor:
         return yaw if self.cfg.reference_compat else wrap_angle(yaw)
 
-    def encode_map(self, valid: Tensor, map_type: Tensor, pos: Tensor, direction: Tensor) -> MapContext:
-        """Polylines ``valid`` [B, P, N], ``map_type`` [B, P, 11], ``pos``/``direction`` [B, P, N, 2]."""
+    def encode_map(self, valid: Tensor, map_type: Tensor, pos: Tensor, direction: Tensor, *,
+                   sparse: bool = False) -> MapContext:
+        """Polylines ``valid`` [B, P, N], ``map_type`` [B, P, 11], ``pos``/``direction`` [B, P, N, 2].
+
+        ``sparse`` runs the per-polyline node encoder only on polylines with a valid node (the others
+        pool to zero either way): the same result with less work, but data-dependent shapes and a host
+        synchronisation, so it is meant for inference.
+        """
         n_scene, n_pl, n_node = valid.shape
-        attr = torch.cat([map_type.unsqueeze(2).expand(-1, -1, n_node, -1),
-                          self.node_onehot[:n_node, :n_node].expand(n_scene, n_pl, -1, -1)], dim=-1)
-        pe = self.pose_pe(pos, torch.atan2(direction[..., 1], direction[..., 0]))
-        feature, pl_valid = self.map_encoder(valid, attr.to(pos.dtype), pe)
+        if not sparse:
+            attr, pe = self._map_node_inputs(map_type.unsqueeze(2).expand(-1, -1, n_node, -1), pos, direction)
+            feature, pl_valid = self.map_encoder(valid, attr, pe)
+            return MapContext(feature, pl_valid, self.as2pl.project_kv(feature))
+        pl_valid = valid.any(-1)
+        rows = pl_valid.flatten().nonzero().squeeze(1)
+        node_valid = valid.flatten(0, 1)[rows]
+        node_type = map_type.flatten(0, 1)[rows].unsqueeze(1).expand(-1, n_node, -1)
+        attr, pe = self._map_node_inputs(node_type, pos.flatten(0, 1)[rows], direction.flatten(0, 1)[rows])
+        pooled = self.map_encoder.encode_polylines(node_valid, attr, pe)
+        pl = pooled.new_zeros(n_scene * n_pl, pooled.shape[-1]).index_copy(0, rows, pooled)
+        feature = self.map_encoder.aggregate(pl.view(n_scene, n_pl, -1), pl_valid)
         return MapContext(feature, pl_valid, self.as2pl.project_kv(feature))
+
+    def _map_node_inputs(self, node_type: Tensor, pos: Tensor, direction: Tensor) -> tuple[Tensor, Tensor]:
+        """Node attributes (polyline type one-hot ``node_type`` [..., N, 11] + node-index one-hot) and pose
+        encodings of nodes at ``pos`` / ``direction`` [..., N, 2]."""
+        n_node = pos.shape[-2]
+        onehot = self.node_onehot[:n_node, :n_node].expand(*node_type.shape[:-1], n_node)
+        attr = torch.cat([node_type, onehot], dim=-1).to(pos.dtype)
+        return attr, self.pose_pe(pos, torch.atan2(direction[..., 1], direction[..., 0]))
 
     def encode_traffic_lights(self, valid: Tensor, state: Tensor, pos: Tensor, direction: Tensor) -> Tensor:
         """Stop-point tokens [..., S, D] of ``valid`` [..., S], one-hot ``state`` [..., S, 5], ``pos``/``direction``."""
@@ -137,9 +159,35 @@ class TrafficBots(nn.Module):
         return head(x.view(n_batch, n_step, n_agent, dim), valid)
 
     def destination_logits(self, tokens: Tensor, valid: Tensor, agent_type: Tensor, map_ctx: MapContext,
-                           map_type: Tensor) -> Tensor:
-        """Destination logits [B, A, P] from history agent tokens [B, T, A, D]."""
-        return self.dest_predictor(tokens, valid, agent_type, map_ctx.feature, map_ctx.valid, map_type)
+                           map_type: Tensor, *, sparse: bool = False) -> Tensor:
+        """Destination logits [B, A, P] from history agent tokens [B, T, A, D].
+
+        ``sparse`` scores only each scene's candidate polylines (valid, classes 0-4; every other polyline
+        gets ``-inf`` either way), scene by scene: the same logits with less work (inference).
+        """
+        if not sparse:
+            return self.dest_predictor(tokens, valid, agent_type, map_ctx.feature, map_ctx.valid, map_type)
+        candidate = map_ctx.valid & map_type[:, :, :N_DEST_TYPES].any(-1)
+        return torch.cat([self._scene_destination_logits(tokens[i:i + 1], valid[i:i + 1], agent_type[i:i + 1],
+                                                         map_ctx.feature[i:i + 1], map_type[i:i + 1],
+                                                         candidate[i:i + 1])
+                          for i in range(valid.shape[0])])
+
+    def _scene_destination_logits(self, tokens: Tensor, valid: Tensor, agent_type: Tensor, feature: Tensor,
+                                  map_type: Tensor, candidate: Tensor) -> Tensor:
+        """Logits [1, A, P] of one scene with candidate polylines ``candidate`` [1, P]: the predictor on the
+        candidates (and a few padding polylines) for the agents with history, ``-inf`` where the polyline is
+        not allowed, zero rows where the full predictor zeroes them (no history, or no allowed polyline)."""
+        has_history = valid.any(1)                                             # [1, A]
+        agents = has_history[0].nonzero().squeeze(1)
+        cols = _padded_columns(candidate[0])
+        sub = self.dest_predictor(tokens[:, :, agents], valid[:, :, agents], agent_type[:, agents], feature[:, cols],
+                                  candidate[:, cols], map_type[:, cols])
+        logits = sub.new_full(valid.shape[:1] + valid.shape[2:] + feature.shape[1:2], float("-inf"))
+        logits[:, agents.unsqueeze(-1), cols] = sub
+        forbidden = destination_mask(agent_type, map_type, candidate)
+        logits = logits.masked_fill(forbidden, float("-inf"))
+        return logits.masked_fill((~has_history | forbidden.all(-1)).unsqueeze(-1), 0.0)
 
     # ------------------------------------------------------------------------------------------- policy
     def project_tl_kv(self, tl_tokens: Tensor) -> list[KeyValue]:
@@ -156,15 +204,49 @@ class TrafficBots(nn.Module):
         ``goal_feature`` [B, A, D] (feature of the destination polyline), ``latent`` [B, A, Z],
         ``hidden`` [layers, B*A, D] -> (action distribution [B, A, 2], new hidden).
         """
-        x = self.as2pl.forward_kv(tokens, valid, map_ctx.kv, map_ctx.valid)
-        x = self.as2tl.forward_kv(x, valid, tl_kv, tl_valid)
-        x = interact(self.interaction, x, valid)
-        x, hidden = gru_step(self.temporal, x, valid, hidden)
+        x = self.policy_features(tokens.unsqueeze(1), valid.unsqueeze(1), map_ctx,
+                                 [(k.unsqueeze(1), v.unsqueeze(1)) for k, v in tl_kv], tl_valid.unsqueeze(1))
+        x, hidden = gru_step(self.temporal, x.squeeze(1), valid, hidden)
+        return self.policy_head(x, valid, agent_type, goal_feature, goal_valid, latent), hidden
+
+    def policy_features(self, tokens: Tensor, valid: Tensor, map_ctx: MapContext, tl_kv: list[KeyValue],
+                        tl_valid: Tensor) -> Tensor:
+        """The recurrent input of S policy steps at once: agent tokens [B, S, A, D] with validity [B, S, A]
+        attend to the map, to the lights of their step (``tl_kv`` per layer [B, S, H, L, d], ``tl_valid``
+        [B, S, L]) and to the other agents of their step -> [B, S, A, D]. Steps do not interact."""
+        n_batch, n_step, n_agent, dim = tokens.shape
+        x = self.as2pl.forward_kv(tokens.flatten(1, 2), valid.flatten(1, 2), map_ctx.kv, map_ctx.valid)
+        x = self.as2tl.forward_kv(x.view(n_batch * n_step, n_agent, dim), valid.flatten(0, 1),
+                                  [(k.flatten(0, 1), v.flatten(0, 1)) for k, v in tl_kv], tl_valid.flatten(0, 1))
+        x = interact(self.interaction, x, valid.flatten(0, 1))
+        return x.view(n_batch, n_step, n_agent, dim)
+
+    def policy_head(self, x: Tensor, valid: Tensor, agent_type: Tensor, goal_feature: Tensor, goal_valid: Tensor,
+                    latent: Tensor) -> DiagGaussian:
+        """Action distribution [B, A, 2] from the GRU output ``x`` [B, A, D], the destination feature and the
+        personality latent."""
         x = self.add_goal(x, valid, goal_feature, goal_valid)
         x = self.add_latent(x, valid, latent, valid)
-        return self.action_head(x, valid, agent_type), hidden
+        return self.action_head(x, valid, agent_type)
 
     @staticmethod
     def goal_feature(map_ctx: MapContext, dest: Tensor) -> Tensor:
         """Feature of each agent's destination polyline ``dest`` [B, A] -> [B, A, D]."""
         return torch.gather(map_ctx.feature, 1, dest.unsqueeze(-1).expand(-1, -1, map_ctx.feature.shape[-1]))
+
+
+DEST_ROW_BLOCK = 16
+"""The pairwise scorer's last layer is a matrix-vector product whose per-row rounding on CPU (MKL) depends on
+the row count modulo a small block; sparse scoring keeps its row count a multiple of this block, like the
+dense one, so that both give the same bits."""
+
+
+def _padded_columns(candidate: Tensor) -> Tensor:
+    """Indices of the ``True`` polylines of ``candidate`` [P], padded with non-candidates to a multiple of
+    ``DEST_ROW_BLOCK`` (all polylines when there are not enough)."""
+    cols = candidate.nonzero().squeeze(1)
+    missing = -len(cols) % DEST_ROW_BLOCK
+    others = (~candidate).nonzero().squeeze(1)
+    if missing > len(others):
+        return torch.arange(len(candidate), device=candidate.device)
+    return torch.cat([cols, others[:missing]]).sort().values

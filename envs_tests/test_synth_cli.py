@@ -26,13 +26,14 @@ def test_scenes_go_to_shards_with_an_index(tmp_path: Path, capsys: pytest.Captur
     assert not list(out.glob("*.tmp"))
 
 
-def test_an_h5_path_gets_a_single_gzip9_file(tmp_path: Path) -> None:
+def test_an_h5_path_gets_a_single_gzip9_file_with_one_chunk_per_dataset(tmp_path: Path) -> None:
     out = tmp_path / "one.h5"
     assert main(["--num-scenes", "1", "--out", str(out), "--seed", "2", "--duration", "15"]) == 0
     assert len(SceneReader(out)) == 1 and [p.name for p in tmp_path.iterdir()] == ["one.h5"]
     with h5py.File(out, "r") as f:
         ds = f["0/map/pos"]
         assert ds.compression == "gzip" and ds.compression_opts == GZIP_LEVEL and ds.shuffle
+        assert ds.chunks == ds.shape  # one chunk (one deflate stream) per dataset
 
 
 def test_corpus_subcommand_reports_runs_windows_and_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -54,9 +54,11 @@ def test_states_move_by_at_most_half_a_grid_step(reference_scenes: list[Scene]) 
 
 def test_acc_and_yaw_rate_are_the_differences_of_the_stored_speeds_and_headings(
         reference_scenes: list[Scene]) -> None:
-    for agents in (quantize_scene(reference_scenes[1]).agent, quantize_scene(reference_scenes[1]).history_agent):
+    q = quantize_scene(reference_scenes[1])
+    for agents in (q.agent, q.history_agent):
         pair = (agents.valid[1:] & agents.valid[:-1])[..., None]
-        for rate, series, grid in ((agents.acc, agents.spd, "acceleration"), (agents.yaw_rate, agents.yaw_bbox, "yaw_rate")):
+        for rate, series, grid in ((agents.acc, agents.spd, "acceleration"),
+                                   (agents.yaw_rate, agents.yaw_bbox, "yaw_rate")):
             diff = np.diff(series.astype(np.float64), axis=0) / DT
             assert np.abs(np.where(pair, rate[1:] - diff, 0.0)).max() <= STEPS[grid] / 2 + 1e-4
             assert not rate[1:][~pair].any() and not rate[0].any()

@@ -1,10 +1,9 @@
 """Snap the float arrays of a synthetic scene to dyadic grids, so the H5 files compress well.
 
-A packed scene lives in a rotated scene frame, so its float32 values carry about 20 bits of
+A packed scene lives in a rotated scene frame, so the low mantissa bits of its float32 values are
 rotation noise that the gzip + shuffle filters cannot compress. Rounding each quantity to a power
-of two grid (:data:`STEPS`) clears the low mantissa bits while every value stays a float32 of the
-reference layout. The grids are far below what SUMO resolves (its networks are written in
-centimetres). Elementwise rounding keeps every copy relation of the packer exact (``tl_stop/dir``
+of two grid (:data:`STEPS`) clears those bits while every value stays a float32 of the reference
+layout. The position grid (4 mm) is finer than SUMO's networks, which are written in centimetres. Elementwise rounding keeps every copy relation of the packer exact (``tl_stop/dir``
 equals the ``map/dir`` node it was taken from, ``map/boundary`` the extremes of the valid nodes,
 ``agent/goal`` the last valid state, ``history/*`` the first steps of the full view); ``acc`` and
 ``yaw_rate`` are re-derived from the rounded speeds and headings (finite differences over

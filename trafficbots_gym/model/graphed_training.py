@@ -12,8 +12,9 @@ Requirements of the captured function, all met by :func:`~trafficbots_gym.model.
 host synchronisation, no tensors made from host data, random draws from the default CUDA generator. A
 batch with other shapes runs eagerly (e.g. a short last batch); on a non-CUDA device every call is eager.
 Autocast may be active around the calls: capture and replay disable its weight-cast cache (a cached cast
-made inside a graph must not outlive it). If capture fails, the object falls back to eager execution for
-good and says why in :attr:`disabled_reason`.
+made inside a graph must not outlive it). Capture uses the ``thread_local`` error mode, so that other
+threads of the process (the DataLoader's pin-memory thread) may keep allocating pinned memory meanwhile. A
+failed capture raises: the CUDA context is not fit to continue after it.
 """
 from __future__ import annotations
 
@@ -64,7 +65,6 @@ class GraphedLossBackward:
         self.warmup_calls = warmup_calls
         self.calls = 0
         self.replays = 0
-        self.disabled_reason: str | None = None
         self._graph: torch.cuda.CUDAGraph | None = None
         self._static_batch: SceneBatch | None = None
         self._static_losses: dict[str, Tensor] = {}
@@ -78,7 +78,7 @@ class GraphedLossBackward:
     def __call__(self, batch: SceneBatch) -> dict[str, Tensor]:
         self.calls += 1
         device = batch.device
-        if device.type != "cuda" or self.disabled_reason is not None:
+        if device.type != "cuda":
             return self._eager(batch)
         with _autocast_without_cache(device.type):
             if self._graph is None:
@@ -86,11 +86,9 @@ class GraphedLossBackward:
                     return self._eager_on_side_stream(batch)
                 try:
                     self._capture(batch)
-                except RuntimeError as error:  # capture is best effort: keep training eagerly
-                    self._graph, self._static_batch = None, None
-                    self.disabled_reason = f"CUDA graph capture failed: {error}"
-                    log.warning("%s; training continues without the graph", self.disabled_reason)
-                    return self._eager(batch)
+                except RuntimeError as error:
+                    raise RuntimeError(f"CUDA graph capture of the training pass failed ({error}); "
+                                       "train without it (model.cuda_graph=false)") from error
             if batch_signature(batch) != batch_signature(self._static_batch):
                 return self._eager(batch)
             return self._replay(batch)
@@ -119,7 +117,7 @@ class GraphedLossBackward:
         for p in self.params:
             p.grad = None  # backward inside the capture allocates the gradients in the graph's pool
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             losses = self.loss_fn(static)
             losses["loss"].backward()
         self._graph, self._static_batch = graph, static

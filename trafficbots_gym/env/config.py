@@ -111,6 +111,8 @@ class EnvConfig:
     """Check every scene read (shapes, finiteness, enum ranges)."""
     prefetch: bool = True
     """Read the next scenes on a background thread while the current episodes run."""
+    encoding_cache_mb: float = 256.0
+    """Budget (MiB) of the learned background's per-scene encoding cache; 0 = off."""
     render_width: int = 800
     render_height: int = 800
     render_px_per_m: float = 5.0
@@ -132,6 +134,8 @@ class EnvConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(self.encoding_cache_mb, bool) or not self.encoding_cache_mb >= 0:
+            raise ValueError(f"encoding_cache_mb must be >= 0, got {self.encoding_cache_mb!r}")
         for name in ("goal_radius", "route_spacing", "obs_range", "mixed_radius", "render_px_per_m"):
             value = getattr(self, name)
             if not value > 0:

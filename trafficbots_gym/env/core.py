@@ -101,7 +101,8 @@ def make_policy(config: EnvConfig, device: torch.device, precision: str = "fp32"
         return None
     from trafficbots_gym.model.checkpoint import load_model
     from trafficbots_gym.model.policy import TrafficBotsPolicy
-    return TrafficBotsPolicy(load_model(config.checkpoint), device=device, autocast_dtype=POLICY_PRECISIONS[precision])
+    return TrafficBotsPolicy(load_model(config.checkpoint), device=device, autocast_dtype=POLICY_PRECISIONS[precision],
+                             cache_mb=config.encoding_cache_mb)
 
 
 def resolve_ego(arrays: SceneArrays, ego: Any, scenario_id: str) -> int:
@@ -154,7 +155,7 @@ class EpisodeBatch:
         self.loader = SceneLoader(self.source, background=config.prefetch)
         self.sim = BatchedSimulator(background=config.background,
                                     policy=make_policy(config, self.device, policy_precision),
-                                    device=self.device, mixed_radius=config.mixed_radius)
+                                    device=self.device, mixed_radius=config.mixed_radius, agent_metrics=False)
         self.observer = ObservationBuilder(config)
         self.actions = ActionMapper(config, self.device)
         self.rngs: list[np.random.Generator | None] = [None] * num_envs
@@ -203,7 +204,8 @@ class EpisodeBatch:
         batch = collate_arrays(arrays).to(self.device)
         ego = torch.tensor(egos, dtype=torch.long, device=self.device)
         env_ids = None if all_rows else torch.tensor(rows, dtype=torch.long, device=self.device)
-        self.sim.reset(batch, ego, env_ids=env_ids, generator=self.generator)
+        self.sim.reset(batch, ego, env_ids=env_ids, generator=self.generator,
+                       scene_keys=[self.source.scene_key(i) for i in indices])
         self._start_rows(batch, ego, env_ids)
         self._step_graph.check()
         self._observe_graph.check()

@@ -68,6 +68,13 @@ class SceneSource:
             return self.reader.index_of(str(options["scenario_id"]))
         return int(np_random.integers(len(self)))
 
+    def scene_key(self, index: int) -> tuple[str, str, int]:
+        """What identifies scene ``index``'s data across sources: its file (resolved path and modification
+        time, so a rewritten file gives new keys) and group."""
+        path, group = self.reader.locate(index)
+        resolved = Path(path).resolve()
+        return str(resolved), group, resolved.stat().st_mtime_ns
+
     def check_index(self, index: Any) -> int:
         """``index`` as an int in range, else ValueError naming the source."""
         if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= index < len(self):

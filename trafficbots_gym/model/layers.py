@@ -21,19 +21,24 @@ KeyValue = tuple[Tensor, Tensor]
 
 
 class AttentionMask(NamedTuple):
-    """Boolean attention mask prepared once per block call."""
+    """Attention mask prepared once per block call (shared by its layers)."""
 
-    allowed: Tensor   # [N, 1, 1|Lq, Lk] True: may attend (rows without any allowed key are all True)
+    bias: Tensor      # [N, 1, 1|Lq, Lk] additive: 0 where the query may attend, -inf elsewhere (rows
+                      # without any allowed key are all 0); what SDPA derives from a boolean mask
     no_key: Tensor    # [N, 1|Lq, 1] True: the query has no allowed key, its attention output is zero
 
 
-def attention_mask(tgt_valid: Tensor, pair_mask: Tensor | None = None) -> AttentionMask:
-    """Mask from key validity ``tgt_valid`` [N, Lk] and forbidden pairs ``pair_mask`` [(N,) Lq, Lk]."""
+def attention_mask(tgt_valid: Tensor, pair_mask: Tensor | None = None, dtype: torch.dtype = torch.float32
+                   ) -> AttentionMask:
+    """Mask from key validity ``tgt_valid`` [N, Lk] and forbidden pairs ``pair_mask`` [(N,) Lq, Lk]; the
+    additive bias has the queries' ``dtype``."""
     allowed = tgt_valid.unsqueeze(-2)
     if pair_mask is not None:
         allowed = allowed & ~pair_mask
     no_key = ~allowed.any(-1, keepdim=True)
-    return AttentionMask((allowed | no_key).unsqueeze(1), no_key)
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~(allowed | no_key),
+                                                                                        float("-inf"))
+    return AttentionMask(bias.unsqueeze(1), no_key)
 
 
 class MLP(nn.Module):
@@ -65,7 +70,7 @@ class MLP(nn.Module):
             if i < self.n_act:
                 if self.norms is not None:
                     h = self.norms[i](h)
-                if self.dropout is not None:
+                if self.dropout is not None and self.training:
                     h = self.dropout(h)
                 h = F.relu(h)
         if valid is not None:
@@ -107,20 +112,26 @@ class CrossAttentionLayer(nn.Module):
         k, v = kv.chunk(2, dim=-1)
         return self._heads(k), self._heads(v)
 
-    def forward(self, src: Tensor, src_valid: Tensor | None, kv: KeyValue, mask: AttentionMask) -> Tensor:
-        """``src`` [N, Lq, d] attends to keys/values ``kv`` under ``mask`` (see :func:`attention_mask`)."""
+    def forward(self, src: Tensor, src_invalid: Tensor | None, kv: KeyValue, mask: AttentionMask) -> Tensor:
+        """``src`` [N, Lq, d] attends to keys/values ``kv`` under ``mask`` (see :func:`attention_mask`);
+        rows where ``src_invalid`` [N, Lq, 1] is True are zeroed."""
         d = src.shape[-1]
         q = self._heads(F.linear(self.norm1(src), self.in_proj_weight[:d], self.in_proj_bias[:d]))
         k, v = kv
-        attn = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask.allowed,
-                                              dropout_p=self.p_drop if self.training else 0.0)
-        attn = self.out_proj(attn.transpose(-3, -2).flatten(-2))
-        attn = attn.masked_fill(mask.no_key, 0.0)
-        src = src + self.drop(attn)
-        src = src + self.drop(self.linear2(self.drop(F.relu(self.linear1(self.norm2(src))))))
-        if src_valid is not None:
-            src = src.masked_fill(~src_valid.unsqueeze(-1), 0.0)
+        if k.dtype != q.dtype:
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        bias = mask.bias if mask.bias.dtype == q.dtype else mask.bias.to(q.dtype)
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.p_drop if self.training else 0.0)
+        attn = F.linear(attn.transpose(-3, -2).flatten(-2), self.out_proj.weight, self.out_proj.bias)
+        src = src + self._drop(attn.masked_fill(mask.no_key, 0.0))
+        h = F.relu(F.linear(self.norm2(src), self.linear1.weight, self.linear1.bias))
+        src = src + self._drop(F.linear(self._drop(h), self.linear2.weight, self.linear2.bias))
+        if src_invalid is not None:
+            src = src.masked_fill(src_invalid, 0.0)
         return src
+
+    def _drop(self, x: Tensor) -> Tensor:
+        return self.drop(x) if self.training else x
 
 
 class TransformerBlock(nn.Module):
@@ -142,8 +153,9 @@ class TransformerBlock(nn.Module):
         ``pair_mask`` [Lq, Lk] or [N, Lq, Lk] (True: forbidden pair) is combined with the key validity.
         """
         mask = attention_mask(tgt_valid, pair_mask)
+        invalid = None if src_valid is None else ~src_valid.unsqueeze(-1)
         for layer, kv in zip(self.layers, kvs, strict=True):
-            src = layer(src, src_valid, kv, mask)
+            src = layer(src, invalid, kv, mask)
         return src
 
     def forward(self, src: Tensor, src_valid: Tensor | None, tgt: Tensor, tgt_valid: Tensor,

@@ -9,12 +9,14 @@
   (including agents that appear later) replay the log.
 
 A model moves the agents of its *reactive mask*; the simulator replays the log for the others.
-Every model implements ``reset(batch, ego_index, *, env_ids, generator)`` and
+Every model implements ``reset(batch, ego_index, *, env_ids, generator, scene_keys)`` and
 ``propose(state, step) -> AgentState`` (the state at ``step`` of every agent from the state at
-``step - 1``; invalid agents stay invalid).
+``step - 1``; invalid agents stay invalid). ``scene_keys`` (one per started scene, see
+``TrafficBotsPolicy.reset``) lets a model reuse what it computed for a scene before.
 """
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -36,7 +38,8 @@ class Background(Protocol):
     """What the simulator needs from a background model."""
 
     def reset(self, batch: SceneBatch, ego_index: torch.Tensor, *, env_ids: torch.Tensor | None = None,
-              generator: torch.Generator | None = None) -> None: ...
+              generator: torch.Generator | None = None,
+              scene_keys: Sequence[Hashable | None] | None = None) -> None: ...
 
     def propose(self, state: AgentState, step: torch.Tensor) -> AgentState: ...
 
@@ -47,7 +50,8 @@ class LogReplay:
     name = "log_replay"
 
     def reset(self, batch: SceneBatch, ego_index: torch.Tensor, *, env_ids: torch.Tensor | None = None,
-              generator: torch.Generator | None = None) -> None:
+              generator: torch.Generator | None = None,
+              scene_keys: Sequence[Hashable | None] | None = None) -> None:
         """Nothing to cache."""
 
     def propose(self, state: AgentState, step: torch.Tensor) -> AgentState:
@@ -61,7 +65,8 @@ class ConstantVelocity:
     name = "constant_velocity"
 
     def reset(self, batch: SceneBatch, ego_index: torch.Tensor, *, env_ids: torch.Tensor | None = None,
-              generator: torch.Generator | None = None) -> None:
+              generator: torch.Generator | None = None,
+              scene_keys: Sequence[Hashable | None] | None = None) -> None:
         """Nothing to cache: the initial state is the logged step-10 (or spawn) state."""
 
     def propose(self, state: AgentState, step: torch.Tensor) -> AgentState:
@@ -82,12 +87,14 @@ class LearnedBackground:
         self.deterministic_action, self.deterministic_latent = deterministic_action, deterministic_latent
 
     def reset(self, batch: SceneBatch, ego_index: torch.Tensor, *, env_ids: torch.Tensor | None = None,
-              generator: torch.Generator | None = None) -> None:
-        """(Re-)encode ``batch`` (only its rows ``env_ids``, when given) and warm-start on steps 0..10."""
+              generator: torch.Generator | None = None,
+              scene_keys: Sequence[Hashable | None] | None = None) -> None:
+        """(Re-)encode ``batch`` (only its rows ``env_ids``, when given; encodings of scenes with a cached
+        ``scene_keys`` entry are reused) and warm-start on steps 0..10."""
         scenes = batch if env_ids is None else batch.index(env_ids)
         self.policy.reset(scenes, env_ids=env_ids, generator=generator, latent=self.latent,  # type: ignore[arg-type]
                           destination=self.destination, deterministic_action=self.deterministic_action,  # type: ignore[arg-type]
-                          deterministic_latent=self.deterministic_latent)
+                          deterministic_latent=self.deterministic_latent, cache_keys=scene_keys)
 
     def propose(self, state: AgentState, step: torch.Tensor) -> AgentState:
         action = self.policy.act(state, step)

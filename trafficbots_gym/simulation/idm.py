@@ -13,6 +13,7 @@ extension along the final logged heading) and a speed ``v >= 0``. Every step:
 """
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -109,7 +110,7 @@ class IDMBackground:
         self._tracked: torch.Tensor | None = None
 
     def reset(self, batch: SceneBatch, ego_index: torch.Tensor, *, env_ids: torch.Tensor | None = None,
-              generator: torch.Generator | None = None) -> None:
+              generator: torch.Generator | None = None, scene_keys: Sequence[Hashable | None] | None = None) -> None:
         """Cache the paths and desired speeds of ``batch`` (of its rows ``env_ids`` when given, the other
         rows are unchanged) and forget the agents of those rows. Buffers are overwritten in place."""
         self._batch = batch

@@ -66,16 +66,26 @@ def box_overlap_matrix(pos: torch.Tensor, yaw: torch.Tensor, length: torch.Tenso
                        width: torch.Tensor) -> torch.Tensor:
     """[B, A, A] bool: boxes i and j overlap (separating axis theorem; touching counts, diagonal is true).
 
-    ``pos`` [B, A, 2], ``yaw``/``length``/``width`` [B, A]. Closed form: the four candidate axes are the
-    two box headings and normals, and each box's projected half-extent follows from |cos|/|sin| of the
-    yaw difference.
+    ``pos`` [B, A, 2], ``yaw``/``length``/``width`` [B, A]. See :func:`box_overlap`.
     """
-    d = pos.unsqueeze(1) - pos.unsqueeze(2)                      # [B, i, j, 2] = pos_j - pos_i
-    yaw_i, yaw_j = yaw.unsqueeze(2), yaw.unsqueeze(1)
+    return box_overlap((pos, yaw, length, width), (pos, yaw, length, width))
+
+
+def box_overlap(boxes_i: tuple[torch.Tensor, ...], boxes_j: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """[B, I, J] bool: box i of ``boxes_i`` overlaps box j of ``boxes_j``; each is (pos [B, n, 2], yaw,
+    length, width [B, n]).
+
+    Closed form: the four candidate axes are the two box headings and normals, and each box's projected
+    half-extent follows from |cos|/|sin| of the yaw difference.
+    """
+    pos_i, yaw_i, length_i, width_i = boxes_i
+    pos_j, yaw_j, length_j, width_j = boxes_j
+    d = pos_j.unsqueeze(1) - pos_i.unsqueeze(2)                  # [B, i, j, 2] = pos_j - pos_i
+    yaw_i, yaw_j = yaw_i.unsqueeze(2), yaw_j.unsqueeze(1)
     c = torch.cos(yaw_j - yaw_i).abs()
     s = torch.sin(yaw_j - yaw_i).abs()
-    li, wi = 0.5 * length.unsqueeze(2), 0.5 * width.unsqueeze(2)
-    lj, wj = 0.5 * length.unsqueeze(1), 0.5 * width.unsqueeze(1)
+    li, wi = 0.5 * length_i.unsqueeze(2), 0.5 * width_i.unsqueeze(2)
+    lj, wj = 0.5 * length_j.unsqueeze(1), 0.5 * width_j.unsqueeze(1)
     cos_i, sin_i = torch.cos(yaw_i), torch.sin(yaw_i)
     cos_j, sin_j = torch.cos(yaw_j), torch.sin(yaw_j)
     dx, dy = d[..., 0], d[..., 1]
@@ -86,18 +96,29 @@ def box_overlap_matrix(pos: torch.Tensor, yaw: torch.Tensor, length: torch.Tenso
     return ~sep
 
 
-def collisions(state: AgentState, size: torch.Tensor, agent_type: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+def collisions(state: AgentState, size: torch.Tensor, agent_type: torch.Tensor, scale: float = 1.0, *,
+               agents: torch.Tensor | None = None) -> torch.Tensor:
     """[B, A] bool: the agent's box overlaps another valid agent's box (pedestrian pairs excluded).
 
     ``size`` [B, A, 3] (length, width, height); ``agent_type`` [B, A, 3] one-hot; ``scale`` enlarges the
-    boxes (the reference rule checker uses 1.1).
+    boxes (the reference rule checker uses 1.1). ``agents`` [B, Q] long: only these agents' flags
+    ([B, Q], the same values as their entries of the full result).
     """
     n = state.valid.shape[-1]
-    overlap = box_overlap_matrix(state.pos, state.yaw, size[..., 0] * scale, size[..., 1] * scale)
-    pair_valid = state.valid.unsqueeze(2) & state.valid.unsqueeze(1)
+    length, width = size[..., 0] * scale, size[..., 1] * scale
+    boxes = (state.pos, state.yaw, length, width)
     ped = agent_type[..., AgentType.PEDESTRIAN].bool()
-    ped_pair = ped.unsqueeze(2) & ped.unsqueeze(1)
-    not_self = ~torch.eye(n, dtype=torch.bool, device=state.valid.device)
+    slots = torch.arange(n, device=state.valid.device)
+    if agents is None:
+        query, valid_q, ped_q, slot_q = boxes, state.valid, ped, slots
+    else:
+        rows = torch.arange(agents.shape[0], device=agents.device).unsqueeze(-1)
+        query = tuple(x[rows, agents] for x in boxes)
+        valid_q, ped_q, slot_q = state.valid[rows, agents], ped[rows, agents], agents
+    overlap = box_overlap(query, boxes)
+    pair_valid = valid_q.unsqueeze(2) & state.valid.unsqueeze(1)
+    ped_pair = ped_q.unsqueeze(2) & ped.unsqueeze(1)
+    not_self = slot_q.unsqueeze(-1) != slots
     return (overlap & pair_valid & ~ped_pair & not_self).any(-1)
 
 
@@ -168,19 +189,28 @@ class PolylineSet:
         return PolylineSet(start=pad(self.start, 1, 0.0), vec=pad(self.vec, 1, 0.0), valid=pad(self.valid, 1, False),
                            frame=frame, offset=pad(self.offset, 2, _FAR), half=pad(self.half, 2, 0.0))
 
-    def lower_bound_sq(self, points: torch.Tensor) -> torch.Tensor:
-        """[B, Q, L] squared distance from points [B, Q, 2] to every bounding box (<= the true distance²)."""
-        proj = torch.baddbmm(-self.offset.unsqueeze(1), points, self.frame.transpose(1, 2))  # [B, Q, 2L]
-        excess = (proj.abs() - self.half.unsqueeze(1)).clamp(min=0.0)
-        return (excess * excess).unflatten(-1, (-1, 2)).sum(-1)
+    def lower_bound_sq(self, points: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, Q, L] squared distance from points [B, Q, 2] to every bounding box (<= the true distance²).
 
-    def candidates(self, points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ``select`` [B, Q'] long: only those points' rows ([B, Q', L]); the projection is still one product
+        over all points, whose rounding can depend on the point count, so the rows equal the full result.
+        """
+        proj = torch.baddbmm(-self.offset.unsqueeze(1), points, self.frame.transpose(1, 2))  # [B, Q, 2L]
+        if select is not None:
+            proj = proj.gather(1, select.unsqueeze(-1).expand(-1, -1, proj.shape[-1]))
+        excess = (proj.abs() - self.half.unsqueeze(1)).clamp(min=0.0)
+        sq = excess * excess
+        return sq[..., 0::2] + sq[..., 1::2]
+
+    def candidates(self, points: torch.Tensor, k: int,
+                   select: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Segments of the ``k`` polylines nearest to points [B, Q, 2] by the bounding-box bound:
-        start [B, Q, k*N, 2], vec [B, Q, k*N, 2] and valid [B, Q, k*N]."""
+        start [B, Q, k*N, 2], vec [B, Q, k*N, 2] and valid [B, Q, k*N]; ``select`` [B, Q'] long: only for
+        those points (Q' rows equal to the full result's)."""
         k = min(k, self.capacity)
-        _, idx = torch.topk(self.lower_bound_sq(points), k, dim=-1, largest=False)    # [B, Q, k]
+        _, idx = torch.topk(self.lower_bound_sq(points, select), k, dim=-1, largest=False)   # [B, Q, k]
         rows = torch.arange(idx.shape[0], device=idx.device).view(-1, 1, 1)
-        b, q = points.shape[:2]
+        b, q = idx.shape[:2]
         return (self.start[rows, idx].reshape(b, q, -1, 2), self.vec[rows, idx].reshape(b, q, -1, 2),
                 self.valid[rows, idx].reshape(b, q, -1))
 
@@ -278,9 +308,13 @@ def point_segment_distance(points: torch.Tensor, start: torch.Tensor, vec: torch
     return (rel - t.unsqueeze(-1) * vec).norm(dim=-1)
 
 
-def lane_distance(points: torch.Tensor, geom: MapGeometry, k: int = LANE_CANDIDATES) -> torch.Tensor:
-    """[B, Q] distance from points [B, Q, 2] to the nearest vehicle-lane centreline (inf without lanes)."""
-    start, vec, valid = geom.lanes.candidates(points, k)
+def lane_distance(points: torch.Tensor, geom: MapGeometry, k: int = LANE_CANDIDATES,
+                  select: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, Q] distance from points [B, Q, 2] to the nearest vehicle-lane centreline (inf without lanes);
+    ``select`` [B, Q'] long: only for those points ([B, Q'])."""
+    start, vec, valid = geom.lanes.candidates(points, k, select)
+    if select is not None:
+        points = points.gather(1, select.unsqueeze(-1).expand(-1, -1, 2))
     dist = point_segment_distance(points, start, vec).masked_fill(~valid, float("inf"))
     return dist.amin(-1)
 
@@ -308,14 +342,16 @@ def box_touches_segments(pos: torch.Tensor, yaw: torch.Tensor, length: torch.Ten
 
 
 def offroad(state: AgentState, size: torch.Tensor, agent_type: torch.Tensor, geom: MapGeometry, *,
-            max_lane_distance: float = MAX_LANE_DISTANCE) -> torch.Tensor:
-    """[B, A] bool: valid vehicles off the road (box touches a road edge, or centre far from every lane)."""
-    length, width = size[..., 0], size[..., 1]
-    start, vec, valid = geom.edges.candidates(state.pos, EDGE_CANDIDATES)
-    on_edge = box_touches_segments(state.pos, state.yaw, length, width, start, vec, valid)
-    far = (lane_distance(state.pos, geom) > max_lane_distance) & geom.has_lane.unsqueeze(-1)
-    vehicle = agent_type[..., AgentType.VEHICLE].bool()
-    return (on_edge | far) & vehicle & state.valid
+            max_lane_distance: float = MAX_LANE_DISTANCE, agents: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, A] bool: valid vehicles off the road (box touches a road edge, or centre far from every lane).
+    ``agents`` [B, Q] long: only these agents' flags ([B, Q], equal to their entries of the full result)."""
+    edges = geom.edges.candidates(state.pos, EDGE_CANDIDATES, agents)
+    far = (lane_distance(state.pos, geom, select=agents) > max_lane_distance) & geom.has_lane.unsqueeze(-1)
+    pos, yaw, valid, vehicle = state.pos, state.yaw, state.valid, agent_type[..., AgentType.VEHICLE]
+    if agents is not None:
+        pos, yaw, size, valid, vehicle = _rows((pos, yaw, size, valid, vehicle), agents)
+    on_edge = box_touches_segments(pos, yaw, size[..., 0], size[..., 1], *edges)
+    return (on_edge | far) & vehicle.bool() & valid
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -324,13 +360,18 @@ def offroad(state: AgentState, size: torch.Tensor, agent_type: torch.Tensor, geo
 
 def red_light_violation(prev_state: AgentState, state: AgentState, tl_valid: torch.Tensor, tl_state: torch.Tensor,
                         tl_pos: torch.Tensor, agent_type: torch.Tensor, *, tl_dir: torch.Tensor | None = None,
-                        lateral_tolerance: float = RED_LIGHT_LATERAL_TOLERANCE) -> torch.Tensor:
+                        lateral_tolerance: float = RED_LIGHT_LATERAL_TOLERANCE,
+                        agents: torch.Tensor | None = None) -> torch.Tensor:
     """[B, A] bool: a vehicle's centre passes a STOP stop point between ``prev_state`` and ``state``.
 
     ``tl_valid`` [B, S], ``tl_state`` [B, S, 5] one-hot, ``tl_pos``/``tl_dir`` [B, S, 2] are the lights of
     the step entered. With ``tl_dir`` (lane direction at the stop point) the vehicle heading must be
-    within 60 deg of it, so cross traffic passing near a stop point is not flagged.
+    within 60 deg of it, so cross traffic passing near a stop point is not flagged. ``agents`` [B, Q]
+    long: only these agents' flags ([B, Q]).
     """
+    if agents is not None:
+        prev_state, state = _select(prev_state, agents), _select(state, agents)
+        agent_type = _rows((agent_type,), agents)[0]
     red = tl_valid & tl_state[..., TLState.STOP].bool()                      # [B, S]
     rel_prev = tl_pos.unsqueeze(1) - prev_state.pos.unsqueeze(2)             # [B, A, S, 2]
     rel_now = tl_pos.unsqueeze(1) - state.pos.unsqueeze(2)
@@ -347,6 +388,17 @@ def red_light_violation(prev_state: AgentState, state: AgentState, tl_valid: tor
     vehicle = agent_type[..., AgentType.VEHICLE].bool()
     both_valid = prev_state.valid & state.valid
     return (crossed & red.unsqueeze(1)).any(-1) & vehicle & both_valid
+
+
+def _rows(values: tuple[torch.Tensor, ...], agents: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Entries ``agents`` [B, Q] of per-agent tensors ``values`` [B, A, ...] -> [B, Q, ...] each."""
+    rows = torch.arange(agents.shape[0], device=agents.device).unsqueeze(-1)
+    return tuple(x[rows, agents] for x in values)
+
+
+def _select(state: AgentState, agents: torch.Tensor) -> AgentState:
+    """The agents ``agents`` [B, Q] of ``state`` as a [B, Q] state."""
+    return AgentState(*_rows(tuple(getattr(state, f.name) for f in fields(state)), agents))
 
 
 def outside_map(state: AgentState, boundary: torch.Tensor, margin: float = 0.0) -> torch.Tensor:

@@ -20,6 +20,7 @@ are only reallocated when a reset changes the batch size or needs more polyline 
 """
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, TypeVar
 
@@ -49,9 +50,9 @@ class StepOutput:
 
     state: AgentState               # state of every agent at ``step``
     step: torch.Tensor              # [B] long, the step just entered
-    collided: torch.Tensor          # [B, A] bool
-    offroad: torch.Tensor           # [B, A] bool (vehicles)
-    red_light: torch.Tensor         # [B, A] bool (vehicles crossing a STOP stop point)
+    collided: torch.Tensor | None   # [B, A] bool (None: the simulator computes the ego's flags only)
+    offroad: torch.Tensor | None    # [B, A] bool (vehicles; None as above)
+    red_light: torch.Tensor | None  # [B, A] bool (vehicles crossing a STOP stop point; None as above)
     outside_map: torch.Tensor       # [B, A] bool
     ego_collided: torch.Tensor      # [B] bool
     ego_offroad: torch.Tensor       # [B] bool
@@ -72,13 +73,16 @@ class BatchedSimulator:
     ``policy``: a :class:`~trafficbots_gym.model.policy.TrafficBotsPolicy`, needed for "trafficbots"
     and "mixed"; ``mixed_radius``: m around the ego at reset within which "mixed" agents are reactive;
     ``idm_params``: IDM constants; ``latent``, ``destination``, ``deterministic_action`` and
-    ``deterministic_latent``: how the policy draws its latents, destinations and actions at reset.
+    ``deterministic_latent``: how the policy draws its latents, destinations and actions at reset;
+    ``agent_metrics``: compute collision / off-road / red-light flags for every agent (else only the ego's,
+    with the same values, and the per-agent fields of :class:`StepOutput` are None).
     """
 
     def __init__(self, *, background: str, policy: "TrafficBotsPolicy | None" = None,
                  device: torch.device | str = "cpu", mixed_radius: float = 30.0,
                  idm_params: IDMParams | None = None, latent: str = "prior", destination: str = "sample",
-                 deterministic_action: bool = True, deterministic_latent: bool = False) -> None:
+                 deterministic_action: bool = True, deterministic_latent: bool = False,
+                 agent_metrics: bool = True) -> None:
         if background not in BACKGROUNDS:
             raise ValueError(f"unknown background {background!r}; valid choices: {', '.join(BACKGROUNDS)}")
         if mixed_radius <= 0:
@@ -86,6 +90,7 @@ class BatchedSimulator:
         self.background_name = background
         self.device = torch.device(device)
         self.mixed_radius = float(mixed_radius)
+        self.agent_metrics = agent_metrics
         self._background = make_background(background, policy, idm_params=idm_params, latent=latent,
                                            destination=destination, deterministic_action=deterministic_action,
                                            deterministic_latent=deterministic_latent)
@@ -148,13 +153,15 @@ class BatchedSimulator:
     # ------------------------------------------------------------------------------------------------
 
     def reset(self, batch: SceneBatch, ego_index: torch.Tensor, *, env_ids: torch.Tensor | None = None,
-              generator: torch.Generator | None = None) -> None:
+              generator: torch.Generator | None = None, scene_keys: Sequence[Hashable | None] | None = None) -> None:
         """Start the scenes of ``batch`` at step 10 with ego slots ``ego_index``.
 
         Without ``env_ids`` the whole simulator is replaced. With ``env_ids`` [R] only those rows are
         replaced and the other rows continue untouched; ``batch`` then holds either the R new scenes
         (row i goes to ``env_ids[i]``, ``ego_index`` [R]) or a full batch of B scenes whose rows
-        ``env_ids`` are taken (``ego_index`` [B] or [R]).
+        ``env_ids`` are taken (``ego_index`` [B] or [R]). ``scene_keys``: one per started scene (B, or R
+        in ``env_ids`` order) naming its data, so that the background model can reuse earlier encodings
+        of the same scene (see ``TrafficBotsPolicy.reset``).
         """
         batch = batch.to(self.device)
         ego_index = torch.as_tensor(ego_index, dtype=torch.long, device=self.device).reshape(-1)
@@ -174,7 +181,8 @@ class BatchedSimulator:
             self.ego_index[env_ids] = ego_index
             rows = env_ids
         self._write_rows(rows, batch, ego_index)
-        self._background.reset(self.batch, self.ego_index, env_ids=env_ids, generator=generator)
+        self._background.reset(self.batch, self.ego_index, env_ids=env_ids, generator=generator,
+                               scene_keys=scene_keys)
 
     def _write_rows(self, rows: torch.Tensor | slice, batch: SceneBatch, ego_index: torch.Tensor) -> None:
         """Store the derived per-scene tensors of the new scenes ``batch`` in rows ``rows`` of the buffers."""
@@ -274,10 +282,17 @@ class BatchedSimulator:
         rows = _require(self._rows)
         e = self.ego_index
         tl_valid, tl_state, tl_pos, tl_dir = self.traffic_lights(t)
-        collided = metrics.collisions(state, batch.agent_size, batch.agent_type)
-        off = metrics.offroad(state, batch.agent_size, batch.agent_type, geom)
-        red = metrics.red_light_violation(prev, state, tl_valid, tl_state, tl_pos, batch.agent_type, tl_dir=tl_dir)
+        agents = None if self.agent_metrics else e.unsqueeze(1)
+        collided = metrics.collisions(state, batch.agent_size, batch.agent_type, agents=agents)
+        off = metrics.offroad(state, batch.agent_size, batch.agent_type, geom, agents=agents)
+        red = metrics.red_light_violation(prev, state, tl_valid, tl_state, tl_pos, batch.agent_type, tl_dir=tl_dir,
+                                          agents=agents)
         out = metrics.outside_map(state, batch.map_boundary)
+        if agents is None:
+            ego_flags = collided[rows, e], off[rows, e], red[rows, e]
+        else:
+            ego_flags = collided[:, 0], off[:, 0], red[:, 0]
+            collided = off = red = None
         ego_pos = state.pos[rows, e]
         ego_path = _require(self._ego_path)
         progress = metrics.path_progress(ego_pos.unsqueeze(1), ego_path).squeeze(1)
@@ -287,7 +302,7 @@ class BatchedSimulator:
         log_valid = log.valid[rows, e]
         log_dist = torch.where(log_valid, (ego_pos - log.pos[rows, e]).norm(dim=-1), torch.zeros_like(progress))
         return StepOutput(state=state, step=t, collided=collided, offroad=off, red_light=red, outside_map=out,
-                          ego_collided=collided[rows, e], ego_offroad=off[rows, e], ego_red_light=red[rows, e],
+                          ego_collided=ego_flags[0], ego_offroad=ego_flags[1], ego_red_light=ego_flags[2],
                           ego_outside_map=out[rows, e], ego_progress=progress,
                           ego_path_length=ego_path.length.squeeze(1),
                           ego_dist_to_goal=(ego_pos - batch.agent_goal[rows, e, :2]).norm(dim=-1),

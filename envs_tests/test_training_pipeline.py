@@ -72,6 +72,11 @@ def test_loss_decreases_when_overfitting_one_repeated_batch(reference_scenes: li
     assert losses[-1] < 0.9 * losses[0], losses
 
 
+def test_fit_logs_throughput_to_the_csv_log(fitted: Path) -> None:
+    header = (fitted / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/samples", "train/time"} <= set(header)
+
+
 def test_fit_writes_best_and_last_checkpoints_with_the_model_config_and_exports_safetensors(fitted: Path) -> None:
     last = torch.load(fitted / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == 2 and last[MODEL_CONFIG_KEY]["hidden_dim"] == 32

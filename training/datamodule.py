@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from trafficbots_gym.data.batch import collate_arrays, scene_to_arrays
+from trafficbots_gym.data.batch import SceneBatch, collate_arrays, scene_to_arrays
 from trafficbots_gym.data.h5io import H5_SUFFIXES, SceneFormatError, SceneReader
 from trafficbots_gym.synth.corpus import SyntheticWindowDataset
 
@@ -219,6 +219,11 @@ class SynthCorpusDataModule(_SceneDataModule):
 
 DATA_SOURCES: dict[str, type[_SceneDataModule]] = {"h5": H5SceneDataModule, "synth_corpus": SynthCorpusDataModule}
 """``datamodule.source`` -> data module class."""
+
+
+def scenes_in_batch(batch: SceneBatch) -> int:
+    """Samples of a batch, for Lightning's ``ThroughputMonitor`` (``callbacks/default.yaml``)."""
+    return batch.batch_size
 
 
 def make_datamodule(source: str, **kwargs: Any) -> _SceneDataModule:

@@ -104,6 +104,7 @@ class TrafficBotsModule(pl.LightningModule):
         self.autocast_dtype = AUTOCAST_DTYPES.get(autocast_dtype or "")
         self.eval_sums = MetricSums()
         self.cuda_graph = cuda_graph
+        self.flops_per_batch: int | None = None  # not counted; ThroughputMonitor reports samples/s only
         self._graphed: GraphedLossBackward | None = None
 
     # ---------------------------------------------------------------------------------------- rollouts

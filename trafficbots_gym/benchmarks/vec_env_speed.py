@@ -6,8 +6,8 @@ against num_envs, per background, eager vs CUDA graph, with the naive loop of si
         [--steps 50] [--warmup 5] [--naive-envs 8] [--naive-steps 20] [--checks] [--out DIR]
 
 Each vector-env row: one ``TrafficBotsVecEnv(num_envs, torch_output=True)`` (learned / scripted
-background, collision, off-road, red-light metrics, reward and the full observation every step, no
-early termination), a timed full reset, ``--warmup`` steps (the graph mode captures here), then
+background, collision, off-road, red-light metrics of every agent -- ``--ego-metrics-only`` for the
+env default, the ego's alone --, reward and the full observation every step, no early termination), a timed full reset, ``--warmup`` steps (the graph mode captures here), then
 ``--steps`` timed steps (CUDA synchronised). Agent-steps count the 64 agent slots of every scene.
 "with resets" amortises one full reset over an 80-step episode. The baseline rows step
 ``--naive-envs`` single ``TrafficBots-v0`` envs one after the other (numpy in/out, as a Gymnasium
@@ -313,6 +313,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--scenes", default=None, help="H5 file / folder (default: embedded or repo scenes)")
     parser.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: shipped or random-init)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--ego-metrics-only", action="store_true",
+                        help="collision / off-road / red-light of the ego only (env default); else every agent")
     parser.add_argument("--checks", action="store_true", help="graph vs eager and bf16 vs fp32 differences first")
     parser.add_argument("--out", default="outputs/vec_env_speed", help="folder for the CSV and the plot")
     args = parser.parse_args(argv)
@@ -332,7 +334,8 @@ def main(argv: list[str] | None = None) -> list[Row]:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint, ckpt_desc = resolve_checkpoint(args.checkpoint, Path(tmp))
         scenes = resolve_scenes(args.scenes)
-        common = {"scenes": scenes, "checkpoint": checkpoint, "device": str(device)}
+        common = {"scenes": scenes, "checkpoint": checkpoint, "device": str(device),
+                  "agent_metrics": not args.ego_metrics_only}
         card = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "CPU"
         title = f"{card}, torch {torch.__version__}, {args.steps} steps/row; checkpoint: {ckpt_desc}"
         print(f"device {device} ({card}), torch {torch.__version__}, threads {torch.get_num_threads()}, "

@@ -113,6 +113,9 @@ class EnvConfig:
     """Read the next scenes on a background thread while the current episodes run."""
     encoding_cache_mb: float = 256.0
     """Budget (MiB) of the learned background's per-scene encoding cache; 0 = off."""
+    agent_metrics: bool = False
+    """Also compute collision / off-road / red-light flags of every background agent each step (for
+    benchmarks of the background itself); the ego's are always computed."""
     render_width: int = 800
     render_height: int = 800
     render_px_per_m: float = 5.0

@@ -155,7 +155,8 @@ class EpisodeBatch:
         self.loader = SceneLoader(self.source, background=config.prefetch)
         self.sim = BatchedSimulator(background=config.background,
                                     policy=make_policy(config, self.device, policy_precision),
-                                    device=self.device, mixed_radius=config.mixed_radius, agent_metrics=False)
+                                    device=self.device, mixed_radius=config.mixed_radius,
+                                    agent_metrics=config.agent_metrics)
         self.observer = ObservationBuilder(config)
         self.actions = ActionMapper(config, self.device)
         self.rngs: list[np.random.Generator | None] = [None] * num_envs

@@ -233,7 +233,9 @@ def last_valid(x: Tensor, valid: Tensor) -> Tensor:
 class ResidualFusion(nn.Module):
     """``x + mlp_out(concat(x, mlp_in(z)))`` where ``z`` is valid, ``x`` elsewhere; zero where ``x`` is invalid.
 
-    Injects a destination feature or a latent sample into the per-agent policy feature.
+    Injects a destination feature or a latent sample into the per-agent policy feature. ``mlp_in(z)`` only
+    depends on ``z``: :meth:`embed` computes it once for a ``z`` that stays fixed over many calls and
+    :meth:`fuse` takes it in place of ``z``.
     """
 
     def __init__(self, in_dim: int, hidden_dim: int, n_layer_in: int, *, layernorm: bool, dropout: float) -> None:
@@ -242,6 +244,15 @@ class ResidualFusion(nn.Module):
         self.mlp_out = MLP([2 * hidden_dim, hidden_dim, hidden_dim], dropout=dropout)
 
     def forward(self, x: Tensor, x_valid: Tensor, z: Tensor, z_valid: Tensor) -> Tensor:
-        h = self.mlp_out(torch.cat([x, self.mlp_in(z.to(x.dtype), z_valid)], dim=-1))
-        h = h.masked_fill(~z_valid.unsqueeze(-1), 0.0) + x
+        return self.fuse(x, x_valid, self.embed(z.to(x.dtype)), z_valid)
+
+    def embed(self, z: Tensor) -> Tensor:
+        """``mlp_in(z)`` [..., hidden] (``z`` in the dtype of the ``x`` it will be fused with)."""
+        return self.mlp_in(z)
+
+    def fuse(self, x: Tensor, x_valid: Tensor, z_embedded: Tensor, z_valid: Tensor) -> Tensor:
+        """The forward pass from the embedding :meth:`embed` of ``z``."""
+        z_invalid = ~z_valid.unsqueeze(-1)
+        h = self.mlp_out(torch.cat([x, z_embedded.masked_fill(z_invalid, 0.0)], dim=-1))
+        h = h.masked_fill(z_invalid, 0.0) + x
         return h.masked_fill(~x_valid.unsqueeze(-1), 0.0)

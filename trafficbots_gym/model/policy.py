@@ -33,13 +33,13 @@ from torch import Tensor
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import N_STEP
 from trafficbots_gym.model.closed_loop import (EpisodeContext, LoopState, SceneEncoding, action_limits,
-                                               history_tl, log_kinematics, policy_step)
+                                               history_tl, log_kinematics, tl_index)
 from trafficbots_gym.model.distributions import DiagGaussian, categorical_sample
 from trafficbots_gym.model.encoding_cache import MIB, EncodingCache
-from trafficbots_gym.model.layers import KeyValue
+from trafficbots_gym.model.layers import KeyValue, gru_step
 from trafficbots_gym.model.navigation import DestinationGeometry
 from trafficbots_gym.model.rollout import autocast
-from trafficbots_gym.model.traffic_bots import AgentKinematics, MapContext, TrafficBots
+from trafficbots_gym.model.traffic_bots import AgentKinematics, HeadInputs, MapContext, TrafficBots
 from trafficbots_gym.model.warm_start import log_exact_steps, recurrent_prefix, warm_start
 from trafficbots_gym.simulation.buffers import assign, clone_tree, copy_rows_, index_tree, same_layout
 from trafficbots_gym.simulation.state import AgentState
@@ -95,6 +95,8 @@ class TrafficBotsPolicy:
         self._deterministic: Tensor | None = None   # [B, A] bool
         self._dest: Tensor | None = None           # [B, A] long
         self._inputs: AgentState | None = None     # latched kinematic inputs (reference-compatible mode)
+        self._heads: HeadInputs | None = None      # embedded destinations / latents of the policy head
+        self._rows: Tensor | None = None           # [B] 0..B-1
         self._all_deterministic = True
 
     # ------------------------------------------------------------------------------------------ public
@@ -190,6 +192,8 @@ class TrafficBotsPolicy:
             goal_feature=goal_feature,
             dest=DestinationGeometry.gather(dest, batch.map_valid, batch.map_type, batch.map_pos, batch.map_dir),
             boundary=batch.map_boundary.clone())
+        with autocast(self.device, self.autocast_dtype):
+            heads = model.embed_head_inputs(goal_feature, latent_sample)
         prefix_steps = 0 if enc.prefix_steps is None else int(enc.prefix_steps.min())
         loop = warm_start(model, ctx, batch, enc.goal_valid, prefix=enc.prefix, prefix_steps=prefix_steps,
                           deterministic_action=deterministic_action, generator=self.generator,
@@ -201,11 +205,14 @@ class TrafficBotsPolicy:
             self._loop = assign(self._loop, loop)
             self._warm, self._inputs = assign(self._warm, warm), assign(self._inputs, warm)
             self._dest, self._deterministic = assign(self._dest, dest), assign(self._deterministic, deterministic)
+            self._heads = assign(self._heads, heads)
+            self._rows = assign(self._rows, torch.arange(n_scene, device=self.device))
         else:   # in place, so that tensors captured by a CUDA graph stay valid
             _scatter_(self._ctx, env_ids, ctx)
             _scatter_(self._loop, env_ids, loop)
             _scatter_(self._warm, env_ids, warm)
             _scatter_(self._inputs, env_ids, warm)
+            _scatter_(self._heads, env_ids, heads)
             self._dest[env_ids] = dest
             self._deterministic[env_ids] = deterministic
         self._all_deterministic = bool(self._deterministic.all())
@@ -298,15 +305,30 @@ class TrafficBotsPolicy:
             inputs = AgentState(state.valid, state.pos, state.yaw, state.spd, latched.vel, latched.acc,
                                 latched.yaw_rate)
         with _step_autocast(self.device, self.autocast_dtype):
-            out = policy_step(self.model, ctx, inputs, step, goal_valid, loop.hidden,
-                              deterministic=True if self._all_deterministic else self._deterministic,
-                              generator=self.generator)
+            physical, hidden = self._policy_step(inputs, step, goal_valid)
         loop.dest_reached.copy_(reached)
         loop.goal_valid.copy_(goal_valid)
-        loop.hidden.copy_(out.hidden)
-        return out.physical
+        loop.hidden.copy_(hidden)
+        return physical
 
     # ---------------------------------------------------------------------------------------- internals
+    def _policy_step(self, agents: AgentState, step: Tensor, goal_valid: Tensor) -> tuple[Tensor, Tensor]:
+        """Physical actions [B, A, 2] and the new GRU state: ``closed_loop.policy_step`` with the head inputs
+        embedded at reset and without the log-probability the simulator does not need."""
+        model, ctx = self.model, self._ctx
+        idx = tl_index(step, ctx.tl_last)
+        tl_kv = [(k[self._rows, idx].unsqueeze(1), v[self._rows, idx].unsqueeze(1)) for k, v in ctx.tl_kv]
+        valid = agents.valid
+        kin = AgentKinematics(valid, agents.pos, agents.yaw, agents.spd, agents.vel, agents.acc, agents.yaw_rate)
+        tokens = model.encode_agents(kin, ctx.agent_size, ctx.agent_type)
+        x = model.policy_features(tokens.unsqueeze(1), valid.unsqueeze(1), ctx.map, tl_kv,
+                                  ctx.tl_valid[self._rows, idx].unsqueeze(1))
+        x, hidden = gru_step(model.temporal, x.squeeze(1), valid, self._loop.hidden)
+        dist = model.policy_head(x, valid, ctx.agent_type, goal_valid, self._heads)
+        dist = DiagGaussian(dist.mean.float(), dist.log_std.float(), valid)
+        action = dist.sample(True if self._all_deterministic else self._deterministic, self.generator)
+        return (torch.tanh(action) * ctx.action_limits).masked_fill(~valid.unsqueeze(-1), 0.0), hidden
+
     def _require_reset(self) -> None:
         if self._ctx is None:
             raise RuntimeError("TrafficBotsPolicy.reset(batch) must be called before using the policy")
@@ -384,7 +406,7 @@ def _scatter_(old, rows: Tensor, new) -> None:  # noqa: ANN001 - dataclasses / l
         n_layer, _, dim = old.hidden.shape
         n_agent = old.goal_valid.shape[1]
         old.hidden.view(n_layer, -1, n_agent, dim)[:, rows] = new.hidden.view(n_layer, -1, n_agent, dim)
-    elif isinstance(old, (EpisodeContext, MapContext, DestinationGeometry, AgentState)):
+    elif isinstance(old, (EpisodeContext, MapContext, DestinationGeometry, AgentState, HeadInputs)):
         for f in fields(old):
             _scatter_(getattr(old, f.name), rows, getattr(new, f.name))
     else:

@@ -40,6 +40,15 @@ class MapContext:
 
 
 @dataclass
+class HeadInputs:
+    """Embedded destination features and personality latents of the policy head ([B, A, D] each): they
+    are fixed for an episode, so a closed loop can embed them once (:meth:`TrafficBots.embed_head_inputs`)."""
+
+    goal: Tensor
+    latent: Tensor
+
+
+@dataclass
 class AgentKinematics:
     """Per-step kinematic state of agents, any leading shape ``[...]`` (e.g. [B, A] or [B, T, A])."""
 
@@ -207,7 +216,7 @@ class TrafficBots(nn.Module):
         x = self.policy_features(tokens.unsqueeze(1), valid.unsqueeze(1), map_ctx,
                                  [(k.unsqueeze(1), v.unsqueeze(1)) for k, v in tl_kv], tl_valid.unsqueeze(1))
         x, hidden = gru_step(self.temporal, x.squeeze(1), valid, hidden)
-        return self.policy_head(x, valid, agent_type, goal_feature, goal_valid, latent), hidden
+        return self.policy_head(x, valid, agent_type, goal_valid, self.embed_head_inputs(goal_feature, latent)), hidden
 
     def policy_features(self, tokens: Tensor, valid: Tensor, map_ctx: MapContext, tl_kv: list[KeyValue],
                         tl_valid: Tensor) -> Tensor:
@@ -221,12 +230,17 @@ class TrafficBots(nn.Module):
         x = interact(self.interaction, x, valid.flatten(0, 1))
         return x.view(n_batch, n_step, n_agent, dim)
 
-    def policy_head(self, x: Tensor, valid: Tensor, agent_type: Tensor, goal_feature: Tensor, goal_valid: Tensor,
-                    latent: Tensor) -> DiagGaussian:
-        """Action distribution [B, A, 2] from the GRU output ``x`` [B, A, D], the destination feature and the
-        personality latent."""
-        x = self.add_goal(x, valid, goal_feature, goal_valid)
-        x = self.add_latent(x, valid, latent, valid)
+    def embed_head_inputs(self, goal_feature: Tensor, latent: Tensor) -> HeadInputs:
+        """Embed the destination features [B, A, D] and latents [B, A, Z] for :meth:`policy_head` (in float32,
+        the dtype of the GRU output they are fused with)."""
+        return HeadInputs(self.add_goal.embed(goal_feature.float()), self.add_latent.embed(latent.float()))
+
+    def policy_head(self, x: Tensor, valid: Tensor, agent_type: Tensor, goal_valid: Tensor,
+                    head_inputs: HeadInputs) -> DiagGaussian:
+        """Action distribution [B, A, 2] from the GRU output ``x`` [B, A, D] (float32), the embedded destination
+        features (used where ``goal_valid``) and personality latents."""
+        x = self.add_goal.fuse(x, valid, head_inputs.goal, goal_valid)
+        x = self.add_latent.fuse(x, valid, head_inputs.latent, valid)
         return self.action_head(x, valid, agent_type)
 
     @staticmethod

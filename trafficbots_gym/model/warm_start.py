@@ -81,7 +81,8 @@ class RecordedRecurrence:
                hidden: Tensor) -> tuple[DiagGaussian, Tensor]:
         """The heads of ``TrafficBots.policy`` on the recorded GRU state (its last layer is the GRU output)."""
         out = self.hidden[-1].view(valid.shape + (-1,))
-        return self.model.policy_head(out, valid, agent_type, goal_feature, goal_valid, latent), self.hidden
+        head_inputs = self.model.embed_head_inputs(goal_feature, latent)
+        return self.model.policy_head(out, valid, agent_type, goal_valid, head_inputs), self.hidden
 
 
 def warm_start(model: TrafficBots, ctx: EpisodeContext, batch: SceneBatch, goal_valid: Tensor, *,

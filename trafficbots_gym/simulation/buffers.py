@@ -45,7 +45,9 @@ def same_layout(a: Any, b: Any) -> bool:
 
 
 def clone_tree(tree: _T) -> _T:
-    """A deep copy of the tensors of ``tree`` (no aliasing with the input)."""
+    """A deep copy of the tensors of ``tree`` (no aliasing with the input); ``None`` leaves stay ``None``."""
+    if tree is None:
+        return tree
     if isinstance(tree, Tensor):
         return tree.clone()  # type: ignore[return-value]
     if isinstance(tree, (list, tuple)):
@@ -74,7 +76,10 @@ def copy_rows_(old: Any, rows: Tensor | slice, new: Any) -> None:
 
 
 def index_tree(tree: _T, rows: Tensor | slice) -> _T:
-    """The batch rows ``rows`` of every tensor of ``tree`` (a view for a slice, a copy for indices)."""
+    """The batch rows ``rows`` of every tensor of ``tree`` (a view for a slice, a copy for indices);
+    ``None`` leaves stay ``None``."""
+    if tree is None:
+        return tree
     if isinstance(tree, Tensor):
         return tree[rows]  # type: ignore[return-value]
     if isinstance(tree, (list, tuple)):

@@ -124,14 +124,14 @@ class ObservationBuilder:
         if self.map_points is None:
             raise RuntimeError("ObservationBuilder.set_scenes must run before build")
         rows = torch.arange(state.valid.shape[0], device=state.valid.device)
-        pos, yaw = state.pos[rows, ego.index], state.yaw[rows, ego.index]
+        frame = EgoFrame.of(state.pos[rows, ego.index], state.yaw[rows, ego.index])
         obs = {
             "ego": self._ego(batch, state, ego, route, rows),
-            "agents": self._agents(batch, state, ego.index, rows, pos, yaw),
-            "map": self._map(pos, yaw),
-            "traffic_lights": self._traffic_lights(batch, ego.step, rows, pos, yaw),
-            "goal": self._goal(batch, ego.index, rows, pos, yaw),
-            "route": self._route(route, ego.route.s, pos, yaw),
+            "agents": self._agents(batch, state, ego.index, rows, frame),
+            "map": self._map(frame),
+            "traffic_lights": self._traffic_lights(batch, ego.step, rows, frame),
+            "goal": self._goal(batch, ego.index, rows, frame),
+            "route": self._route(route, ego.route.s, frame),
         }
         return {k: v.clamp(-1.0, 1.0).float() for k, v in obs.items()}
 
@@ -152,66 +152,77 @@ class ObservationBuilder:
                             torch.cos(heading_error), torch.sin(heading_error)], dim=-1)
 
     def _agents(self, batch: SceneBatch, state: AgentState, ego_index: torch.Tensor, rows: torch.Tensor,
-                pos: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
+                frame: "EgoFrame") -> torch.Tensor:
         slots = torch.arange(state.valid.shape[1], device=ego_index.device)
         others = state.valid & (slots.unsqueeze(0) != ego_index.unsqueeze(1))
-        idx, valid = nearest(state.pos, pos, others, self.config.num_agents_obs, self.config.obs_range)
+        idx, valid = nearest(state.pos, frame.origin, others, self.config.num_agents_obs, self.config.obs_range)
         ego_vel = state.vel[rows, ego_index].unsqueeze(1)
-        rel_yaw = gather(state.yaw.unsqueeze(-1), idx).squeeze(-1) - yaw.unsqueeze(1)
+        rel_yaw = gather(state.yaw.unsqueeze(-1), idx).squeeze(-1) - frame.yaw.unsqueeze(1)
         size = gather(batch.agent_size, idx)
-        feats = torch.cat([to_frame(gather(state.pos, idx), pos, yaw) / self.config.obs_range,
+        feats = torch.cat([frame.to_frame(gather(state.pos, idx)) / self.config.obs_range,
                            torch.cos(rel_yaw).unsqueeze(-1), torch.sin(rel_yaw).unsqueeze(-1),
-                           rotate(gather(state.vel, idx) - ego_vel, -yaw) / SPEED_SCALE,
+                           frame.rotate(gather(state.vel, idx) - ego_vel) / SPEED_SCALE,
                            size[..., :1] / LENGTH_SCALE, size[..., 1:2] / WIDTH_SCALE,
                            gather(batch.agent_type, idx).float()], dim=-1)
         return _with_valid(feats, valid)
 
-    def _map(self, pos: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
+    def _map(self, frame: "EgoFrame") -> torch.Tensor:
         points = self.map_points
         assert points is not None
-        idx, valid = nearest(points.pos, pos, points.valid, self.config.num_map_points, self.config.obs_range)
-        feats = torch.cat([to_frame(gather(points.pos, idx), pos, yaw) / self.config.obs_range,
-                           rotate(gather(points.dir, idx), -yaw), gather(points.type, idx)], dim=-1)
+        idx, valid = nearest(points.pos, frame.origin, points.valid, self.config.num_map_points,
+                             self.config.obs_range)
+        feats = torch.cat([frame.to_frame(gather(points.pos, idx)) / self.config.obs_range,
+                           frame.rotate(gather(points.dir, idx)), gather(points.type, idx)], dim=-1)
         return _with_valid(feats, valid)
 
-    def _traffic_lights(self, batch: SceneBatch, step: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor,
-                        yaw: torch.Tensor) -> torch.Tensor:
+    def _traffic_lights(self, batch: SceneBatch, step: torch.Tensor, rows: torch.Tensor,
+                        frame: "EgoFrame") -> torch.Tensor:
         t = step.clamp(max=batch.num_steps - 1)
         tl_pos = batch.tl_pos[rows, t]
-        idx, valid = nearest(tl_pos, pos, batch.tl_valid[rows, t], self.config.num_tl_obs, self.config.obs_range)
-        feats = torch.cat([to_frame(gather(tl_pos, idx), pos, yaw) / self.config.obs_range,
-                           rotate(_unit(gather(batch.tl_dir[rows, t], idx)), -yaw),
+        idx, valid = nearest(tl_pos, frame.origin, batch.tl_valid[rows, t], self.config.num_tl_obs,
+                             self.config.obs_range)
+        feats = torch.cat([frame.to_frame(gather(tl_pos, idx)) / self.config.obs_range,
+                           frame.rotate(_unit(gather(batch.tl_dir[rows, t], idx))),
                            gather(batch.tl_state[rows, t], idx).float()], dim=-1)
         return _with_valid(feats, valid)
 
-    def _goal(self, batch: SceneBatch, ego_index: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor,
-              yaw: torch.Tensor) -> torch.Tensor:
+    def _goal(self, batch: SceneBatch, ego_index: torch.Tensor, rows: torch.Tensor, frame: "EgoFrame") -> torch.Tensor:
         goal = batch.agent_goal[rows, ego_index]                              # [B, 4]
-        rel = to_frame(goal[:, None, :2], pos, yaw)[:, 0]
+        rel = frame.to_frame(goal[:, None, :2])[:, 0]
         dist = rel.norm(dim=-1, keepdim=True)
         direction = rel / self.config.obs_range
         direction = direction / direction.norm(dim=-1, keepdim=True).clamp_min(1.0)  # keep the bearing
-        heading = goal[:, 2] - yaw
+        heading = goal[:, 2] - frame.yaw
         return torch.cat([direction, torch.cos(heading).unsqueeze(-1), torch.sin(heading).unsqueeze(-1),
                           dist / GOAL_DISTANCE_SCALE], dim=-1)
 
-    def _route(self, route: Route, s: torch.Tensor, pos: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
+    def _route(self, route: Route, s: torch.Tensor, frame: "EgoFrame") -> torch.Tensor:
         points, valid = route.waypoints(s, self.config.num_route_points, self.config.route_spacing)
-        rel = to_frame(points, pos, yaw) / self.config.obs_range
+        rel = frame.to_frame(points) / self.config.obs_range
         return torch.cat([rel, torch.ones_like(rel[..., :1])], dim=-1) * valid.unsqueeze(-1)
 
 
-def rotate(xy: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
-    """Rotate vectors ``xy`` [B, ..., 2] counter-clockwise by ``angle`` [B]."""
-    shape = (angle.shape[0],) + (1,) * (xy.ndim - 2)
-    c, s = torch.cos(angle).reshape(shape), torch.sin(angle).reshape(shape)
-    x, y = xy[..., 0], xy[..., 1]
-    return torch.stack([c * x - s * y, s * x + c * y], dim=-1)
+@dataclass
+class EgoFrame:
+    """Each row's ego frame: origin [B, 2], heading ``yaw`` [B] and the cosine / sine of ``-yaw`` [B, 1]."""
 
+    origin: torch.Tensor
+    yaw: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
 
-def to_frame(xy: torch.Tensor, origin: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
-    """Points ``xy`` [B, X, 2] in the frame at ``origin`` [B, 2] with heading ``yaw`` [B]."""
-    return rotate(xy - origin.unsqueeze(1), -yaw)
+    @staticmethod
+    def of(origin: torch.Tensor, yaw: torch.Tensor) -> "EgoFrame":
+        return EgoFrame(origin, yaw, torch.cos(-yaw).unsqueeze(1), torch.sin(-yaw).unsqueeze(1))
+
+    def rotate(self, xy: torch.Tensor) -> torch.Tensor:
+        """Vectors ``xy`` [B, X, 2] rotated into the frame (clockwise by ``yaw``)."""
+        x, y = xy[..., 0], xy[..., 1]
+        return torch.stack([self.cos * x - self.sin * y, self.sin * x + self.cos * y], dim=-1)
+
+    def to_frame(self, xy: torch.Tensor) -> torch.Tensor:
+        """Points ``xy`` [B, X, 2] in the frame."""
+        return self.rotate(xy - self.origin.unsqueeze(1))
 
 
 def nearest(points: torch.Tensor, origin: torch.Tensor, mask: torch.Tensor, k: int,

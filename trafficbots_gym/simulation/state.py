@@ -31,17 +31,15 @@ class AgentState:
 
     def where(self, mask: torch.Tensor, other: "AgentState") -> "AgentState":
         """Take ``other``'s entries where ``mask`` [B, A] is true, ours elsewhere."""
-        out = {}
-        for f in fields(self):
-            a, b = getattr(self, f.name), getattr(other, f.name)
-            m = mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim))
-            out[f.name] = torch.where(m, b, a)
-        return AgentState(**out)
+        return AgentState(**{f.name: torch.where(_expand(mask, getattr(self, f.name)), getattr(other, f.name),
+                                                 getattr(self, f.name)) for f in fields(self)})
 
     def masked(self) -> "AgentState":
         """Zero the entries of invalid agents."""
-        zeros = AgentState(**{f.name: torch.zeros_like(getattr(self, f.name)) for f in fields(self)})
-        return zeros.where(self.valid, self)
+        valid = self.valid
+        return AgentState(**{f.name: valid.clone() if f.name == "valid" else
+                             torch.where(_expand(valid, getattr(self, f.name)), getattr(self, f.name), 0.0)
+                             for f in fields(self)})
 
     def step(self, acc: torch.Tensor, yaw_rate: torch.Tensor, dt: float = 0.1) -> "AgentState":
         """Integrate the unicycle with physical actions [B, A]; invalid agents stay zero."""
@@ -54,3 +52,8 @@ class AgentState:
 
     def clone(self) -> "AgentState":
         return AgentState(**{f.name: getattr(self, f.name).clone() for f in fields(self)})
+
+
+def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``mask`` [B, A] with trailing singleton dims to broadcast against ``like`` [B, A, ...]."""
+    return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))

@@ -41,6 +41,11 @@ def attention_mask(tgt_valid: Tensor, pair_mask: Tensor | None = None, dtype: to
     return AttentionMask(bias.unsqueeze(1), no_key)
 
 
+def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
+    """``norm(x)`` without the module call (the layers below call it many times per simulation step)."""
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
 class MLP(nn.Module):
     """Linear layers with optional LayerNorm and dropout, ReLU between layers.
 
@@ -60,16 +65,17 @@ class MLP(nn.Module):
         self.n_act = n_act
 
     def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
-        return self.forward_from(self.linears[0](x), valid)
+        first = self.linears[0]
+        return self.forward_from(F.linear(x, first.weight, first.bias), valid)
 
     def forward_from(self, h: Tensor, valid: Tensor | None = None) -> Tensor:
         """Continue from the output ``h`` of the first Linear layer (used by pairwise scorers)."""
-        for i in range(len(self.linears)):
+        for i, linear in enumerate(self.linears):
             if i > 0:
-                h = self.linears[i](h)
+                h = F.linear(h, linear.weight, linear.bias)
             if i < self.n_act:
                 if self.norms is not None:
-                    h = self.norms[i](h)
+                    h = _layer_norm(self.norms[i], h)
                 if self.dropout is not None and self.training:
                     h = self.dropout(h)
                 h = F.relu(h)
@@ -108,7 +114,7 @@ class CrossAttentionLayer(nn.Module):
     def project_kv(self, tgt: Tensor) -> KeyValue:
         """Keys and values ``[N, heads, L, d_head]`` of ``tgt`` ``[N, L, d]``."""
         d = tgt.shape[-1]
-        kv = F.linear(self.norm_tgt(tgt), self.in_proj_weight[d:], self.in_proj_bias[d:])
+        kv = F.linear(_layer_norm(self.norm_tgt, tgt), self.in_proj_weight[d:], self.in_proj_bias[d:])
         k, v = kv.chunk(2, dim=-1)
         return self._heads(k), self._heads(v)
 
@@ -116,7 +122,7 @@ class CrossAttentionLayer(nn.Module):
         """``src`` [N, Lq, d] attends to keys/values ``kv`` under ``mask`` (see :func:`attention_mask`);
         rows where ``src_invalid`` [N, Lq, 1] is True are zeroed."""
         d = src.shape[-1]
-        q = self._heads(F.linear(self.norm1(src), self.in_proj_weight[:d], self.in_proj_bias[:d]))
+        q = self._heads(F.linear(_layer_norm(self.norm1, src), self.in_proj_weight[:d], self.in_proj_bias[:d]))
         k, v = kv
         if k.dtype != q.dtype:
             k, v = k.to(q.dtype), v.to(q.dtype)
@@ -124,7 +130,7 @@ class CrossAttentionLayer(nn.Module):
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.p_drop if self.training else 0.0)
         attn = F.linear(attn.transpose(-3, -2).flatten(-2), self.out_proj.weight, self.out_proj.bias)
         src = src + self._drop(attn.masked_fill(mask.no_key, 0.0))
-        h = F.relu(F.linear(self.norm2(src), self.linear1.weight, self.linear1.bias))
+        h = F.relu(F.linear(_layer_norm(self.norm2, src), self.linear1.weight, self.linear1.bias))
         src = src + self._drop(F.linear(self._drop(h), self.linear2.weight, self.linear2.bias))
         if src_invalid is not None:
             src = src.masked_fill(src_invalid, 0.0)

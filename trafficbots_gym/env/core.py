@@ -245,7 +245,11 @@ class EpisodeBatch:
         return out
 
     def _prefetch_next(self, row: int) -> None:
+        """Draw ``row``'s next random scene and start reading it; a pending one that a reset with an explicit
+        scene left unused is dropped (the draw sequence is the same either way)."""
         if self.config.prefetch:
+            if self._next_random[row] is not None:
+                self.loader.discard(self._next_random[row])
             index = self.source.choose(self._rng(row))
             self._next_random[row] = index
             self.loader.prefetch(index)

@@ -6,7 +6,9 @@
 
 1. Latency (single ``TrafficBots-v0``): median / p90 ``step()`` and median ``reset()`` of the learned
    background (every valid non-ego agent is a TrafficBots agent) next to ``log_replay``, ``idm`` and
-   ``constant_velocity`` in the same run, on the scene with the most agents valid at step 10.
+   ``constant_velocity`` in the same run, on the scene with the most agents valid at step 10. Resets are
+   timed twice: "cold" with the encoding cache off (what the first reset of a never-seen scene costs)
+   and "warm" with it on (a scene reset before; the default).
 2. Throughput: env steps per second of ``TrafficBotsVecEnv(num_envs=N)`` (learned background, one
    batched simulator) against the naive baseline of N single envs stepped one after the other, both
    ``--steps`` steps per env without early termination, so both reset every 80 steps per env (resets
@@ -98,9 +100,13 @@ def busiest_scene(source: SceneSource, limit: int = 64) -> tuple[int, int]:
 
 def latency(background: str, common: dict[str, Any], scene: int, steps: int, resets: int,
             timer: Timer) -> dict[str, float]:
-    """Median/p90 step ms and median reset ms of one background on one scene."""
-    env = TrafficBotsEnv(background=background, termination=NO_TERMINATION, **common)
+    """Median/p90 step ms and median cold / warm reset ms of one background on one scene."""
     options = {"scene_index": scene}
+    cold_env = TrafficBotsEnv(background=background, termination=NO_TERMINATION, encoding_cache_mb=0, **common)
+    cold_env.reset(seed=0, options=options)
+    cold_wall, cold_cpu = zip(*[timer(lambda: cold_env.reset(options=options)) for _ in range(resets)])
+    cold_env.close()
+    env = TrafficBotsEnv(background=background, termination=NO_TERMINATION, **common)
     env.reset(seed=0, options=options)
     reset_wall, reset_cpu = zip(*[timer(lambda: env.reset(options=options)) for _ in range(resets)])
     action = np.array([0.1, 0.0], np.float32)
@@ -118,6 +124,7 @@ def latency(background: str, common: dict[str, Any], scene: int, steps: int, res
     env.close()
     return {"reactive": reactive, "step_ms": 1000 * statistics.median(walls),
             "step_p90_ms": 1000 * float(np.percentile(walls, 90)), "step_cpu_ms": 1000 * statistics.median(cpus),
+            "cold_reset_ms": 1000 * statistics.median(cold_wall), "cold_reset_cpu_ms": 1000 * statistics.median(cold_cpu),
             "reset_ms": 1000 * statistics.median(reset_wall), "reset_cpu_ms": 1000 * statistics.median(reset_cpu)}
 
 
@@ -220,9 +227,9 @@ def main(argv: list[str] | None = None) -> None:
             for background in LATENCY_BACKGROUNDS:
                 m = latency(background, common, scene, args.steps, args.resets, timer)
                 rows.append([background, m["reactive"], m["step_ms"], m["step_p90_ms"], m["step_cpu_ms"],
-                             m["reset_ms"], m["reset_cpu_ms"]])
+                             m["cold_reset_ms"], m["cold_reset_cpu_ms"], m["reset_ms"], m["reset_cpu_ms"]])
             print(_table(["background", "reactive agents", "step ms (median)", "step ms (p90)", "step CPU ms",
-                          "reset ms (median)", "reset CPU ms"], rows))
+                          "cold reset ms", "cold reset CPU ms", "warm reset ms", "warm reset CPU ms"], rows))
 
         if "throughput" in args.parts:
             rows = []

@@ -38,3 +38,19 @@ def test_tiny_run_saves_policy_checkpoints_logs_and_benchmarks_it_under_two_back
         rows = list(csv.DictReader(f))
     assert sorted(r["background"] for r in rows) == ["log_replay", "trafficbots"]
     assert all(r["controller"] == "policy.zip" and r["episodes"] == "2" for r in rows)
+
+
+def test_sync_episodes_end_training_episodes_only_at_the_horizon(tmp_path) -> None:
+    module = _train_ppo_module()
+    args = module.build_parser().parse_args(["--sync-episodes", "--background", "log_replay", "--horizon", "5",
+                                             "--scenes", str(REFERENCE_SCENES), "--device", "cpu"])
+    assert module.env_kwargs(args, None, "validation").get("termination") is None  # evaluation: the default
+    import trafficbots_gym
+    env = trafficbots_gym.make_sb3_vec_env(2, **module.training_env_kwargs(args))
+    env.reset()
+    lengths = []
+    for _ in range(10):  # a hard-left swerve into traffic and off the road would end default episodes early
+        _, _, dones, infos = env.step([[1.0, 1.0], [1.0, -1.0]])
+        lengths += [info["episode"]["l"] for info, done in zip(infos, dones) if done]
+    env.close()
+    assert lengths == [5, 5, 5, 5]

@@ -10,7 +10,11 @@
 
 The training envs are one batched simulator (``trafficbots_gym.make_sb3_vec_env``) on the training
 scenes; an ``EvalCallback`` scores the policy on held-out scenes every ``--eval-freq`` steps and keeps
-the best model. Writes TensorBoard logs (``OUT/tb``), periodic checkpoints (``OUT/checkpoints``), the
+the best model. ``--sync-episodes`` lets no training episode end early (collision, off-road, goal and
+map-exit penalties and rewards still apply), so every env resets at the horizon together: the learned
+background then encodes and warm-starts all new scenes in one batch per episode instead of a few rows at
+almost every step, which is what bounds the collection speed on a GPU. Evaluation keeps the default
+termination. Writes TensorBoard logs (``OUT/tb``), periodic checkpoints (``OUT/checkpoints``), the
 final policy (``OUT/policy.zip``), then benchmarks it with ``trafficbots-bench`` code against the
 ``--bench-backgrounds`` (goal, collision, off-road, ... in ``OUT/bench``).
 """
@@ -56,10 +60,23 @@ class TqdmCallback(BaseCallback):
             self.bar.close()
 
 
+SYNC_TERMINATION = {"collision": False, "offroad": False, "goal_reached": False, "red_light": False,
+                    "outside_map": False}
+"""Termination of ``--sync-episodes`` training envs: episodes end at the horizon only."""
+
+
 def env_kwargs(args: argparse.Namespace, scenes: str | None, split: str) -> dict[str, Any]:
     """``gym.make("TrafficBots-v0", ...)`` keys shared by the training and evaluation envs."""
     return {"scenes": scenes, "split": split, "background": args.background, "checkpoint": args.checkpoint,
             "device": str(resolve_device(args.device)), "horizon": args.horizon}
+
+
+def training_env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The training envs' keys: ``env_kwargs`` plus the horizon-only termination of ``--sync-episodes``."""
+    kwargs = env_kwargs(args, args.scenes, "training")
+    if args.sync_episodes:
+        kwargs["termination"] = dict(SYNC_TERMINATION)
+    return kwargs
 
 
 def build_model(args: argparse.Namespace, env: Any) -> BaseAlgorithm:
@@ -114,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedded held-out split (default: validation; testing-split files hold only the "
                         "11-step history, the benchmark needs the logged future)")
     p.add_argument("--horizon", type=int, default=LOG_HORIZON, help="controlled steps per episode")
+    p.add_argument("--sync-episodes", action="store_true",
+                   help="training episodes end at the horizon only (batched resets; the fast mode on a GPU)")
     p.add_argument("--out", default="runs/ppo")
     p.add_argument("--eval-freq", type=int, default=None, help="env steps between evaluations (timesteps/5)")
     p.add_argument("--eval-episodes", type=int, default=8)
@@ -141,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
-    env = trafficbots_gym.make_sb3_vec_env(args.num_envs, **env_kwargs(args, args.scenes, "training"))
+    env = trafficbots_gym.make_sb3_vec_env(args.num_envs, **training_env_kwargs(args))
     eval_env = trafficbots_gym.make_sb3_vec_env(args.eval_num_envs,
                                                 **env_kwargs(args, args.eval_scenes, args.eval_split))
     env.seed(args.seed)

@@ -104,3 +104,30 @@ def test_policy_act_equals_the_closed_loop_policy_step(reference_batch):
     action = policy.act(state, step)
     assert torch.equal(action, expected.physical)
     assert torch.equal(policy._loop.hidden, expected.hidden)
+
+
+def _few_agents(batch: SceneBatch) -> SceneBatch:
+    """Scene 0 with 20 agent slots in use; slot 19 appears in the log only at step 15 (a spawn)."""
+    scene = clone_tree(batch.index(torch.tensor([0])))
+    scene.agent_valid[:, :, 20:] = False
+    scene.agent_valid[:, :15, 19] = False
+    return scene
+
+
+@pytest.mark.parametrize("background,deterministic", [("trafficbots", True), ("trafficbots", False),
+                                                      ("mixed", True)])
+def test_compact_simulator_step_gives_the_episode_of_the_full_step(reference_batch, background, deterministic):
+    from trafficbots_gym.simulation.simulator import BatchedSimulator
+    scene, ego = _few_agents(reference_batch), torch.tensor([0])
+    model = tiny_model(**MODEL).eval()
+    runs = []
+    for compact in (False, True):
+        policy = TrafficBotsPolicy(model, compact_step=compact)
+        sim = BatchedSimulator(background=background, policy=policy, deterministic_action=deterministic,
+                               mixed_radius=40.0)
+        sim.reset(scene, ego, generator=torch.Generator().manual_seed(1))
+        assert (policy._active is not None) == compact
+        g = torch.Generator().manual_seed(2)
+        runs.append([sim.step(torch.randn(1, 2, generator=g)).state for _ in range(8)])
+    _assert_trees_equal(runs[0], runs[1])
+    assert bool(runs[1][-1].valid[0, 19]) and runs[1][-1].valid[0].sum() > 10    # spawned, many agents moved

@@ -174,14 +174,23 @@ def _self_mask(n_agent: int, device: torch.device) -> Tensor:
     return torch.eye(n_agent, dtype=torch.bool, device=device)
 
 
-def interact(block: TransformerBlock, x: Tensor, valid: Tensor) -> Tensor:
+def interact(block: TransformerBlock, x: Tensor, valid: Tensor, rows: Tensor | None = None,
+             rows_valid: Tensor | None = None) -> Tensor:
     """Agent-agent attention: each valid agent attends to the other valid agents of its row.
 
     ``x`` [N, A, d], ``valid`` [N, A]. Rows with exactly one valid agent pass through unchanged.
+    ``rows`` [N, R] long (with validity ``rows_valid`` [N, R]): only those agents' outputs [N, R, d], each
+    still attending to every agent of ``x`` (the same values as those rows of the full result).
     """
-    out = block(x, valid, x, valid, pair_mask=_self_mask(x.shape[-2], x.device))
+    if rows is None:
+        src, src_valid, pair_mask = x, valid, _self_mask(x.shape[-2], x.device)
+    else:
+        src = torch.gather(x, 1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        src_valid = rows_valid
+        pair_mask = rows.unsqueeze(-1) == torch.arange(x.shape[-2], device=x.device)
+    out = block(src, src_valid, x, valid, pair_mask=pair_mask)
     single = (valid.sum(-1) == 1)[:, None, None]
-    return torch.where(single, x, out)
+    return torch.where(single, src, out)
 
 
 def make_gru(dim: int, n_layer: int, dropout: float) -> nn.GRU:

@@ -36,7 +36,7 @@ from trafficbots_gym.model.closed_loop import (EpisodeContext, LoopState, SceneE
                                                history_tl, log_kinematics, tl_index)
 from trafficbots_gym.model.distributions import DiagGaussian, categorical_sample
 from trafficbots_gym.model.encoding_cache import MIB, EncodingCache
-from trafficbots_gym.model.layers import KeyValue, gru_step
+from trafficbots_gym.model.layers import KeyValue, gru_step, interact
 from trafficbots_gym.model.navigation import DestinationGeometry
 from trafficbots_gym.model.rollout import autocast
 from trafficbots_gym.model.traffic_bots import AgentKinematics, HeadInputs, MapContext, TrafficBots
@@ -49,6 +49,8 @@ DestinationMode = Literal["sample", "argmax", "logged"]
 ENCODE_CHUNK = 32
 """Default number of scenes encoded together at reset (bounds the memory of map encoding and destination
 scoring: about 0.3 GiB of activations per scene for the full-size model)."""
+ROW_BLOCK = 8
+"""Row-count granularity of the compact simulator step (see ``_ActiveRows``)."""
 CACHE_MB = 256.0
 """Default budget of the per-scene encoding cache (MiB). An entry of the full-size model takes about 16 MiB
 (traffic-light keys/values of all 91 steps 11 MiB, map 3.5 MiB, warm-start GRU states 1 MiB), so the
@@ -70,14 +72,42 @@ class _Encoded:
     prefix: Tensor | None        # [R, n_hist-1, layers, A, D] their GRU states (see warm_start.py)
 
 
+@dataclass
+class _ActiveRows:
+    """The agents that may be valid in a single-scene episode, in slot order and padded to a multiple of
+    ``ROW_BLOCK`` (CPU kernels give every row the bits of the full computation only for such row counts)."""
+
+    read: Tensor   # [B, R] agent slot of each row (padding rows: an agent that stays invalid)
+    slot: Tensor   # [B, R] where each row's result goes: its agent slot, A for padding
+
+    @staticmethod
+    def of(active: Tensor) -> "_ActiveRows | None":
+        """Rows for ``active`` [B, A] bool, or None when they would cover every agent slot anyway."""
+        n_agent = active.shape[1]
+        n_rows = -(-int(active.sum(1).max()) // ROW_BLOCK) * ROW_BLOCK
+        if n_rows >= n_agent:
+            return None
+        read = torch.argsort((~active).to(torch.uint8), dim=1, stable=True)[:, :max(n_rows, ROW_BLOCK)]
+        return _ActiveRows(read=read, slot=torch.where(torch.gather(active, 1, read), read, n_agent))
+
+    def scatter(self, values: Tensor, n_agent: int) -> Tensor:
+        """Per-row ``values`` [B, R, ...] -> per-agent [B, A, ...], zero for the other agents."""
+        out = values.new_zeros((values.shape[0], n_agent + 1) + values.shape[2:])
+        out[torch.arange(values.shape[0], device=values.device).unsqueeze(1), self.slot] = values
+        return out[:, :n_agent]
+
+
 class TrafficBotsPolicy:
     """Batched closed-loop TrafficBots policy for B scenes x A agents (see the module docstring)."""
 
     def __init__(self, model: TrafficBots, *, device: str | torch.device = "cpu",
                  autocast_dtype: torch.dtype | None = None, encode_chunk: int = ENCODE_CHUNK,
-                 cache_mb: float = CACHE_MB, fast_reset: bool | None = None) -> None:
+                 cache_mb: float = CACHE_MB, fast_reset: bool | None = None,
+                 compact_step: bool | None = None) -> None:
         """``cache_mb``: budget of the per-scene encoding cache (0 = off; used by resets with ``cache_keys``);
-        ``fast_reset``: the exact reset shortcuts of the module docstring (None = on for a CPU device)."""
+        ``fast_reset``: the exact reset shortcuts of the module docstring; ``compact_step``: for a single
+        scene reset with ``active`` agents, ``act`` runs the network on those agents' rows only (same
+        result). None = on for a CPU device."""
         if encode_chunk < 1:
             raise ValueError(f"encode_chunk must be >= 1, got {encode_chunk}")
         if cache_mb < 0:
@@ -87,6 +117,7 @@ class TrafficBotsPolicy:
         self.autocast_dtype = autocast_dtype
         self.encode_chunk = encode_chunk
         self.fast_reset = self.device.type == "cpu" if fast_reset is None else bool(fast_reset)
+        self.compact_step = self.device.type == "cpu" if compact_step is None else bool(compact_step)
         self.cache = EncodingCache(int(cache_mb * MIB))
         self.generator: torch.Generator | None = None
         self._ctx: EpisodeContext | None = None
@@ -97,6 +128,7 @@ class TrafficBotsPolicy:
         self._inputs: AgentState | None = None     # latched kinematic inputs (reference-compatible mode)
         self._heads: HeadInputs | None = None      # embedded destinations / latents of the policy head
         self._rows: Tensor | None = None           # [B] 0..B-1
+        self._active: _ActiveRows | None = None    # agents act computes (None: all)
         self._all_deterministic = True
 
     # ------------------------------------------------------------------------------------------ public
@@ -135,7 +167,7 @@ class TrafficBotsPolicy:
     def reset(self, batch: SceneBatch, *, env_ids: Tensor | None = None, generator: torch.Generator | None = None,
               latent: LatentMode = "prior", destination: DestinationMode = "sample",
               deterministic_action: bool = True, deterministic_latent: bool = False,
-              cache_keys: Sequence[Hashable | None] | None = None) -> None:
+              cache_keys: Sequence[Hashable | None] | None = None, active: Tensor | None = None) -> None:
         """Start episodes for the scenes of ``batch`` (at least the 11 history steps).
 
         Without ``env_ids`` this (re)defines the batch size. With ``env_ids`` [len(batch)] only those rows
@@ -144,7 +176,9 @@ class TrafficBotsPolicy:
         destination predictor, or the logged ``agent/dest``. ``generator`` drives all random draws of this
         reset and of later stochastic actions. ``cache_keys`` (one per scene of ``batch``, None = do not
         cache) name the scenes' contents: encodings are reused from / stored in the encoding cache under
-        them, so a key must always denote the same scene data.
+        them, so a key must always denote the same scene data. ``active`` [len(batch), A] bool: the agents
+        that may be valid in the states passed to ``act`` until the next reset (every other agent must stay
+        invalid); with ``compact_step`` and one scene, ``act`` then computes only their rows.
         """
         if latent not in ("prior", "posterior"):
             raise ValueError(f"latent must be 'prior' or 'posterior', got {latent!r}")
@@ -172,6 +206,8 @@ class TrafficBotsPolicy:
         in_place = env_ids is None and self._ctx is not None and self._dest.shape[0] == n_scene
         if cache_keys is not None and len(cache_keys) != n_scene:
             raise ValueError(f"cache_keys has {len(cache_keys)} entries for {n_scene} scenes")
+        if active is not None and tuple(active.shape) != tuple(batch.agent_valid.shape[::2]):
+            raise ValueError(f"active has shape {tuple(active.shape)}, expected {tuple(batch.agent_valid.shape[::2])}")
         enc = self._encode(batch, latent, destination, self._ctx if in_place else None, cache_keys)
         dist = DiagGaussian(enc.latent_mean, enc.latent_log_std)
         latent_sample = dist.sample(deterministic_latent, self.generator)
@@ -216,6 +252,8 @@ class TrafficBotsPolicy:
             self._dest[env_ids] = dest
             self._deterministic[env_ids] = deterministic
         self._all_deterministic = bool(self._deterministic.all())
+        single = self.compact_step and n_scene == 1 and self._dest.shape[0] == 1
+        self._active = _ActiveRows.of(active.to(self.device)) if single and active is not None else None
 
     def _encode(self, batch: SceneBatch, latent: LatentMode, destination: DestinationMode,
                 target: EpisodeContext | None, cache_keys: Sequence[Hashable | None] | None) -> _Encoded:
@@ -315,19 +353,53 @@ class TrafficBotsPolicy:
     def _policy_step(self, agents: AgentState, step: Tensor, goal_valid: Tensor) -> tuple[Tensor, Tensor]:
         """Physical actions [B, A, 2] and the new GRU state: ``closed_loop.policy_step`` with the head inputs
         embedded at reset and without the log-probability the simulator does not need."""
-        model, ctx = self.model, self._ctx
+        ctx, valid = self._ctx, agents.valid
         idx = tl_index(step, ctx.tl_last)
         tl_kv = [(k[self._rows, idx].unsqueeze(1), v[self._rows, idx].unsqueeze(1)) for k, v in ctx.tl_kv]
-        valid = agents.valid
-        kin = AgentKinematics(valid, agents.pos, agents.yaw, agents.spd, agents.vel, agents.acc, agents.yaw_rate)
-        tokens = model.encode_agents(kin, ctx.agent_size, ctx.agent_type)
-        x = model.policy_features(tokens.unsqueeze(1), valid.unsqueeze(1), ctx.map, tl_kv,
-                                  ctx.tl_valid[self._rows, idx].unsqueeze(1))
-        x, hidden = gru_step(model.temporal, x.squeeze(1), valid, self._loop.hidden)
-        dist = model.policy_head(x, valid, ctx.agent_type, goal_valid, self._heads)
-        dist = DiagGaussian(dist.mean.float(), dist.log_std.float(), valid)
+        tl_valid = ctx.tl_valid[self._rows, idx].unsqueeze(1)
+        if self._active is None:
+            mean, log_std, hidden = self._network(agents, tl_kv, tl_valid, goal_valid)
+        else:
+            mean, log_std, hidden = self._network_rows(agents, tl_kv, tl_valid, goal_valid, self._active)
+        dist = DiagGaussian(mean.float(), log_std.float(), valid)
         action = dist.sample(True if self._all_deterministic else self._deterministic, self.generator)
         return (torch.tanh(action) * ctx.action_limits).masked_fill(~valid.unsqueeze(-1), 0.0), hidden
+
+    def _network(self, agents: AgentState, tl_kv: list[KeyValue], tl_valid: Tensor,
+                 goal_valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Action mean / log-std [B, A, 2] and the new GRU state of every agent."""
+        model, ctx, valid = self.model, self._ctx, agents.valid
+        kin = AgentKinematics(valid, agents.pos, agents.yaw, agents.spd, agents.vel, agents.acc, agents.yaw_rate)
+        tokens = model.encode_agents(kin, ctx.agent_size, ctx.agent_type)
+        x = model.policy_features(tokens.unsqueeze(1), valid.unsqueeze(1), ctx.map, tl_kv, tl_valid)
+        x, hidden = gru_step(model.temporal, x.squeeze(1), valid, self._loop.hidden)
+        dist = model.policy_head(x, valid, ctx.agent_type, goal_valid, self._heads)
+        return dist.mean, dist.log_std, hidden
+
+    def _network_rows(self, agents: AgentState, tl_kv: list[KeyValue], tl_valid: Tensor, goal_valid: Tensor,
+                      active: "_ActiveRows") -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`_network` computed on the ``active`` agents' rows only (every other agent is invalid, so its
+        mean, log-std and GRU state are zero); the agent interaction still sees every agent."""
+        model, ctx = self.model, self._ctx
+        rows, read, n_agent = self._rows.unsqueeze(1), active.read, agents.valid.shape[1]
+
+        def pick(x: Tensor) -> Tensor:
+            return x[rows, read]
+
+        valid = pick(agents.valid)
+        kin = AgentKinematics(valid, pick(agents.pos), pick(agents.yaw), pick(agents.spd), pick(agents.vel),
+                              pick(agents.acc), pick(agents.yaw_rate))
+        tokens = model.encode_agents(kin, pick(ctx.agent_size), pick(ctx.agent_type))
+        x = model.policy_context(tokens.unsqueeze(1), valid.unsqueeze(1), ctx.map, tl_kv, tl_valid).squeeze(1)
+        x = interact(model.interaction, active.scatter(x, n_agent), agents.valid, read, valid)
+        n_layer, _, dim = self._loop.hidden.shape
+        hidden = self._loop.hidden.view(n_layer, -1, n_agent, dim)[:, rows, read].flatten(1, 2)
+        x, hidden = gru_step(model.temporal, x, valid, hidden)
+        heads = HeadInputs(pick(self._heads.goal), pick(self._heads.latent))
+        dist = model.policy_head(x, valid, pick(ctx.agent_type), pick(goal_valid), heads)
+        hidden = active.scatter(hidden.view(n_layer, *read.shape, dim).permute(1, 2, 0, 3), n_agent)
+        return (active.scatter(dist.mean, n_agent), active.scatter(dist.log_std, n_agent),
+                hidden.permute(2, 0, 1, 3).flatten(1, 2))
 
     def _require_reset(self) -> None:
         if self._ctx is None:

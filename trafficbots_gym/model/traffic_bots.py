@@ -223,11 +223,19 @@ class TrafficBots(nn.Module):
         """The recurrent input of S policy steps at once: agent tokens [B, S, A, D] with validity [B, S, A]
         attend to the map, to the lights of their step (``tl_kv`` per layer [B, S, H, L, d], ``tl_valid``
         [B, S, L]) and to the other agents of their step -> [B, S, A, D]. Steps do not interact."""
+        x = self.policy_context(tokens, valid, map_ctx, tl_kv, tl_valid)
+        n_batch, n_step, n_agent, dim = x.shape
+        x = interact(self.interaction, x.view(n_batch * n_step, n_agent, dim), valid.flatten(0, 1))
+        return x.view(n_batch, n_step, n_agent, dim)
+
+    def policy_context(self, tokens: Tensor, valid: Tensor, map_ctx: MapContext, tl_kv: list[KeyValue],
+                       tl_valid: Tensor) -> Tensor:
+        """The first part of :meth:`policy_features`: agent tokens [B, S, Q, D] (any Q agents, e.g. a subset)
+        attend to the map and to the lights of their step -> [B, S, Q, D]; invalid agents give zeros."""
         n_batch, n_step, n_agent, dim = tokens.shape
         x = self.as2pl.forward_kv(tokens.flatten(1, 2), valid.flatten(1, 2), map_ctx.kv, map_ctx.valid)
         x = self.as2tl.forward_kv(x.view(n_batch * n_step, n_agent, dim), valid.flatten(0, 1),
                                   [(k.flatten(0, 1), v.flatten(0, 1)) for k, v in tl_kv], tl_valid.flatten(0, 1))
-        x = interact(self.interaction, x, valid.flatten(0, 1))
         return x.view(n_batch, n_step, n_agent, dim)
 
     def embed_head_inputs(self, goal_feature: Tensor, latent: Tensor) -> HeadInputs:

@@ -90,11 +90,16 @@ class LearnedBackground:
               generator: torch.Generator | None = None,
               scene_keys: Sequence[Hashable | None] | None = None) -> None:
         """(Re-)encode ``batch`` (only its rows ``env_ids``, when given; encodings of scenes with a cached
-        ``scene_keys`` entry are reused) and warm-start on steps 0..10."""
+        ``scene_keys`` entry are reused) and warm-start on steps 0..10. The simulator only ever holds the ego
+        and agents of the log from step 10 on, so only those are active for the policy."""
         scenes = batch if env_ids is None else batch.index(env_ids)
+        egos = ego_index if env_ids is None else ego_index[env_ids]
+        n_agent = scenes.agent_valid.shape[-1]
+        active = (scenes.agent_valid[:, STEP_CURRENT:].any(1)
+                  | (torch.arange(n_agent, device=egos.device) == egos.unsqueeze(-1)))
         self.policy.reset(scenes, env_ids=env_ids, generator=generator, latent=self.latent,  # type: ignore[arg-type]
                           destination=self.destination, deterministic_action=self.deterministic_action,  # type: ignore[arg-type]
-                          deterministic_latent=self.deterministic_latent, cache_keys=scene_keys)
+                          deterministic_latent=self.deterministic_latent, cache_keys=scene_keys, active=active)
 
     def propose(self, state: AgentState, step: torch.Tensor) -> AgentState:
         action = self.policy.act(state, step)

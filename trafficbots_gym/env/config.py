@@ -111,7 +111,7 @@ class EnvConfig:
     """Check every scene read (shapes, finiteness, enum ranges)."""
     prefetch: bool = True
     """Read the next scenes on a background thread while the current episodes run."""
-    encoding_cache_mb: float = 256.0
+    encoding_cache_mb: float = 64.0
     """Budget (MiB) of the learned background's per-scene encoding cache; 0 = off."""
     agent_metrics: bool = False
     """Also compute collision / off-road / red-light flags of every background agent each step (for

@@ -23,6 +23,7 @@ when an agent (re)appears).
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
@@ -51,10 +52,10 @@ ENCODE_CHUNK = 32
 scoring: about 0.3 GiB of activations per scene for the full-size model)."""
 ROW_BLOCK = 8
 """Row-count granularity of the compact simulator step (see ``_ActiveRows``)."""
-CACHE_MB = 256.0
-"""Default budget of the per-scene encoding cache (MiB). An entry of the full-size model takes about 16 MiB
-(traffic-light keys/values of all 91 steps 11 MiB, map 3.5 MiB, warm-start GRU states 1 MiB), so the
-default holds the 16 most recently reset scenes."""
+CACHE_MB = 64.0
+"""Default budget of the per-scene encoding cache (MiB). An entry of the full-size model takes about 5 MiB
+(map features and keys/values 3.5 MiB, warm-start GRU states 1 MiB, traffic-light keys/values 0.1 MiB per
+distinct light state), so the default holds the dozen or so most recently reset scenes."""
 
 
 @dataclass
@@ -70,6 +71,32 @@ class _Encoded:
     logits: Tensor | None   # [R, A, P] destination logits (None for logged destinations)
     prefix_steps: Tensor | None  # [R] long: leading warm-start transitions with recorded GRU states
     prefix: Tensor | None        # [R, n_hist-1, layers, A, D] their GRU states (see warm_start.py)
+
+
+@dataclass
+class _CachedEncoding:
+    """A cache entry: the encodings of one scene, with the traffic-light keys/values of its distinct light
+    steps only (most scenes have one: no lights, or lights that never change) and each step's index."""
+
+    encoded: _Encoded      # rows = 1; tl_kv holds the distinct steps [1, U, H, S, d]
+    tl_index: Tensor       # [N_STEP] long: distinct step of each step
+
+    @staticmethod
+    def of(encoded: _Encoded, scene: SceneBatch) -> "_CachedEncoding":
+        """Compress ``encoded`` (one scene, encoded from ``scene``): steps with the same light inputs have the
+        same keys/values (they are a per-step function of those inputs)."""
+        lights = torch.cat([scene.tl_valid.unsqueeze(-1), scene.tl_state, scene.tl_pos, scene.tl_dir], dim=-1)
+        lights = _pad_steps(lights.to(scene.tl_pos.dtype), N_STEP)[0].flatten(1)          # [N_STEP, S * 10]
+        _, index = torch.unique(lights, dim=0, return_inverse=True)
+        first = torch.full((int(index.max()) + 1,), N_STEP, dtype=torch.long, device=index.device)
+        first = first.scatter_reduce(0, index, torch.arange(N_STEP, device=index.device), "amin")
+        tl_kv = [(k[:, first], v[:, first]) for k, v in encoded.tl_kv]
+        return _CachedEncoding(dataclasses.replace(encoded, tl_kv=tl_kv), index)
+
+    def expand(self) -> _Encoded:
+        """The entry as encoded (every step's keys/values)."""
+        tl_kv = [(k[:, self.tl_index], v[:, self.tl_index]) for k, v in self.encoded.tl_kv]
+        return dataclasses.replace(self.encoded, tl_kv=tl_kv)
 
 
 @dataclass
@@ -279,7 +306,7 @@ class TrafficBotsPolicy:
             if entry is None:
                 missing.append(row)
             else:
-                write(slice(row, row + 1), entry)
+                write(slice(row, row + 1), entry.expand())
         for start in range(0, len(missing), self.encode_chunk):
             rows = missing[start:start + self.encode_chunk]
             index = (slice(rows[0], rows[-1] + 1) if rows[-1] - rows[0] == len(rows) - 1
@@ -287,7 +314,8 @@ class TrafficBotsPolicy:
             part = self._encode_scenes(index_tree(batch, index), latent, destination)
             for i, row in enumerate(rows):
                 if keys[row] is not None:
-                    self.cache.put(keys[row], part if len(rows) == 1 else clone_tree(index_tree(part, slice(i, i + 1))))
+                    one = part if len(rows) == 1 else clone_tree(index_tree(part, slice(i, i + 1)))
+                    self.cache.put(keys[row], _CachedEncoding.of(one, index_tree(batch, slice(row, row + 1))))
             write(index, part)
         assert out is not None
         return out

@@ -82,7 +82,8 @@ def test_fast_reset_gives_the_episode_of_the_plain_reset(vanishing_batch, mode, 
         policy = TrafficBotsPolicy(model, fast_reset=fast)
         policy.reset(vanishing_batch, generator=torch.Generator().manual_seed(3), **mode)
         state = policy.warm_start_state
-        run = [state, policy.destinations, policy._loop.hidden.clone(), policy.goal_valid]
+        run = [state, policy.destinations, policy._loop.hidden.clone(), policy.goal_valid,
+               clone_tree(policy._ctx.tl_kv), clone_tree(policy._ctx.map)]
         for t in range(11, 15):
             action = policy.act(state, torch.full((2,), t))
             state = state.step(action[..., 0], action[..., 1])

@@ -85,11 +85,7 @@ class _CachedEncoding:
     def of(encoded: _Encoded, scene: SceneBatch) -> "_CachedEncoding":
         """Compress ``encoded`` (one scene, encoded from ``scene``): steps with the same light inputs have the
         same keys/values (they are a per-step function of those inputs)."""
-        lights = torch.cat([scene.tl_valid.unsqueeze(-1), scene.tl_state, scene.tl_pos, scene.tl_dir], dim=-1)
-        lights = _pad_steps(lights.to(scene.tl_pos.dtype), N_STEP)[0].flatten(1)          # [N_STEP, S * 10]
-        _, index = torch.unique(lights, dim=0, return_inverse=True)
-        first = torch.full((int(index.max()) + 1,), N_STEP, dtype=torch.long, device=index.device)
-        first = first.scatter_reduce(0, index, torch.arange(N_STEP, device=index.device), "amin")
+        first, index = _distinct_light_steps(scene)
         tl_kv = [(k[:, first], v[:, first]) for k, v in encoded.tl_kv]
         return _CachedEncoding(dataclasses.replace(encoded, tl_kv=tl_kv), index)
 
@@ -336,7 +332,14 @@ class TrafficBotsPolicy:
                                     posterior=False)
             logits = None if destination == "logged" else model.destination_logits(
                 enc.history_tokens, enc.history_valid, batch.agent_type, enc.map, batch.map_type, sparse=sparse)
-            tl_kv = model.project_tl_kv(_pad_steps(enc.tl_tokens, N_STEP))
+            tl_tokens = _pad_steps(enc.tl_tokens, N_STEP)
+            if sparse:   # project the distinct light steps only
+                first, index = _distinct_light_steps(batch)
+                tl_kv = [(k[0][index].view(tl_tokens.shape[:2] + k.shape[2:]),
+                          v[0][index].view(tl_tokens.shape[:2] + v.shape[2:]))
+                         for k, v in model.project_tl_kv(tl_tokens.flatten(0, 1)[first].unsqueeze(0))]
+            else:
+                tl_kv = model.project_tl_kv(tl_tokens)
             tl_valid = _pad_steps(enc.tl_valid, N_STEP)
             prefix_steps = prefix = None
             if self.fast_reset:
@@ -483,6 +486,17 @@ def _write_chunk(out: _Encoded, rows: slice | Tensor, part: _Encoded) -> None:
     """Copy the chunk ``part`` into rows ``rows`` of ``out``."""
     for f in fields(_Encoded):
         copy_rows_(getattr(out, f.name), rows, getattr(part, f.name))
+
+
+def _distinct_light_steps(batch: SceneBatch) -> tuple[Tensor, Tensor]:
+    """Steps of ``batch`` padded to ``N_STEP`` (flattened, [B * N_STEP]) grouped by their traffic-light inputs:
+    the first step of each group [U] and the group of every step [B * N_STEP]."""
+    lights = torch.cat([batch.tl_valid.unsqueeze(-1), batch.tl_state, batch.tl_pos, batch.tl_dir], dim=-1)
+    lights = _pad_steps(lights.to(batch.tl_pos.dtype), N_STEP).flatten(2).flatten(0, 1)
+    _, index = torch.unique(lights, dim=0, return_inverse=True)
+    steps = torch.arange(len(index), device=index.device)
+    first = torch.full((int(index.max()) + 1,), len(index), dtype=torch.long, device=index.device)
+    return first.scatter_reduce(0, index, steps, "amin"), index
 
 
 def _pad_steps(x: Tensor, n_step: int) -> Tensor:

@@ -71,16 +71,27 @@ def test_log_exact_steps_count_the_transitions_before_an_agent_leaves_the_log():
     assert log_exact_steps(valid, 11).tolist() == [10, 4, 2]
 
 
+@pytest.fixture(scope="module")
+def sparse_batch(vanishing_batch: SceneBatch) -> SceneBatch:
+    """``vanishing_batch`` with 20 and 12 agent slots in use (the warm-start prefix runs on their rows)."""
+    batch = clone_tree(vanishing_batch)
+    batch.agent_valid[0, :, 20:] = False
+    batch.agent_valid[1, :, 12:] = False
+    return batch
+
+
 @pytest.mark.parametrize("mode", [dict(deterministic_action=True, destination="argmax"),
                                   dict(deterministic_action=False, destination="sample"),
                                   dict(deterministic_action=False, latent="posterior", destination="logged")])
 @pytest.mark.parametrize("compat", [False, True])
-def test_fast_reset_gives_the_episode_of_the_plain_reset(vanishing_batch, mode, compat):
+@pytest.mark.parametrize("scenes", ["vanishing_batch", "sparse_batch"])
+def test_fast_reset_gives_the_episode_of_the_plain_reset(scenes, mode, compat, request):
+    batch = request.getfixturevalue(scenes)
     model = tiny_model(**MODEL, reference_compat=compat).eval()
     runs = []
     for fast in (False, True):
         policy = TrafficBotsPolicy(model, fast_reset=fast)
-        policy.reset(vanishing_batch, generator=torch.Generator().manual_seed(3), **mode)
+        policy.reset(batch, generator=torch.Generator().manual_seed(3), **mode)
         state = policy.warm_start_state
         run = [state, policy.destinations, policy._loop.hidden.clone(), policy.goal_valid,
                clone_tree(policy._ctx.tl_kv), clone_tree(policy._ctx.map)]

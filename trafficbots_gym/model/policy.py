@@ -33,6 +33,7 @@ from torch import Tensor
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import N_STEP
+from trafficbots_gym.model.agent_rows import AgentRows
 from trafficbots_gym.model.closed_loop import (EpisodeContext, LoopState, SceneEncoding, action_limits,
                                                history_tl, log_kinematics, tl_index)
 from trafficbots_gym.model.distributions import DiagGaussian, categorical_sample
@@ -50,8 +51,6 @@ DestinationMode = Literal["sample", "argmax", "logged"]
 ENCODE_CHUNK = 32
 """Default number of scenes encoded together at reset (bounds the memory of map encoding and destination
 scoring: about 0.3 GiB of activations per scene for the full-size model)."""
-ROW_BLOCK = 8
-"""Row-count granularity of the compact simulator step (see ``_ActiveRows``)."""
 CACHE_MB = 64.0
 """Default budget of the per-scene encoding cache (MiB). An entry of the full-size model takes about 5 MiB
 (map features and keys/values 3.5 MiB, warm-start GRU states 1 MiB, traffic-light keys/values 0.1 MiB per
@@ -95,31 +94,6 @@ class _CachedEncoding:
         return dataclasses.replace(self.encoded, tl_kv=tl_kv)
 
 
-@dataclass
-class _ActiveRows:
-    """The agents that may be valid in a single-scene episode, in slot order and padded to a multiple of
-    ``ROW_BLOCK`` (CPU kernels give every row the bits of the full computation only for such row counts)."""
-
-    read: Tensor   # [B, R] agent slot of each row (padding rows: an agent that stays invalid)
-    slot: Tensor   # [B, R] where each row's result goes: its agent slot, A for padding
-
-    @staticmethod
-    def of(active: Tensor) -> "_ActiveRows | None":
-        """Rows for ``active`` [B, A] bool, or None when they would cover every agent slot anyway."""
-        n_agent = active.shape[1]
-        n_rows = -(-int(active.sum(1).max()) // ROW_BLOCK) * ROW_BLOCK
-        if n_rows >= n_agent:
-            return None
-        read = torch.argsort((~active).to(torch.uint8), dim=1, stable=True)[:, :max(n_rows, ROW_BLOCK)]
-        return _ActiveRows(read=read, slot=torch.where(torch.gather(active, 1, read), read, n_agent))
-
-    def scatter(self, values: Tensor, n_agent: int) -> Tensor:
-        """Per-row ``values`` [B, R, ...] -> per-agent [B, A, ...], zero for the other agents."""
-        out = values.new_zeros((values.shape[0], n_agent + 1) + values.shape[2:])
-        out[torch.arange(values.shape[0], device=values.device).unsqueeze(1), self.slot] = values
-        return out[:, :n_agent]
-
-
 class TrafficBotsPolicy:
     """Batched closed-loop TrafficBots policy for B scenes x A agents (see the module docstring)."""
 
@@ -151,7 +125,7 @@ class TrafficBotsPolicy:
         self._inputs: AgentState | None = None     # latched kinematic inputs (reference-compatible mode)
         self._heads: HeadInputs | None = None      # embedded destinations / latents of the policy head
         self._rows: Tensor | None = None           # [B] 0..B-1
-        self._active: _ActiveRows | None = None    # agents act computes (None: all)
+        self._active: AgentRows | None = None    # agents act computes (None: all)
         self._all_deterministic = True
 
     # ------------------------------------------------------------------------------------------ public
@@ -276,7 +250,7 @@ class TrafficBotsPolicy:
             self._deterministic[env_ids] = deterministic
         self._all_deterministic = bool(self._deterministic.all())
         single = self.compact_step and n_scene == 1 and self._dest.shape[0] == 1
-        self._active = _ActiveRows.of(active.to(self.device)) if single and active is not None else None
+        self._active = AgentRows.of(active.to(self.device)) if single and active is not None else None
 
     def _encode(self, batch: SceneBatch, latent: LatentMode, destination: DestinationMode,
                 target: EpisodeContext | None, cache_keys: Sequence[Hashable | None] | None) -> _Encoded:
@@ -344,7 +318,8 @@ class TrafficBotsPolicy:
             prefix_steps = prefix = None
             if self.fast_reset:
                 prefix_steps = log_exact_steps(batch.agent_valid, n_hist)
-                prefix = recurrent_prefix(model, batch, enc.map, tl_kv, tl_valid, int(prefix_steps.max()))
+                prefix = recurrent_prefix(model, batch, enc.map, tl_kv, tl_valid, int(prefix_steps.max()),
+                                          compact=True)
         return _Encoded(map=enc.map, tl_kv=tl_kv, tl_valid=tl_valid, goal_valid=enc.history_valid.any(1),
                         latent_mean=dist.mean.float(), latent_log_std=dist.log_std.float().expand_as(dist.mean),
                         logits=logits, prefix_steps=prefix_steps, prefix=prefix)
@@ -408,27 +383,24 @@ class TrafficBotsPolicy:
         return dist.mean, dist.log_std, hidden
 
     def _network_rows(self, agents: AgentState, tl_kv: list[KeyValue], tl_valid: Tensor, goal_valid: Tensor,
-                      active: "_ActiveRows") -> tuple[Tensor, Tensor, Tensor]:
+                      active: "AgentRows") -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`_network` computed on the ``active`` agents' rows only (every other agent is invalid, so its
         mean, log-std and GRU state are zero); the agent interaction still sees every agent."""
         model, ctx = self.model, self._ctx
-        rows, read, n_agent = self._rows.unsqueeze(1), active.read, agents.valid.shape[1]
-
-        def pick(x: Tensor) -> Tensor:
-            return x[rows, read]
-
+        pick, n_agent = active.pick, agents.valid.shape[1]
         valid = pick(agents.valid)
         kin = AgentKinematics(valid, pick(agents.pos), pick(agents.yaw), pick(agents.spd), pick(agents.vel),
                               pick(agents.acc), pick(agents.yaw_rate))
         tokens = model.encode_agents(kin, pick(ctx.agent_size), pick(ctx.agent_type))
         x = model.policy_context(tokens.unsqueeze(1), valid.unsqueeze(1), ctx.map, tl_kv, tl_valid).squeeze(1)
-        x = interact(model.interaction, active.scatter(x, n_agent), agents.valid, read, valid)
+        x = interact(model.interaction, active.scatter(x, n_agent), agents.valid, active.read, valid)
         n_layer, _, dim = self._loop.hidden.shape
-        hidden = self._loop.hidden.view(n_layer, -1, n_agent, dim)[:, rows, read].flatten(1, 2)
+        hidden = pick(self._loop.hidden.view(n_layer, -1, n_agent, dim).permute(1, 2, 0, 3))   # [B, R, L, D]
+        hidden = hidden.permute(2, 0, 1, 3).flatten(1, 2)
         x, hidden = gru_step(model.temporal, x, valid, hidden)
         heads = HeadInputs(pick(self._heads.goal), pick(self._heads.latent))
         dist = model.policy_head(x, valid, pick(ctx.agent_type), pick(goal_valid), heads)
-        hidden = active.scatter(hidden.view(n_layer, *read.shape, dim).permute(1, 2, 0, 3), n_agent)
+        hidden = active.scatter(hidden.view(n_layer, *active.read.shape, dim).permute(1, 2, 0, 3), n_agent)
         return (active.scatter(dist.mean, n_agent), active.scatter(dist.log_std, n_agent),
                 hidden.permute(2, 0, 1, 3).flatten(1, 2))
 

@@ -20,10 +20,11 @@ import torch
 from torch import Tensor
 
 from trafficbots_gym.data.batch import SceneBatch
+from trafficbots_gym.model.agent_rows import AgentRows
 from trafficbots_gym.model.closed_loop import (EpisodeContext, LoopState, initial_loop_state, log_kinematics,
                                                teacher_forcing_mask, transition)
 from trafficbots_gym.model.distributions import DiagGaussian
-from trafficbots_gym.model.layers import KeyValue, gru_step
+from trafficbots_gym.model.layers import KeyValue, gru_step, interact
 from trafficbots_gym.model.rollout import TEACHER_FORCING, autocast
 from trafficbots_gym.model.traffic_bots import AgentKinematics, MapContext, TrafficBots
 
@@ -38,22 +39,34 @@ def log_exact_steps(valid: Tensor, n_hist: int) -> Tensor:
 
 
 def recurrent_prefix(model: TrafficBots, batch: SceneBatch, map_ctx: MapContext, tl_kv: list[KeyValue],
-                     tl_valid: Tensor, n_step: int) -> Tensor:
+                     tl_valid: Tensor, n_step: int, *, compact: bool = False) -> Tensor:
     """GRU states [B, n_hist-1, layers, A, D] after each of the first ``n_step`` warm-start transitions,
     computed from the logged states of steps 0..n_step-1 (zero beyond ``n_step``).
 
     ``tl_kv`` / ``tl_valid``: the per-step traffic-light keys/values [B, T, H, S, d] / validity [B, T, S]
-    of the episode context (transition t sees the lights of step t-1).
+    of the episode context (transition t sees the lights of step t-1). ``compact``: compute the rows of
+    the agents valid at one of those steps only (:class:`~trafficbots_gym.model.agent_rows.AgentRows`).
     """
     n_hist = model.cfg.n_step_history
     kin = log_kinematics(batch)
     kin = AgentKinematics(*(getattr(kin, f.name)[:, :n_step] for f in fields(kin)))
-    valid = kin.valid
-    tokens = model.encode_agents(kin, batch.agent_size, batch.agent_type)
-    x = model.policy_features(tokens, valid, map_ctx, [(k[:, :n_step], v[:, :n_step]) for k, v in tl_kv],
-                              tl_valid[:, :n_step])
-    n_scene, n_agent = valid.shape[0], valid.shape[-1]
-    hidden = model.initial_hidden(n_scene, n_agent, batch.agent_pos)
+    n_scene, n_agent = batch.batch_size, kin.valid.shape[-1]
+    rows = AgentRows.of(kin.valid.any(1)) if compact and n_step > 0 else None
+    step_kv = [(k[:, :n_step], v[:, :n_step]) for k, v in tl_kv]
+    if rows is None:
+        x = model.policy_features(model.encode_agents(kin, batch.agent_size, batch.agent_type), kin.valid, map_ctx,
+                                  step_kv, tl_valid[:, :n_step])
+        valid = kin.valid
+    else:
+        valid = rows.pick(kin.valid, agent_dim=2)
+        picked = AgentKinematics(*(rows.pick(getattr(kin, f.name), agent_dim=2) for f in fields(kin)))
+        tokens = model.encode_agents(picked, rows.pick(batch.agent_size), rows.pick(batch.agent_type))
+        x = model.policy_context(tokens, valid, map_ctx, step_kv, tl_valid[:, :n_step])       # [B, n, R, D]
+        x_all = rows.scatter(x.transpose(1, 2), n_agent).transpose(1, 2)                    # [B, n, A, D]
+        read = rows.read.unsqueeze(1).expand(-1, n_step, -1)
+        x = interact(model.interaction, x_all.flatten(0, 1), kin.valid.flatten(0, 1), read.flatten(0, 1),
+                     valid.flatten(0, 1)).view(x.shape)
+    hidden = model.initial_hidden(n_scene, valid.shape[-1], batch.agent_pos)
     states = []
     for t in range(n_step):
         _, hidden = gru_step(model.temporal, x[:, t], valid[:, t], hidden)
@@ -61,7 +74,8 @@ def recurrent_prefix(model: TrafficBots, batch: SceneBatch, map_ctx: MapContext,
     n_layer, dim = hidden.shape[0], hidden.shape[-1]
     out = hidden.new_zeros(n_scene, n_hist - 1, n_layer, n_agent, dim)
     if states:
-        out[:, :n_step] = torch.stack(states).view(n_step, n_layer, n_scene, n_agent, dim).permute(2, 0, 1, 3, 4)
+        per_row = torch.stack(states).view(n_step, n_layer, n_scene, -1, dim).permute(2, 3, 0, 1, 4)   # [B, R|A, n, L, D]
+        out[:, :n_step] = (per_row if rows is None else rows.scatter(per_row, n_agent)).permute(0, 2, 3, 1, 4)
     return out
 
 

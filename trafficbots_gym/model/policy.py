@@ -11,11 +11,16 @@ one batched call, the physical action (acceleration m/s^2, yaw rate rad/s) that 
 CUDA graph or compiled.
 
 On a CPU, reset takes exact shortcuts (``fast_reset``): only polylines with a valid node go through the
-node encoder, destinations are scored only against candidate polylines, and the warm start computes the
-recurrent input of its leading steps in one batch (:mod:`~trafficbots_gym.model.warm_start`). Each is
-row-for-row the same computation as the plain path, so results are identical. With ``cache_keys`` the
-per-scene encodings are kept in an :class:`~trafficbots_gym.model.encoding_cache.EncodingCache` (LRU,
-bounded in bytes, cleared when the weights change), so a reset of a recently seen scene skips them.
+node encoder, destinations are scored only against candidate polylines, traffic-light keys/values are
+projected once per distinct light state, and the warm start computes the recurrent input of its leading
+steps in one batch (:mod:`~trafficbots_gym.model.warm_start`) on the rows of the agents present. For a
+single scene reset with the ``active`` agents (what the simulator passes), ``act`` too runs the network
+on those agents' rows only (``compact_step``, :mod:`~trafficbots_gym.model.agent_rows`). Each shortcut
+drops or batches independent rows of the plain computation, which on a CPU gives the same bits (tested),
+and the per-step head inputs (destination and latent embeddings) are computed once per episode. With
+``cache_keys`` the per-scene encodings are kept in an
+:class:`~trafficbots_gym.model.encoding_cache.EncodingCache` (LRU, bounded in bytes, cleared when the
+weights change), so a reset of a recently seen scene skips them.
 
 The simulator owns the dynamics, overrides and kills; the policy keeps its GRU state, the navigator
 (destination reached -> disabled) and, in reference-compatible mode, the stale kinematic inputs (latched

@@ -74,7 +74,7 @@ def recurrent_prefix(model: TrafficBots, batch: SceneBatch, map_ctx: MapContext,
     n_layer, dim = hidden.shape[0], hidden.shape[-1]
     out = hidden.new_zeros(n_scene, n_hist - 1, n_layer, n_agent, dim)
     if states:
-        per_row = torch.stack(states).view(n_step, n_layer, n_scene, -1, dim).permute(2, 3, 0, 1, 4)   # [B, R|A, n, L, D]
+        per_row = torch.stack(states).view(n_step, n_layer, n_scene, -1, dim).permute(2, 3, 0, 1, 4)  # [B, R, n, L, D]
         out[:, :n_step] = (per_row if rows is None else rows.scatter(per_row, n_agent)).permute(0, 2, 3, 1, 4)
     return out
 

@@ -166,3 +166,12 @@ def test_a_rewritten_scene_file_is_encoded_again(tiny_checkpoint, tmp_path: Path
     assert env.core.source.scene_key(0) != key
     env.reset(seed=0, options={"scene_index": 0})
     assert cache.hits == 1 and len(cache) == 2
+
+
+def test_a_pickled_cache_keeps_its_budget_but_not_its_entries():
+    import pickle
+    cache = EncodingCache(max_bytes=MIB)
+    cache.bind(tiny_model())
+    cache.put("scene", _entry(100))
+    copy = pickle.loads(pickle.dumps(cache))
+    assert copy.max_bytes == MIB and len(copy) == 0 and copy.nbytes == 0 and len(cache) == 1

@@ -93,3 +93,7 @@ class EncodingCache:
         """Drop every entry."""
         self._entries.clear()
         self._nbytes = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles without entries (they are derived data and can be large)."""
+        return {**self.__dict__, "_entries": OrderedDict(), "_nbytes": 0, "_fingerprint": None}

@@ -44,6 +44,8 @@ DEST_LANE_ANGLE = math.radians(30.0)
 DEST_EDGE_DISTANCE = 10.0
 RED_LIGHT_LATERAL_TOLERANCE = 2.0
 RED_LIGHT_MAX_ANGLE = math.radians(60.0)
+MIN_PRODUCT_ROWS = 8
+"""Row count from which a CPU matrix product gives each row the bits it gets among more rows."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -192,12 +194,18 @@ class PolylineSet:
     def lower_bound_sq(self, points: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         """[B, Q, L] squared distance from points [B, Q, 2] to every bounding box (<= the true distance²).
 
-        ``select`` [B, Q'] long: only those points' rows ([B, Q', L]); the projection is still one product
-        over all points, whose rounding can depend on the point count, so the rows equal the full result.
+        ``select`` [B, Q'] long: only those points' rows ([B, Q', L]), with the bits of the full result: the
+        projection is a batched matrix product, whose rounding on a CPU differs for fewer than 4 rows, so
+        the selected points are repeated to ``MIN_PRODUCT_ROWS`` rows when there are fewer.
         """
+        if select is not None:
+            points = points.gather(1, select.unsqueeze(-1).expand(-1, -1, 2))
+            n_select = points.shape[1]
+            if n_select < MIN_PRODUCT_ROWS:
+                points = points[:, torch.arange(MIN_PRODUCT_ROWS, device=points.device) % n_select]
         proj = torch.baddbmm(-self.offset.unsqueeze(1), points, self.frame.transpose(1, 2))  # [B, Q, 2L]
         if select is not None:
-            proj = proj.gather(1, select.unsqueeze(-1).expand(-1, -1, proj.shape[-1]))
+            proj = proj[:, :select.shape[1]]
         excess = (proj.abs() - self.half.unsqueeze(1)).clamp(min=0.0)
         sq = excess * excess
         return sq[..., 0::2] + sq[..., 1::2]

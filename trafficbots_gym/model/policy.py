@@ -130,7 +130,7 @@ class TrafficBotsPolicy:
         self._inputs: AgentState | None = None     # latched kinematic inputs (reference-compatible mode)
         self._heads: HeadInputs | None = None      # embedded destinations / latents of the policy head
         self._rows: Tensor | None = None           # [B] 0..B-1
-        self._active: AgentRows | None = None    # agents act computes (None: all)
+        self._active: AgentRows | None = None      # agents act computes (None: all)
         self._all_deterministic = True
 
     # ------------------------------------------------------------------------------------------ public

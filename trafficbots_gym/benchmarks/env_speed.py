@@ -1,14 +1,15 @@
 """Environment speed: step/reset latency per background, vector-env throughput vs num_envs, memory soak.
 
     python -m trafficbots_gym.benchmarks.env_speed [--parts latency throughput soak] [--device auto]
-        [--scenes H5] [--checkpoint CKPT] [--steps 200] [--resets 10] [--num-envs 1 4 16] [--threads N]
-        [--soak-steps 10000]
+        [--scenes H5] [--checkpoint CKPT] [--steps 200] [--resets 10] [--latency-scenes busiest median]
+        [--num-envs 1 4 16] [--threads N] [--soak-steps 10000]
 
 1. Latency (single ``TrafficBots-v0``): median / p90 ``step()`` and median ``reset()`` of the learned
    background (every valid non-ego agent is a TrafficBots agent) next to ``log_replay``, ``idm`` and
-   ``constant_velocity`` in the same run, on the scene with the most agents valid at step 10. Resets are
-   timed twice: "cold" with the encoding cache off (what the first reset of a never-seen scene costs)
-   and "warm" with it on (a scene reset before; the default).
+   ``constant_velocity`` in the same run, on the scene with the most agents valid at step 10 and on one
+   with the median count (of the first 64 scenes). Resets are timed twice: "cold" with the encoding cache
+   off (what the first reset of a never-seen scene costs) and "warm" with it on (a scene reset before; the
+   default).
 2. Throughput: env steps per second of ``TrafficBotsVecEnv(num_envs=N)`` (learned background, one
    batched simulator) against the naive baseline of N single envs stepped one after the other, both
    ``--steps`` steps per env without early termination, so both reset every 80 steps per env (resets
@@ -93,9 +94,21 @@ def resolve_checkpoint(checkpoint: str | None, workdir: Path) -> tuple[Path | No
 
 def busiest_scene(source: SceneSource, limit: int = 64) -> tuple[int, int]:
     """Index of the scene (among the first ``limit``) with the most agents valid at step 10, and that count."""
-    counts = [int(source.load(i)["agent_valid"][STEP_CURRENT].sum()) for i in range(min(limit, len(source)))]
+    counts = _agent_counts(source, limit)
     best = int(np.argmax(counts))
     return best, counts[best]
+
+
+def median_scene(source: SceneSource, limit: int = 64) -> tuple[int, int]:
+    """Index of a scene (among the first ``limit``) with the median number of agents valid at step 10, and
+    that count."""
+    counts = _agent_counts(source, limit)
+    index = int(np.argsort(counts, kind="stable")[len(counts) // 2])
+    return index, counts[index]
+
+
+def _agent_counts(source: SceneSource, limit: int) -> list[int]:
+    return [int(source.load(i)["agent_valid"][STEP_CURRENT].sum()) for i in range(min(limit, len(source)))]
 
 
 def latency(background: str, common: dict[str, Any], scene: int, steps: int, resets: int,
@@ -202,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: shipped or random-init)")
     parser.add_argument("--steps", type=int, default=200, help="timed steps per latency row / per env in throughput")
     parser.add_argument("--resets", type=int, default=10, help="timed resets per latency row")
+    parser.add_argument("--latency-scenes", nargs="+", choices=("busiest", "median"), default=["busiest", "median"],
+                        help="latency on the scene with the most agents and/or one with the median count")
     parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 4, 16], help="vector env sizes")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--soak-steps", type=int, default=10_000, help="env steps of the memory soak")
@@ -221,15 +236,16 @@ def main(argv: list[str] | None = None) -> None:
               f"scenes {scenes}; checkpoint: {ckpt_desc}")
 
         if "latency" in args.parts:
-            scene, n_valid = busiest_scene(SceneSource(scenes))
-            print(f"latency scene: index {scene}, {n_valid} agents valid at step {STEP_CURRENT}\n")
-            rows = []
-            for background in LATENCY_BACKGROUNDS:
-                m = latency(background, common, scene, args.steps, args.resets, timer)
-                rows.append([background, m["reactive"], m["step_ms"], m["step_p90_ms"], m["step_cpu_ms"],
-                             m["cold_reset_ms"], m["cold_reset_cpu_ms"], m["reset_ms"], m["reset_cpu_ms"]])
-            print(_table(["background", "reactive agents", "step ms (median)", "step ms (p90)", "step CPU ms",
-                          "cold reset ms", "cold reset CPU ms", "warm reset ms", "warm reset CPU ms"], rows))
+            for kind in args.latency_scenes:
+                scene, n_valid = (busiest_scene if kind == "busiest" else median_scene)(SceneSource(scenes))
+                print(f"\nlatency, {kind} scene: index {scene}, {n_valid} agents valid at step {STEP_CURRENT}\n")
+                rows = []
+                for background in LATENCY_BACKGROUNDS:
+                    m = latency(background, common, scene, args.steps, args.resets, timer)
+                    rows.append([background, m["reactive"], m["step_ms"], m["step_p90_ms"], m["step_cpu_ms"],
+                                 m["cold_reset_ms"], m["cold_reset_cpu_ms"], m["reset_ms"], m["reset_cpu_ms"]])
+                print(_table(["background", "reactive agents", "step ms (median)", "step ms (p90)", "step CPU ms",
+                              "cold reset ms", "cold reset CPU ms", "warm reset ms", "warm reset CPU ms"], rows))
 
         if "throughput" in args.parts:
             rows = []

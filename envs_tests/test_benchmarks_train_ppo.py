@@ -6,6 +6,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import REFERENCE_SCENES
 
@@ -54,3 +55,13 @@ def test_sync_episodes_end_training_episodes_only_at_the_horizon(tmp_path) -> No
         lengths += [info["episode"]["l"] for info, done in zip(infos, dones) if done]
     env.close()
     assert lengths == [5, 5, 5, 5]
+
+
+def test_encoding_cache_is_sized_for_the_training_split_on_a_gpu_only_by_default(monkeypatch) -> None:
+    module = _train_ppo_module()
+    parse = module.build_parser().parse_args
+    assert "encoding_cache_mb" not in module.env_kwargs(parse(["--device", "cpu"]), None, "training")
+    assert module.env_kwargs(parse(["--device", "cpu", "--encoding-cache-mb", "8"]), None, "training")[
+        "encoding_cache_mb"] == 8.0
+    monkeypatch.setattr(module, "resolve_device", lambda name: torch.device("cuda"))  # no GPU needed to check
+    assert module.env_kwargs(parse(["--device", "cuda"]), None, "training")["encoding_cache_mb"] == 1024.0

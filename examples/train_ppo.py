@@ -65,10 +65,22 @@ SYNC_TERMINATION = {"collision": False, "offroad": False, "goal_reached": False,
 """Termination of ``--sync-episodes`` training envs: episodes end at the horizon only."""
 
 
+GPU_ENCODING_CACHE_MB = 1024.0
+"""Default encoding cache on a GPU: about 200 scenes of the full-size model, the whole embedded training
+split, so that resets after the first pass skip the map encoding."""
+
+
 def env_kwargs(args: argparse.Namespace, scenes: str | None, split: str) -> dict[str, Any]:
     """``gym.make("TrafficBots-v0", ...)`` keys shared by the training and evaluation envs."""
-    return {"scenes": scenes, "split": split, "background": args.background, "checkpoint": args.checkpoint,
-            "device": str(resolve_device(args.device)), "horizon": args.horizon}
+    device = resolve_device(args.device)
+    kwargs = {"scenes": scenes, "split": split, "background": args.background, "checkpoint": args.checkpoint,
+              "device": str(device), "horizon": args.horizon}
+    cache_mb = args.encoding_cache_mb
+    if cache_mb is None and device.type == "cuda":
+        cache_mb = GPU_ENCODING_CACHE_MB
+    if cache_mb is not None:
+        kwargs["encoding_cache_mb"] = cache_mb
+    return kwargs
 
 
 def training_env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
@@ -131,6 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedded held-out split (default: validation; testing-split files hold only the "
                         "11-step history, the benchmark needs the logged future)")
     p.add_argument("--horizon", type=int, default=LOG_HORIZON, help="controlled steps per episode")
+    p.add_argument("--encoding-cache-mb", type=float, default=None,
+                   help="learned background's per-scene encoding cache (default: 1024 on a GPU, the env's on a CPU)")
     p.add_argument("--sync-episodes", action="store_true",
                    help="training episodes end at the horizon only (batched resets; the fast mode on a GPU)")
     p.add_argument("--out", default="runs/ppo")

@@ -63,5 +63,7 @@ def test_encoding_cache_is_sized_for_the_training_split_on_a_gpu_only_by_default
     assert "encoding_cache_mb" not in module.env_kwargs(parse(["--device", "cpu"]), None, "training")
     assert module.env_kwargs(parse(["--device", "cpu", "--encoding-cache-mb", "8"]), None, "training")[
         "encoding_cache_mb"] == 8.0
+    assert module.training_env_kwargs(parse(["--device", "cpu", "--reset-pool", "4"]))["reset_pool"] == 4
+    assert "reset_pool" not in module.training_env_kwargs(parse(["--device", "cpu"]))
     monkeypatch.setattr(module, "resolve_device", lambda name: torch.device("cuda"))  # no GPU needed to check
     assert module.env_kwargs(parse(["--device", "cuda"]), None, "training")["encoding_cache_mb"] == 1024.0

@@ -84,8 +84,11 @@ def env_kwargs(args: argparse.Namespace, scenes: str | None, split: str) -> dict
 
 
 def training_env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The training envs' keys: ``env_kwargs`` plus the horizon-only termination of ``--sync-episodes``."""
+    """The training envs' keys: ``env_kwargs`` plus ``--reset-pool`` and the horizon-only termination of
+    ``--sync-episodes``."""
     kwargs = env_kwargs(args, args.scenes, "training")
+    if args.reset_pool:
+        kwargs["reset_pool"] = args.reset_pool
     if args.sync_episodes:
         kwargs["termination"] = dict(SYNC_TERMINATION)
     return kwargs
@@ -145,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", type=int, default=LOG_HORIZON, help="controlled steps per episode")
     p.add_argument("--encoding-cache-mb", type=float, default=None,
                    help="learned background's per-scene encoding cache (default: 1024 on a GPU, the env's on a CPU)")
+    p.add_argument("--reset-pool", type=int, default=0,
+                   help="spare episodes for autoresets (env key reset_pool; for GPUs, 0 = off)")
     p.add_argument("--sync-episodes", action="store_true",
                    help="training episodes end at the horizon only (batched resets; the fast mode on a GPU)")
     p.add_argument("--out", default="runs/ppo")

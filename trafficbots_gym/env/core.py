@@ -14,9 +14,10 @@ same code eagerly.
 """
 from __future__ import annotations
 
+
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from trafficbots_gym.env.observation import EgoView, ObservationBuilder
 from trafficbots_gym.env.reward import StepEvents, terminated, total_reward, weighted_terms
 from trafficbots_gym.env.route import Route, RoutePosition
 from trafficbots_gym.env.scenes import SceneArrays, SceneLoader, SceneSource
+from trafficbots_gym.env.spare_pool import transfer_rows
 from trafficbots_gym.simulation.background import LEARNED_BACKGROUNDS
 from trafficbots_gym.simulation.buffers import assign, copy_rows_
 from trafficbots_gym.simulation.graphed import StepGraph
@@ -138,7 +140,8 @@ class EpisodeBatch:
     ``policy_precision``: "fp32" or "bf16" (autocast) for the learned background's network.
     """
 
-    walk_skip = ("source", "loader", "rngs", "scene_index", "scenario_ids", "_row_info", "started", "_next_random")
+    walk_skip = ("source", "loader", "rngs", "scene_index", "scenario_ids", "_row_info", "started", "_next_random",
+                 "_pool")
     """Host-side attributes that hold no step tensors (not searched when checking the CUDA graphs' buffers)."""
 
     def __init__(self, config: EnvConfig, num_envs: int, *, cuda_graphs: bool | None = None,
@@ -171,6 +174,9 @@ class EpisodeBatch:
         self._stats: EpisodeStats | None = None
         self._ego_type: torch.Tensor | None = None
         self._action_in = torch.zeros(num_envs, 2, device=self.device)   # static input of the step graph
+        self._policy_precision = policy_precision
+        self._pool: EpisodeBatch | None = None          # spare episodes (config.reset_pool), made on first use
+        self._pool_ready: list[int] = []
         self._step_graph = StepGraph(self._advance_from_buffer, self, name="env step", key=self._graph_key)
         self._observe_graph = StepGraph(self._build_observation, self, name="observation", key=self._graph_key)
 
@@ -197,6 +203,8 @@ class EpisodeBatch:
             unknown = sorted(set(o or {}) - set(RESET_OPTIONS))
             if unknown:
                 raise ValueError(f"unknown reset options {unknown}; valid options: {list(RESET_OPTIONS)}")
+        if not all_rows and self.config.reset_pool and not any(options) and self._reset_from_pool(rows):
+            return
         chosen = [self._choose(r, o) for r, o in zip(rows, options)]
         indices = [i for i, _ in chosen]
         arrays = self._load([(i, prefetched) for i, prefetched in chosen])
@@ -214,11 +222,45 @@ class EpisodeBatch:
             self.scene_index[r], self.scenario_ids[r] = i, self.source.scenario_id(i)
             self.started[r] = time.perf_counter()
             self._prefetch_next(r)
+        self._update_row_info()
+
+    def _update_row_info(self) -> None:
         ego_all = self.sim.ego_index
         track = self.sim.batch.agent_object_id[torch.arange(self.num_envs, device=self.device), ego_all]
         self._row_info = {"scene_index": self.scene_index.copy(),
                           "scenario_id": np.array(self.scenario_ids, dtype=object),
                           "ego_index": ego_all.cpu().numpy(), "ego_track_id": track.cpu().numpy()}
+
+    def _reset_from_pool(self, rows: list[int]) -> bool:
+        """Start ``rows`` with spare episodes (refilling the pool in one batched reset when it runs short);
+        False when the pool cannot serve them and the rows must be reset directly."""
+        size = self.config.reset_pool + (self.config.reset_pool == self.num_envs)  # sizes must differ
+        if len(rows) > size:
+            return False
+        if self._pool is None:
+            config = replace(self.config, reset_pool=0)
+            self._pool = EpisodeBatch(config, size, cuda_graphs=False, policy_precision=self._policy_precision)
+        pool = self._pool
+        if len(self._pool_ready) < len(rows):
+            seeds = self._rng(rows[0]).integers(2**63 - 1, size=size + 1)
+            for i in range(size):
+                pool.seed_row(i, np.random.default_rng(int(seeds[i])), seed_torch=False)
+            pool.generator.manual_seed(int(seeds[-1]))
+            pool.reset()
+            self._pool_ready = list(range(size))
+        spares = self._pool_ready[:len(rows)]
+        for sim, other in ((self.sim, pool.sim), (pool.sim, self.sim)):   # same metric-geometry slots
+            sim.pad_geometry(other.geometry.lanes.capacity, other.geometry.edges.capacity)
+        if not transfer_rows(self, rows, self.num_envs, pool, spares, size):
+            return False
+        del self._pool_ready[:len(rows)]
+        for r, spare in zip(rows, spares):
+            self.scene_index[r], self.scenario_ids[r] = pool.scene_index[spare], pool.scenario_ids[spare]
+            self.started[r] = time.perf_counter()
+        self._step_graph.check()
+        self._observe_graph.check()
+        self._update_row_info()
+        return True
 
     def _choose(self, row: int, options: Mapping[str, Any] | None) -> tuple[int, bool]:
         """The scene of ``row``'s next episode and whether it is being prefetched."""

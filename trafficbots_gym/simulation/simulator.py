@@ -200,6 +200,13 @@ class BatchedSimulator:
                 copy_rows_(getattr(self, name), rows, value)
         self._write_geometry(rows, MapGeometry.from_batch(batch))
 
+    def pad_geometry(self, lanes: int, edges: int) -> None:
+        """Grow the metric geometry buffers to at least ``lanes`` lane and ``edges`` road-edge polyline slots
+        (a reallocation when they grow; the extra slots are invalid, so no metric changes)."""
+        old = self.geometry
+        if lanes > old.lanes.capacity or edges > old.edges.capacity:
+            self._geometry = old.pad_to(max(lanes, old.lanes.capacity), max(edges, old.edges.capacity))
+
     def _write_geometry(self, rows: torch.Tensor | slice, new: MapGeometry) -> None:
         """Copy ``new`` into the geometry buffers; they grow (reallocate) only when ``new`` needs more slots."""
         old = self._geometry

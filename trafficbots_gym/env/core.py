@@ -440,6 +440,8 @@ class EpisodeBatch:
 
     def close(self) -> None:
         self.loader.close()
+        if self._pool is not None:
+            self._pool.close()
 
 
 def _copy_result(result: StepResult) -> StepResult:

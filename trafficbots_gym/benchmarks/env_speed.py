@@ -1,8 +1,8 @@
 """Environment speed: step/reset latency per background, vector-env throughput vs num_envs, memory soak.
 
-    python -m trafficbots_gym.benchmarks.env_speed [--parts latency throughput soak] [--device auto]
+    python -m trafficbots_gym.benchmarks.env_speed [--parts latency throughput autoreset soak] [--device auto]
         [--scenes H5] [--checkpoint CKPT] [--steps 200] [--resets 10] [--latency-scenes busiest median]
-        [--num-envs 1 4 16] [--threads N] [--soak-steps 10000]
+        [--num-envs 1 4 16] [--reset-pools 0 32] [--threads N] [--soak-steps 10000]
 
 1. Latency (single ``TrafficBots-v0``): median / p90 ``step()`` and median ``reset()`` of the learned
    background (every valid non-ego agent is a TrafficBots agent) next to ``log_replay``, ``idm`` and
@@ -14,7 +14,11 @@
    batched simulator) against the naive baseline of N single envs stepped one after the other, both
    ``--steps`` steps per env without early termination, so both reset every 80 steps per env (resets
    included in the time).
-3. Soak: ``--soak-steps`` env steps with resets (``--soak-background``, default ``log_replay``);
+3. Autoreset: env steps per second of ``TrafficBotsVecEnv(num_envs=N)`` with the learned background, the
+   default termination and random actions (episodes end at different steps, so rows autoreset at most
+   steps), for each ``--reset-pools`` size (0 = rows reset directly; P = spare episodes copied in), in the
+   same run; also the mean wall time per autoreset call.
+4. Soak: ``--soak-steps`` env steps with resets (``--soak-background``, default ``log_replay``);
    reports resident memory after warm-up and at ten evenly spaced points after it (plateau vs growth).
 
 Times are wall clock (CUDA synchronised) and, on CPU, process CPU time too, which depends less on other
@@ -46,7 +50,7 @@ from trafficbots_gym.env.vector_env import TrafficBotsVecEnv
 REPO_SCENES = Path(__file__).resolve().parents[2] / "envs_tests" / "fixtures" / "reference_vectors" / "reference_scenes.h5"
 LATENCY_BACKGROUNDS = ("trafficbots", "log_replay", "idm", "constant_velocity")
 NO_TERMINATION = {"collision": False, "offroad": False, "goal_reached": False, "outside_map": False}
-PARTS = ("latency", "throughput", "soak")
+PARTS = ("latency", "throughput", "autoreset", "soak")
 LEARNED = ("trafficbots", "mixed")
 
 
@@ -173,6 +177,29 @@ def naive_throughput(num_envs: int, common: dict[str, Any], steps: int, timer: T
     return num_envs * steps / wall, num_envs * steps / cpu
 
 
+def autoreset_throughput(num_envs: int, reset_pool: int, common: dict[str, Any], steps: int,
+                         timer: Timer) -> dict[str, float]:
+    """Env steps per second with early termination and random actions, and the autoresets' cost."""
+    env = TrafficBotsVecEnv(num_envs, reset_pool=reset_pool, **common)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    actions = [rng.uniform(-1, 1, (num_envs, 2)).astype(np.float32) for _ in range(steps + 3)]
+    for a in actions[:3]:
+        env.step(a)
+    resets: list[float] = []
+    reset_rows = env._reset_rows
+
+    def timed_reset(rows: list[int], options: list[Any]) -> None:
+        start = time.perf_counter()
+        reset_rows(rows, options)
+        resets.append(time.perf_counter() - start)
+    env._reset_rows = timed_reset  # type: ignore[method-assign]
+    wall, _ = timer(lambda: [env.step(a) for a in actions[3:]])
+    env.close()
+    return {"steps_per_s": num_envs * steps / wall, "resets": len(resets),
+            "reset_ms": 1000 * statistics.mean(resets) if resets else float("nan")}
+
+
 def rss_mib() -> float:
     """Resident memory of this process (MiB)."""
     with open("/proc/self/statm") as f:
@@ -218,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--latency-scenes", nargs="+", choices=("busiest", "median"), default=["busiest", "median"],
                         help="latency on the scene with the most agents and/or one with the median count")
     parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 4, 16], help="vector env sizes")
+    parser.add_argument("--reset-pools", type=int, nargs="+", default=[0, 32],
+                        help="autoreset part: spare-episode pool sizes (0 = direct resets)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--soak-steps", type=int, default=10_000, help="env steps of the memory soak")
     parser.add_argument("--soak-background", default="log_replay")
@@ -256,6 +285,15 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\nlearned background, env steps/s, {args.steps} steps per env (autoresets included)\n")
             print(_table(["num_envs", "TrafficBotsVecEnv", "naive loop of single envs", "speedup",
                           "VecEnv per CPU s", "naive per CPU s", "CPU speedup"], rows))
+
+        if "autoreset" in args.parts:
+            rows = []
+            for n in args.num_envs:
+                for pool in args.reset_pools:
+                    m = autoreset_throughput(n, pool, common, args.steps, timer)
+                    rows.append([n, pool, m["steps_per_s"], m["resets"], m["reset_ms"]])
+            print(f"\nlearned background, default termination, random actions, {args.steps} steps\n")
+            print(_table(["num_envs", "reset_pool", "env steps/s", "autoreset calls", "ms per autoreset call"], rows))
 
         if "soak" in args.parts:
             soak_common = {**common, "checkpoint": checkpoint if args.soak_background in LEARNED else None}

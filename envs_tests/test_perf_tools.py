@@ -60,3 +60,12 @@ def test_multi_gpu_rollout_all_reduces_two_gloo_processes(tmp_path):
     assert result["env_steps"] == 2 * 2 * 12 and result["env_steps_per_s"] > 0
     assert result["episodes"] >= 4            # every row ends at least once within 12 steps (default termination)
     assert 0.0 <= result["collision_rate"] <= 1.0 and "| 2 |" in proc.stdout
+
+
+def test_env_speed_autoreset_part_prints_one_row_per_pool_size(capsys, tiny_checkpoint):
+    from trafficbots_gym.benchmarks import env_speed
+    env_speed.main(["--device", "cpu", "--parts", "autoreset", "--num-envs", "2", "--steps", "6",
+                    "--reset-pools", "0", "3", "--scenes", str(REFERENCE_SCENES), "--checkpoint", str(tiny_checkpoint)])
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2 |")]
+    assert [row.split("|")[2].strip() for row in rows] == ["0", "3"]
+    assert all(float(row.split("|")[3]) > 0 for row in rows)

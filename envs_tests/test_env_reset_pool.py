@@ -88,6 +88,9 @@ def test_partial_autoresets_use_the_pool_and_full_resets_do_not(small_checkpoint
     assert env.core._pool is None              # the first (full) reset starts every row directly
     env.core.reset([0, 2], [None, None])
     assert env.core._pool is not None and env.core._pool_ready == [2, 3]
+    main_policy, pool_policy = env.core.sim.policy, env.core._pool.sim.policy
+    assert pool_policy is not main_policy                        # episodes of its own ...
+    assert pool_policy.model is main_policy.model and pool_policy.cache is main_policy.cache  # ... same network
     env.core.reset([1], [{"scene_index": 0}])  # an explicit scene is never taken from the pool
     assert env.core._pool_ready == [2, 3]
 

@@ -145,7 +145,8 @@ class EpisodeBatch:
     """Host-side attributes that hold no step tensors (not searched when checking the CUDA graphs' buffers)."""
 
     def __init__(self, config: EnvConfig, num_envs: int, *, cuda_graphs: bool | None = None,
-                 policy_precision: str = "fp32") -> None:
+                 policy_precision: str = "fp32", policy: Any = None) -> None:
+        """``policy``: the learned background's ``TrafficBotsPolicy`` (default: made from ``config``)."""
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.config = config
@@ -157,7 +158,8 @@ class EpisodeBatch:
         self.source = SceneSource(config.scenes, split=config.split, validate=config.validate_scenes)
         self.loader = SceneLoader(self.source, background=config.prefetch)
         self.sim = BatchedSimulator(background=config.background,
-                                    policy=make_policy(config, self.device, policy_precision),
+                                    policy=policy if policy is not None else make_policy(config, self.device,
+                                                                                          policy_precision),
                                     device=self.device, mixed_radius=config.mixed_radius,
                                     agent_metrics=config.agent_metrics)
         self.observer = ObservationBuilder(config)
@@ -239,7 +241,9 @@ class EpisodeBatch:
             return False
         if self._pool is None:
             config = replace(self.config, reset_pool=0)
-            self._pool = EpisodeBatch(config, size, cuda_graphs=False, policy_precision=self._policy_precision)
+            twin = self.sim.policy.sharing_network() if self.sim.policy is not None else None
+            self._pool = EpisodeBatch(config, size, cuda_graphs=False, policy_precision=self._policy_precision,
+                                      policy=twin)
         pool = self._pool
         if len(self._pool_ready) < len(rows):
             seeds = self._rng(rows[0]).integers(2**63 - 1, size=size + 1)

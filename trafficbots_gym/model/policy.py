@@ -165,6 +165,15 @@ class TrafficBotsPolicy:
         self._require_reset()
         return self._loop.dest_reached.clone()
 
+    def sharing_network(self) -> "TrafficBotsPolicy":
+        """A policy with episodes of its own that shares this one's network and encoding cache (no second
+        copy of the weights, and encodings made by either serve both)."""
+        twin = TrafficBotsPolicy(self.model, device=self.device, autocast_dtype=self.autocast_dtype,
+                                 encode_chunk=self.encode_chunk, cache_mb=0, fast_reset=self.fast_reset,
+                                 compact_step=self.compact_step)
+        twin.cache = self.cache
+        return twin
+
     @torch.no_grad()
     def reset(self, batch: SceneBatch, *, env_ids: Tensor | None = None, generator: torch.Generator | None = None,
               latent: LatentMode = "prior", destination: DestinationMode = "sample",

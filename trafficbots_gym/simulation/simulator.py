@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
@@ -132,6 +132,11 @@ class BatchedSimulator:
     def reactive(self) -> torch.Tensor:
         """[B, A] bool, agents moved by the background model (the other non-ego agents replay the log)."""
         return _require(self._reactive)
+
+    @property
+    def policy(self) -> Any:
+        """The learned background's ``TrafficBotsPolicy`` (None for scripted backgrounds)."""
+        return getattr(self._background, "policy", None)
 
     @property
     def geometry(self) -> MapGeometry:

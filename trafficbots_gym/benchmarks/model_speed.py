@@ -89,9 +89,10 @@ def bench_training(model: TrafficBots, batch: SceneBatch, dtype_name: str, repea
         out = rollout(model, b, procedure="training", autocast_dtype=dtype, check_destinations=False)
         return training_losses(out, b)
 
-    graphed = GraphedLossBackward(losses, list(model.parameters()), warmup_calls=2)
+    graphed = GraphedLossBackward(losses, list(model.parameters()), warmup_calls=2) if graph else None
 
     def graph_step() -> None:
+        assert graphed is not None
         graphed(batch)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
@@ -111,7 +112,7 @@ def bench_training(model: TrafficBots, batch: SceneBatch, dtype_name: str, repea
         torch.cuda.reset_peak_memory_stats(device)
     if graph:
         seconds, cpu_seconds = _timed(graph_step, device, repeats, warmup=3)
-        assert graphed.captured
+        assert graphed is not None and graphed.captured
     else:
         seconds, cpu_seconds = _timed(step, device, repeats, warmup=1)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")

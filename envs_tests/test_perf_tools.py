@@ -69,3 +69,20 @@ def test_env_speed_autoreset_part_prints_one_row_per_pool_size(capsys, tiny_chec
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 2 |")]
     assert [row.split("|")[2].strip() for row in rows] == ["0", "3"]
     assert all(float(row.split("|")[3]) > 0 for row in rows)
+
+
+def test_model_speed_prints_a_row_per_inference_configuration_after_the_reference_rows(capsys):
+    from trafficbots_gym.benchmarks import model_speed
+    assert model_speed.main(["--device", "cpu", "--train-batches", "", "--infer-batches", "1,2", "--dtypes", "fp32",
+                             "--steps", "2", "--threads", "1", "--scenes", str(REFERENCE_SCENES)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    ours = [line.split(" | ") for line in lines if line.startswith("| trafficbots-gym")]
+    assert [(row[1], row[2], row[3]) for row in ours] == [("eager", "fp32", "1"), ("eager", "fp32", "2")]
+    assert all(float(row[4]) > 0 and int(row[6].replace(",", "")) > 0 for row in ours)
+    assert any(line.startswith("| reference TrafficBots, H100") for line in lines)
+
+
+def test_model_speed_refuses_graph_inference_without_cuda():
+    from trafficbots_gym.benchmarks import model_speed
+    with pytest.raises(SystemExit, match="needs a CUDA device"):
+        model_speed.main(["--device", "cpu", "--train-batches", "", "--infer-modes", "graph"])

@@ -11,8 +11,9 @@ with). Reported: samples/s and peak GPU memory per sample.
 
 Inference: ``TrafficBotsPolicy.act`` for every agent of B scenes (64 agents each), after ``reset``
 (encoding + warm start, timed separately). Reported: ms per simulation step and agent-steps/s, for
-fp32 and bf16 autocast, at each ``--infer-batches`` size. Wall time is the headline; the process CPU
-time column shows the work itself when other jobs share the CPU.
+fp32 and bf16 autocast, at each ``--infer-batches`` size, eagerly and (on CUDA) replayed from a CUDA
+graph (``StepGraph``, what the env's graphed step runs; one launch per step). Wall time is the
+headline; the process CPU time column shows the work itself when other jobs share the CPU.
 
 Scenes are the full-size reference test scenes (64 agents, 1024 polylines, 91 steps), repeated to the
 batch size, or ``--scenes FILE.h5``. Weights are random unless ``--checkpoint`` is given (speed does not
@@ -37,6 +38,8 @@ from trafficbots_gym.model.losses import training_losses
 from trafficbots_gym.model.policy import TrafficBotsPolicy
 from trafficbots_gym.model.rollout import rollout
 from trafficbots_gym.model.traffic_bots import TrafficBots
+from trafficbots_gym.simulation.graphed import StepGraph
+from trafficbots_gym.simulation.state import AgentState
 
 SCENES = (Path(__file__).resolve().parents[2] / "envs_tests" / "fixtures" / "reference_vectors"
           / "reference_scenes.h5")
@@ -48,7 +51,7 @@ REFERENCE_INFERENCE = [  # (label, batch, ms/step, agent-steps/s)
 ]
 REFERENCE_TRAINING = [("reference TrafficBots, H100 (fp16)", 8, 1.37, 2.26)]  # (label, batch, samples/s, GiB/sample)
 TRAINING_COLUMNS = ("implementation", "mode", "precision", "batch", "s/step", "CPU s/step", "samples/s", "GiB/sample")
-INFERENCE_COLUMNS = ("implementation", "precision", "batch", "ms/step", "CPU ms/step", "agent-steps/s", "reset ms")
+INFERENCE_COLUMNS = ("implementation", "mode", "precision", "batch", "ms/step", "CPU ms/step", "agent-steps/s", "reset ms")
 
 
 def _sync(device: torch.device) -> None:
@@ -120,8 +123,26 @@ def bench_training(model: TrafficBots, batch: SceneBatch, dtype_name: str, repea
             "gib_per_sample": peak / batch.batch_size}
 
 
-def bench_inference(model: TrafficBots, batch: SceneBatch, dtype_name: str, steps: int) -> dict[str, float]:
-    """Reset time and milliseconds per ``act`` for one batch size / precision."""
+class _ActCall:
+    """One ``policy.act`` on persistent inputs: the state and the step counter live in buffers, so the call
+    can be captured in a CUDA graph and replayed (``advance`` moves the step in place)."""
+
+    def __init__(self, policy: TrafficBotsPolicy, state: AgentState) -> None:
+        self.policy, self.state = policy, state
+        self.step = torch.full((policy.batch_size,), 11, device=state.pos.device)
+
+    def __call__(self) -> torch.Tensor:
+        return self.policy.act(self.state, self.step)
+
+    def advance(self) -> None:
+        """Next simulation step (11..90, then 11 again)."""
+        self.step.copy_((self.step - 10) % 80 + 11)
+
+
+def bench_inference(model: TrafficBots, batch: SceneBatch, dtype_name: str, steps: int,
+                    graph: bool = False) -> dict[str, float]:
+    """Reset time and milliseconds per ``act`` for one batch size / precision; ``graph`` replays ``act``
+    from a CUDA graph."""
     device = batch.device
     policy = TrafficBotsPolicy(model, device=device, autocast_dtype=DTYPES[dtype_name])
     generator = torch.Generator(device=device).manual_seed(0)
@@ -130,14 +151,16 @@ def bench_inference(model: TrafficBots, batch: SceneBatch, dtype_name: str, step
     policy.reset(batch, generator=generator)
     _sync(device)
     reset_s = time.perf_counter() - start
-    state = policy.warm_start_state
-    counter = iter(range(10**9))
+    call = _ActCall(policy, policy.warm_start_state)
+    step_fn = StepGraph(call, call, name="policy act") if graph else call
 
     def act() -> None:
-        step = 11 + next(counter) % 80
-        policy.act(state, torch.full((batch.batch_size,), step, device=device))
+        step_fn()
+        call.advance()
 
     seconds, cpu_seconds = _timed(act, device, steps, warmup=3)
+    if graph and not (isinstance(step_fn, StepGraph) and step_fn.active):
+        raise RuntimeError(f"the policy step was not captured in a CUDA graph: {step_fn.disabled_reason}")
     n_agent = batch.agent_valid.shape[-1]
     return {"reset_ms": 1000 * reset_s, "ms_per_step": 1000 * seconds, "cpu_ms_per_step": 1000 * cpu_seconds,
             "agent_steps_per_s": batch.batch_size * n_agent / seconds}
@@ -168,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma list of eager,graph (default: both on CUDA, eager on CPU)")
     parser.add_argument("--infer-batches", default="1,8,32,128,256", help="comma list; empty to skip")
     parser.add_argument("--dtypes", default="fp32,bf16", help="inference precisions")
+    parser.add_argument("--infer-modes", default=None,
+                        help="comma list of eager,graph (default: both on CUDA, eager on CPU)")
     parser.add_argument("--steps", type=int, default=50, help="timed act() calls per configuration")
     parser.add_argument("--scenes", type=Path, default=SCENES)
     parser.add_argument("--checkpoint", type=Path, default=None)
@@ -206,18 +231,24 @@ def main(argv: list[str] | None = None) -> int:
         _print_table("Training step (90-step rollout + losses + backward + Adam)", TRAINING_COLUMNS, table)
 
     infer_batches = [int(b) for b in args.infer_batches.split(",") if b]
+    infer_modes = (args.infer_modes.split(",") if args.infer_modes else
+                   (["eager", "graph"] if device.type == "cuda" else ["eager"]))
+    if "graph" in infer_modes and device.type != "cuda":
+        raise SystemExit("--infer-modes graph needs a CUDA device")
     if infer_batches:
         rows = []
         model.eval()
-        for dtype_name in args.dtypes.split(","):
-            for b in tqdm(infer_batches, desc=f"inference {dtype_name}"):
-                with torch.no_grad():
-                    rows.append((dtype_name, b, bench_inference(model, _batch(args.scenes, b, device), dtype_name,
-                                                                args.steps)))
-        table = [(label, "fp32", str(b), _fmt(ms, ".1f"), "", _fmt(asps, ",.0f"), "")
+        for mode in infer_modes:
+            for dtype_name in args.dtypes.split(","):
+                for b in tqdm(infer_batches, desc=f"inference {mode} {dtype_name}"):
+                    with torch.no_grad():
+                        rows.append((mode, dtype_name, b, bench_inference(
+                            model, _batch(args.scenes, b, device), dtype_name, args.steps, graph=mode == "graph")))
+        table = [(label, "eager", "fp32", str(b), _fmt(ms, ".1f"), "", _fmt(asps, ",.0f"), "")
                  for label, b, ms, asps in REFERENCE_INFERENCE]
-        table += [("trafficbots-gym", dtype_name, str(b), f"{r['ms_per_step']:.1f}", f"{r['cpu_ms_per_step']:.1f}",
-                   f"{r['agent_steps_per_s']:,.0f}", f"{r['reset_ms']:.0f}") for dtype_name, b, r in rows]
+        table += [("trafficbots-gym", mode, dtype_name, str(b), f"{r['ms_per_step']:.2f}",
+                   f"{r['cpu_ms_per_step']:.2f}", f"{r['agent_steps_per_s']:,.0f}", f"{r['reset_ms']:.0f}")
+                  for mode, dtype_name, b, r in rows]
         _print_table("Closed-loop inference (TrafficBotsPolicy.act, 64 agents per scene)", INFERENCE_COLUMNS, table)
     return 0
 

@@ -35,6 +35,12 @@ def test_tiny_run_saves_policy_checkpoints_logs_and_benchmarks_it_under_two_back
     assert list((out / "checkpoints").glob(f"{algo}_*_steps.zip"))
     assert (out / "eval" / "evaluations.npz").is_file() and (out / "best" / "best_model.zip").is_file()
     assert list((out / "tb").rglob("events.out.tfevents.*"))
+    if algo == "ppo":  # 6-step episodes end inside every 16-step rollout
+        with open(out / "progress.csv") as f:
+            progress = list(csv.DictReader(f))
+        assert [float(r["timesteps"]) for r in progress] == [32.0, 64.0, 96.0]
+        assert all(0 <= float(r[k]) <= 1 for r in progress for k in ("goal_rate", "collision_rate", "offroad_rate"))
+        assert all(float(r["episodes"]) >= 2 for r in progress)
     with open(out / "bench" / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["background"] for r in rows) == ["log_replay", "trafficbots"]
@@ -67,3 +73,23 @@ def test_encoding_cache_is_sized_for_the_training_split_on_a_gpu_only_by_default
     assert "reset_pool" not in module.training_env_kwargs(parse(["--device", "cpu"]))
     monkeypatch.setattr(module, "resolve_device", lambda name: torch.device("cuda"))  # no GPU needed to check
     assert module.env_kwargs(parse(["--device", "cuda"]), None, "training")["encoding_cache_mb"] == 1024.0
+
+
+def test_max_minutes_stops_training_at_the_wall_time_limit(tmp_path) -> None:
+    module = _train_ppo_module()
+    policy = module.main([
+        "--timesteps", "100000", "--max-minutes", "0.0001", "--num-envs", "2", "--n-steps", "8", "--batch-size", "16",
+        "--n-epochs", "1", "--background", "log_replay", "--scenes", str(REFERENCE_SCENES), "--eval-scenes",
+        str(REFERENCE_SCENES), "--horizon", "4", "--eval-episodes", "1", "--eval-num-envs", "1",
+        "--bench-backgrounds", "log_replay", "--bench-episodes", "1", "--device", "cpu", "--out", str(tmp_path)])
+    from stable_baselines3 import PPO
+    assert PPO.load(policy, device="cpu").num_timesteps < 100
+
+
+def test_reward_overrides_reach_the_env_and_malformed_items_are_refused() -> None:
+    module = _train_ppo_module()
+    args = module.build_parser().parse_args(["--device", "cpu", "--reward", "log_deviation=-0.02", "goal_reached=5"])
+    assert module.env_kwargs(args, None, "training")["reward"] == {"log_deviation": -0.02, "goal_reached": 5.0}
+    for bad in ("log_deviation", "=1", "goal_reached=fast"):
+        with pytest.raises(SystemExit, match="TERM=WEIGHT"):
+            module.reward_overrides([bad])

@@ -1,8 +1,8 @@
 """Train an ego planner on TrafficBots-v0 with Stable-Baselines3 (PPO, or SAC), then benchmark it.
 
-    python examples/train_ppo.py [--algo ppo|sac] [--timesteps 1000000] [--num-envs 16] [--seed 0]
-        [--device auto] [--background trafficbots] [--scenes PATH] [--eval-scenes PATH]
-        [--checkpoint PATH] [--out runs/ppo]
+    python examples/train_ppo.py [--algo ppo|sac] [--timesteps 1000000] [--max-minutes M] [--num-envs 16]
+        [--seed 0] [--device auto] [--background trafficbots] [--scenes PATH] [--eval-scenes PATH]
+        [--checkpoint PATH] [--reward TERM=WEIGHT ...] [--net-arch 256,256] [--out runs/ppo]
 
     # CPU smoke run (under a minute; add --checkpoint PATH to train / benchmark against learned agents):
     python examples/train_ppo.py --timesteps 2048 --num-envs 4 --background log_replay \
@@ -14,14 +14,22 @@ the best model. ``--sync-episodes`` lets no training episode end early (collisio
 map-exit penalties and rewards still apply), so every env resets at the horizon together: the learned
 background then encodes and warm-starts all new scenes in one batch per episode instead of a few rows at
 almost every step, which is what bounds the collection speed on a GPU. Evaluation keeps the default
-termination. Writes TensorBoard logs (``OUT/tb``), periodic checkpoints (``OUT/checkpoints``), the
-final policy (``OUT/policy.zip``), then benchmarks it with ``trafficbots-bench`` code against the
-``--bench-backgrounds`` (goal, collision, off-road, ... in ``OUT/bench``).
+termination. ``--max-minutes`` stops training after that much wall time (the evaluation and benchmark
+after it are not counted). ``--reward`` overrides reward weights of the training and evaluation envs (e.g.
+``--reward log_deviation=-0.02``). Writes TensorBoard logs (``OUT/tb``; besides SB3's scalars,
+``episodes/goal_rate``, ``collision_rate``, ``offroad_rate``, ``route_completion`` of the training episodes
+finished in each rollout), periodic checkpoints (``OUT/checkpoints``), the final policy
+(``OUT/policy.zip``), ``OUT/progress.csv`` (those episode rates per rollout, with env steps and wall time),
+then benchmarks the policy with ``trafficbots-bench`` code against the ``--bench-backgrounds`` (goal,
+collision, off-road, ... in ``OUT/bench``).
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import os
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,6 +68,88 @@ class TqdmCallback(BaseCallback):
             self.bar.close()
 
 
+class TimeLimitCallback(BaseCallback):
+    """Stops ``learn`` once ``seconds`` of wall time have passed since training started."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.start = 0.0
+
+    def _on_training_start(self) -> None:
+        self.start = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        return time.perf_counter() - self.start < self.seconds
+
+
+EPISODE_RATES = {"goal_rate": "goal_reached", "collision_rate": "collided", "offroad_rate": "offroad",
+                 "route_completion": "route_completion"}
+"""Logged episode statistic -> key of the env's ``info["episode"]`` summary."""
+
+
+class EpisodeStatsCallback(BaseCallback):
+    """Goal / collision / off-road rates and route completion of the training episodes that ended during
+    each rollout: logged as ``episodes/*`` (TensorBoard) and appended to ``csv_path``."""
+
+    def __init__(self, csv_path: Path) -> None:
+        super().__init__()
+        self.csv_path = csv_path
+        self.sums = dict.fromkeys(EPISODE_RATES, 0.0)
+        self.episodes = 0
+        self.start = 0.0
+        self.history: list[dict[str, float]] = []
+
+    def _on_training_start(self) -> None:
+        self.start = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        for info in self.locals["infos"]:
+            episode = info.get("episode")
+            if episode is not None:
+                self.episodes += 1
+                for name, key in EPISODE_RATES.items():
+                    self.sums[name] += float(episode[key])
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if not self.episodes:
+            return
+        row = {"timesteps": float(self.num_timesteps), "wall_s": time.perf_counter() - self.start,
+               "episodes": float(self.episodes)}
+        row.update({name: total / self.episodes for name, total in self.sums.items()})
+        for name in EPISODE_RATES:
+            self.logger.record(f"episodes/{name}", row[name])
+        self.history.append(row)
+        write_rows(self.csv_path, self.history)
+        self.sums = dict.fromkeys(EPISODE_RATES, 0.0)
+        self.episodes = 0
+
+
+def write_rows(path: Path, rows: list[dict[str, float]]) -> None:
+    """Write ``rows`` as CSV through a temporary file renamed into place."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def reward_overrides(items: Sequence[str]) -> dict[str, float]:
+    """``["log_deviation=-0.02", ...]`` -> ``{"log_deviation": -0.02}`` (names checked by the env)."""
+    weights = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise SystemExit(f"--reward takes TERM=WEIGHT items, got {item!r}")
+    return weights
+
+
 SYNC_TERMINATION = {"collision": False, "offroad": False, "goal_reached": False, "red_light": False,
                     "outside_map": False}
 """Termination of ``--sync-episodes`` training envs: episodes end at the horizon only."""
@@ -74,7 +164,9 @@ def env_kwargs(args: argparse.Namespace, scenes: str | None, split: str) -> dict
     """``gym.make("TrafficBots-v0", ...)`` keys shared by the training and evaluation envs."""
     device = resolve_device(args.device)
     kwargs = {"scenes": scenes, "split": split, "background": args.background, "checkpoint": args.checkpoint,
-              "device": str(device), "horizon": args.horizon}
+              "device": str(device), "horizon": args.horizon, "policy_precision": args.policy_precision}
+    if args.reward:
+        kwargs["reward"] = reward_overrides(args.reward)
     cache_mb = args.encoding_cache_mb
     if cache_mb is None and device.type == "cuda":
         cache_mb = GPU_ENCODING_CACHE_MB
@@ -96,14 +188,18 @@ def training_env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 
 def build_model(args: argparse.Namespace, env: Any) -> BaseAlgorithm:
     """PPO or SAC with an MLP policy on the flat observations, logging to ``OUT/tb``."""
-    common = {"seed": args.seed, "device": args.device, "verbose": 0, "tensorboard_log": str(Path(args.out) / "tb")}
+    common: dict[str, Any] = {"seed": args.seed, "device": args.device, "verbose": 0,
+                              "tensorboard_log": str(Path(args.out) / "tb")}
+    if args.net_arch:
+        common["policy_kwargs"] = {"net_arch": [int(n) for n in args.net_arch.split(",")]}
     if args.algo == "sac":
         return SAC("MlpPolicy", env, learning_starts=min(args.learning_starts, args.timesteps // 2),
                    buffer_size=args.buffer_size, batch_size=args.batch_size, train_freq=1,
                    gradient_steps=1, **common)
     rollout = args.n_steps * args.num_envs
     return PPO("MlpPolicy", env, n_steps=args.n_steps, batch_size=min(args.batch_size, rollout),
-               n_epochs=args.n_epochs, learning_rate=args.learning_rate, gamma=args.gamma, **common)
+               n_epochs=args.n_epochs, learning_rate=args.learning_rate, gamma=args.gamma,
+               ent_coef=args.ent_coef, **common)
 
 
 def callbacks(args: argparse.Namespace, eval_env: Any) -> CallbackList:
@@ -111,8 +207,11 @@ def callbacks(args: argparse.Namespace, eval_env: Any) -> CallbackList:
     out = Path(args.out)
     eval_freq = args.eval_freq or max(args.timesteps // 5, 1)
     save_freq = args.save_freq or max(args.timesteps // 4, 1)
+    time_limit = [TimeLimitCallback(60 * args.max_minutes)] if args.max_minutes else []
     return CallbackList([
+        *time_limit,
         TqdmCallback(args.timesteps),
+        EpisodeStatsCallback(out / "progress.csv"),
         CheckpointCallback(save_freq=max(save_freq // args.num_envs, 1), save_path=str(out / "checkpoints"),
                            name_prefix=args.algo),
         EvalCallback(eval_env, n_eval_episodes=args.eval_episodes, eval_freq=max(eval_freq // args.num_envs, 1),
@@ -135,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algo", choices=("ppo", "sac"), default="ppo")
     p.add_argument("--timesteps", type=int, default=1_000_000, help="total environment steps")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this much wall time")
     p.add_argument("--num-envs", type=int, default=16, help="training episodes batched in one simulator")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="torch device of the simulation and the policy")
@@ -146,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="embedded held-out split (default: validation; testing-split files hold only the "
                         "11-step history, the benchmark needs the logged future)")
     p.add_argument("--horizon", type=int, default=LOG_HORIZON, help="controlled steps per episode")
+    p.add_argument("--reward", nargs="+", default=[], metavar="TERM=WEIGHT",
+                   help="reward weight overrides of the training and evaluation envs (docs/env.md)")
+    p.add_argument("--policy-precision", choices=("fp32", "bf16"), default="fp32",
+                   help="learned background's network precision (bf16: autocast, for GPUs)")
     p.add_argument("--encoding-cache-mb", type=float, default=None,
                    help="learned background's per-scene encoding cache (default: 1024 on a GPU, the env's on a CPU)")
     p.add_argument("--reset-pool", type=int, default=0,
@@ -162,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--learning-rate", type=float, default=3e-4)
     p.add_argument("--gamma", type=float, default=0.99)
+    p.add_argument("--ent-coef", type=float, default=0.0, help="PPO: entropy bonus")
+    p.add_argument("--net-arch", default=None, help="hidden layer sizes of policy and value nets, e.g. 256,256")
     p.add_argument("--learning-starts", type=int, default=5000, help="SAC: random steps before learning")
     p.add_argument("--buffer-size", type=int, default=50_000,
                    help="SAC: replay buffer size (flat observations are ~9.5 KB: ~1 GB per 50k transitions)")

@@ -6,6 +6,7 @@ so it gives exactly the trajectories of :class:`~trafficbots_gym.env.vector_env.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,8 +70,10 @@ class TrafficBotsEnv(gym.Env):
             raise RuntimeError("the episode is over (or was never started): call reset() before step()")
         actions = np.asarray(action)
         actions = actions.reshape(1) if self.config.action_mode == "discrete" else actions.reshape(1, -1)
-        result = self.core.step(actions)
-        info = self._info(result)
+        with self._step_mode():
+            result = self.core.step(actions)
+            info = self._info(result)
+            obs = self._observation()
         terminated, truncated = bool(info.pop("terminated")), bool(info.pop("truncated"))
         reward = float(info.pop("reward"))
         self._over = terminated or truncated
@@ -80,7 +83,7 @@ class TrafficBotsEnv(gym.Env):
             self._trail.append(self.core.sim.state.pos[0, self.core.sim.ego_index[0]].cpu().numpy().copy())
             if self.render_mode == "human":
                 self.render()
-        return self._observation(), reward, terminated, truncated, info
+        return obs, reward, terminated, truncated, info
 
     def render(self) -> np.ndarray | None:
         """An RGB frame ([H, W, 3] uint8) in ``rgb_array`` mode; draws the window in ``human`` mode."""
@@ -103,6 +106,13 @@ class TrafficBotsEnv(gym.Env):
         self.core.close()
 
     # -------------------------------------------------------------------------------------------- helpers
+    def _step_mode(self) -> torch.inference_mode | contextlib.nullcontext[None]:
+        """``torch.inference_mode`` for an eager step: fewer per-operator costs (no autograd or version-counter
+        bookkeeping of the step's new tensors), and they only leave the env as numpy arrays. The engine's
+        persistent buffers stay normal tensors (allocated at reset, written in place). A step replayed from
+        a CUDA graph runs as captured."""
+        return contextlib.nullcontext() if self.core.cuda_graphs else torch.inference_mode()
+
     def _observation(self) -> Any:
         obs = self.core.format_obs(self.core.observe())
         if isinstance(obs, torch.Tensor):

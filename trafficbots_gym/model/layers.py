@@ -23,9 +23,11 @@ KeyValue = tuple[Tensor, Tensor]
 class AttentionMask(NamedTuple):
     """Attention mask prepared once per block call (shared by its layers)."""
 
-    bias: Tensor      # [N, 1, 1|Lq, Lk] additive: 0 where the query may attend, -inf elsewhere (rows
-                      # without any allowed key are all 0); what SDPA derives from a boolean mask
-    no_key: Tensor    # [N, 1|Lq, 1] True: the query has no allowed key, its attention output is zero
+    bias: Tensor | None    # [N, 1, 1|Lq, Lk] additive: 0 where the query may attend, -inf elsewhere (rows
+                           # without any allowed key are all 0); what SDPA derives from a boolean mask.
+                           # None: every key is allowed (the same result as an all-zero bias)
+    no_key: Tensor | None  # [N, 1|Lq, 1] True: the query has no allowed key, its attention output is zero.
+                           # None: every query has an allowed key
 
 
 def attention_mask(tgt_valid: Tensor, pair_mask: Tensor | None = None, dtype: torch.dtype = torch.float32
@@ -39,6 +41,16 @@ def attention_mask(tgt_valid: Tensor, pair_mask: Tensor | None = None, dtype: to
     bias = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~(allowed | no_key),
                                                                                         float("-inf"))
     return AttentionMask(bias.unsqueeze(1), no_key)
+
+
+def fixed_key_mask(tgt_valid: Tensor, dtype: torch.dtype = torch.float32) -> AttentionMask:
+    """:func:`attention_mask` of key validity ``tgt_valid`` [N, Lk] that stays fixed over many calls, checked
+    on the host once: no bias when every key is valid, no zeroing when every row has a valid key (the same
+    attention outputs with fewer operations)."""
+    if bool(tgt_valid.all()):
+        return AttentionMask(None, None)
+    mask = attention_mask(tgt_valid, dtype=dtype)
+    return AttentionMask(mask.bias, mask.no_key if bool(mask.no_key.any()) else None)
 
 
 def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
@@ -126,10 +138,18 @@ class CrossAttentionLayer(nn.Module):
         k, v = kv
         if k.dtype != q.dtype:
             k, v = k.to(q.dtype), v.to(q.dtype)
-        bias = mask.bias if mask.bias.dtype == q.dtype else mask.bias.to(q.dtype)
+        bias = mask.bias
+        if bias is not None and bias.dtype != q.dtype:
+            bias = bias.to(q.dtype)
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=self.p_drop if self.training else 0.0)
         attn = F.linear(attn.transpose(-3, -2).flatten(-2), self.out_proj.weight, self.out_proj.bias)
-        src = src + self._drop(attn.masked_fill(mask.no_key, 0.0))
+        if mask.no_key is not None:
+            attn = attn.masked_fill(mask.no_key, 0.0)
+        return self.feed_forward(src + self._drop(attn), src_invalid)
+
+    def feed_forward(self, src: Tensor, src_invalid: Tensor | None) -> Tensor:
+        """The feed-forward half of the layer (alone: the layer for queries without any key, whose attention
+        output is zero)."""
         h = F.relu(F.linear(_layer_norm(self.norm2, src), self.linear1.weight, self.linear1.bias))
         src = src + self._drop(F.linear(self._drop(h), self.linear2.weight, self.linear2.bias))
         if src_invalid is not None:
@@ -158,10 +178,22 @@ class TransformerBlock(nn.Module):
 
         ``pair_mask`` [Lq, Lk] or [N, Lq, Lk] (True: forbidden pair) is combined with the key validity.
         """
-        mask = attention_mask(tgt_valid, pair_mask)
+        return self.forward_masked(src, src_valid, kvs, attention_mask(tgt_valid, pair_mask))
+
+    def forward_masked(self, src: Tensor, src_valid: Tensor | None, kvs: Sequence[KeyValue],
+                       mask: AttentionMask) -> Tensor:
+        """:meth:`forward_kv` with a prepared ``mask`` (e.g. :func:`fixed_key_mask`)."""
         invalid = None if src_valid is None else ~src_valid.unsqueeze(-1)
         for layer, kv in zip(self.layers, kvs, strict=True):
             src = layer(src, invalid, kv, mask)
+        return src
+
+    def feed_forward(self, src: Tensor, src_valid: Tensor | None) -> Tensor:
+        """The block when no query has any key: every layer's attention output is zero, so only the
+        feed-forward halves run."""
+        invalid = None if src_valid is None else ~src_valid.unsqueeze(-1)
+        for layer in self.layers:
+            src = layer.feed_forward(src, invalid)
         return src
 
     def forward(self, src: Tensor, src_valid: Tensor | None, tgt: Tensor, tgt_valid: Tensor,

@@ -46,6 +46,7 @@ from trafficbots_gym.model.encoding_cache import MIB, EncodingCache
 from trafficbots_gym.model.layers import KeyValue, gru_step, interact
 from trafficbots_gym.model.navigation import DestinationGeometry
 from trafficbots_gym.model.rollout import autocast
+from trafficbots_gym.model.step_keys import StepKeys
 from trafficbots_gym.model.traffic_bots import AgentKinematics, HeadInputs, MapContext, TrafficBots
 from trafficbots_gym.model.warm_start import log_exact_steps, recurrent_prefix, warm_start
 from trafficbots_gym.simulation.buffers import assign, clone_tree, copy_rows_, index_tree, same_layout
@@ -131,6 +132,7 @@ class TrafficBotsPolicy:
         self._heads: HeadInputs | None = None      # embedded destinations / latents of the policy head
         self._rows: Tensor | None = None           # [B] 0..B-1
         self._active: AgentRows | None = None      # agents act computes (None: all)
+        self._keys: StepKeys | None = None          # trimmed attention keys of a single scene on a CPU
         self._all_deterministic = True
 
     # ------------------------------------------------------------------------------------------ public
@@ -265,6 +267,8 @@ class TrafficBotsPolicy:
         self._all_deterministic = bool(self._deterministic.all())
         single = self.compact_step and n_scene == 1 and self._dest.shape[0] == 1
         self._active = AgentRows.of(active.to(self.device)) if single and active is not None else None
+        trim = single and self.device.type == "cpu" and self.autocast_dtype is None
+        self._keys = StepKeys.of(self._ctx) if trim else None
 
     def _encode(self, batch: SceneBatch, latent: LatentMode, destination: DestinationMode,
                 target: EpisodeContext | None, cache_keys: Sequence[Hashable | None] | None) -> _Encoded:
@@ -374,29 +378,36 @@ class TrafficBotsPolicy:
         """Physical actions [B, A, 2] and the new GRU state: ``closed_loop.policy_step`` with the head inputs
         embedded at reset and without the log-probability the simulator does not need."""
         ctx, valid = self._ctx, agents.valid
-        idx = tl_index(step, ctx.tl_last)
-        tl_kv = [(k[self._rows, idx].unsqueeze(1), v[self._rows, idx].unsqueeze(1)) for k, v in ctx.tl_kv]
-        tl_valid = ctx.tl_valid[self._rows, idx].unsqueeze(1)
         if self._active is None:
-            mean, log_std, hidden = self._network(agents, tl_kv, tl_valid, goal_valid)
+            mean, log_std, hidden = self._network(agents, step, goal_valid)
         else:
-            mean, log_std, hidden = self._network_rows(agents, tl_kv, tl_valid, goal_valid, self._active)
+            mean, log_std, hidden = self._network_rows(agents, step, goal_valid, self._active)
         dist = DiagGaussian(mean.float(), log_std.float(), valid)
         action = dist.sample(True if self._all_deterministic else self._deterministic, self.generator)
         return (torch.tanh(action) * ctx.action_limits).masked_fill(~valid.unsqueeze(-1), 0.0), hidden
 
-    def _network(self, agents: AgentState, tl_kv: list[KeyValue], tl_valid: Tensor,
-                 goal_valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _context(self, tokens: Tensor, valid: Tensor, step: Tensor) -> Tensor:
+        """Agent tokens [B, Q, D] (validity [B, Q]) after the map and traffic-light attention of the move to
+        ``step`` [B] (``TrafficBots.policy_context``; with the single scene's trimmed keys when prepared)."""
+        ctx = self._ctx
+        if self._keys is not None:
+            return self._keys.context(self.model, tokens, valid, int(step[0]))
+        idx = tl_index(step, ctx.tl_last)
+        tl_kv = [(k[self._rows, idx].unsqueeze(1), v[self._rows, idx].unsqueeze(1)) for k, v in ctx.tl_kv]
+        tl_valid = ctx.tl_valid[self._rows, idx].unsqueeze(1)
+        return self.model.policy_context(tokens.unsqueeze(1), valid.unsqueeze(1), ctx.map, tl_kv, tl_valid).squeeze(1)
+
+    def _network(self, agents: AgentState, step: Tensor, goal_valid: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Action mean / log-std [B, A, 2] and the new GRU state of every agent."""
         model, ctx, valid = self.model, self._ctx, agents.valid
         kin = AgentKinematics(valid, agents.pos, agents.yaw, agents.spd, agents.vel, agents.acc, agents.yaw_rate)
         tokens = model.encode_agents(kin, ctx.agent_size, ctx.agent_type)
-        x = model.policy_features(tokens.unsqueeze(1), valid.unsqueeze(1), ctx.map, tl_kv, tl_valid)
-        x, hidden = gru_step(model.temporal, x.squeeze(1), valid, self._loop.hidden)
+        x = interact(model.interaction, self._context(tokens, valid, step), valid)
+        x, hidden = gru_step(model.temporal, x, valid, self._loop.hidden)
         dist = model.policy_head(x, valid, ctx.agent_type, goal_valid, self._heads)
         return dist.mean, dist.log_std, hidden
 
-    def _network_rows(self, agents: AgentState, tl_kv: list[KeyValue], tl_valid: Tensor, goal_valid: Tensor,
+    def _network_rows(self, agents: AgentState, step: Tensor, goal_valid: Tensor,
                       active: "AgentRows") -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`_network` computed on the ``active`` agents' rows only (every other agent is invalid, so its
         mean, log-std and GRU state are zero); the agent interaction still sees every agent."""
@@ -406,7 +417,7 @@ class TrafficBotsPolicy:
         kin = AgentKinematics(valid, pick(agents.pos), pick(agents.yaw), pick(agents.spd), pick(agents.vel),
                               pick(agents.acc), pick(agents.yaw_rate))
         tokens = model.encode_agents(kin, pick(ctx.agent_size), pick(ctx.agent_type))
-        x = model.policy_context(tokens.unsqueeze(1), valid.unsqueeze(1), ctx.map, tl_kv, tl_valid).squeeze(1)
+        x = self._context(tokens, valid, step)
         x = interact(model.interaction, active.scatter(x, n_agent), agents.valid, active.read, valid)
         n_layer, _, dim = self._loop.hidden.shape
         hidden = pick(self._loop.hidden.view(n_layer, -1, n_agent, dim).permute(1, 2, 0, 3))   # [B, R, L, D]

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from trafficbots_gym.model.config import TrafficBotsConfig
-from trafficbots_gym.model.layers import MLP, TransformerBlock
+from trafficbots_gym.model.layers import MLP, TransformerBlock, keep_rows
 
 
 def sinusoid_freqs(n_freq: int, theta: float) -> Tensor:
@@ -61,7 +61,7 @@ class InputPeEncoder(nn.Module):
 
     def forward(self, valid: Tensor, attr: Tensor, pe: Tensor) -> Tensor:
         x = torch.cat([self.mlp(attr), pe.to(attr.dtype)], dim=-1)
-        return x.masked_fill(~valid.unsqueeze(-1), 0.0)
+        return keep_rows(x, valid.unsqueeze(-1))
 
 
 class MapEncoder(nn.Module):

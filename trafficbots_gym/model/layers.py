@@ -55,7 +55,14 @@ def fixed_key_mask(tgt_valid: Tensor, dtype: torch.dtype = torch.float32) -> Att
 
 def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
     """``norm(x)`` without the module call (the layers below call it many times per simulation step)."""
-    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+    return torch.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def keep_rows(x: Tensor, keep: Tensor) -> Tensor:
+    """``x`` with zeros where the broadcastable mask ``keep`` (bool or 0/1 float) is false: a product with
+    the 0/1 mask, several times faster on a CPU than ``masked_fill`` of the same rows and the same values
+    for finite ``x`` (a zero may come out as -0.0, which compares equal)."""
+    return x * keep.to(x.dtype)
 
 
 class MLP(nn.Module):
@@ -90,9 +97,9 @@ class MLP(nn.Module):
                     h = _layer_norm(self.norms[i], h)
                 if self.dropout is not None and self.training:
                     h = self.dropout(h)
-                h = F.relu(h)
+                h = torch.relu(h)
         if valid is not None:
-            h = h.masked_fill(~valid.unsqueeze(-1), 0.0)
+            h = keep_rows(h, valid.unsqueeze(-1))
         return h
 
 
@@ -121,7 +128,7 @@ class CrossAttentionLayer(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def _heads(self, x: Tensor) -> Tensor:
-        return x.unflatten(-1, (self.n_head, self.d_head)).transpose(-3, -2)
+        return x.view(*x.shape[:-1], self.n_head, self.d_head).transpose(-3, -2)
 
     def project_kv(self, tgt: Tensor) -> KeyValue:
         """Keys and values ``[N, heads, L, d_head]`` of ``tgt`` ``[N, L, d]``."""
@@ -130,9 +137,9 @@ class CrossAttentionLayer(nn.Module):
         k, v = kv.chunk(2, dim=-1)
         return self._heads(k), self._heads(v)
 
-    def forward(self, src: Tensor, src_invalid: Tensor | None, kv: KeyValue, mask: AttentionMask) -> Tensor:
+    def forward(self, src: Tensor, src_keep: Tensor | None, kv: KeyValue, mask: AttentionMask) -> Tensor:
         """``src`` [N, Lq, d] attends to keys/values ``kv`` under ``mask`` (see :func:`attention_mask`);
-        rows where ``src_invalid`` [N, Lq, 1] is True are zeroed."""
+        rows where ``src_keep`` [N, Lq, 1] (bool or 0/1 float) is false are zeroed."""
         d = src.shape[-1]
         q = self._heads(F.linear(_layer_norm(self.norm1, src), self.in_proj_weight[:d], self.in_proj_bias[:d]))
         k, v = kv
@@ -145,16 +152,14 @@ class CrossAttentionLayer(nn.Module):
         attn = F.linear(attn.transpose(-3, -2).flatten(-2), self.out_proj.weight, self.out_proj.bias)
         if mask.no_key is not None:
             attn = attn.masked_fill(mask.no_key, 0.0)
-        return self.feed_forward(src + self._drop(attn), src_invalid)
+        return self.feed_forward(src + self._drop(attn), src_keep)
 
-    def feed_forward(self, src: Tensor, src_invalid: Tensor | None) -> Tensor:
+    def feed_forward(self, src: Tensor, src_keep: Tensor | None) -> Tensor:
         """The feed-forward half of the layer (alone: the layer for queries without any key, whose attention
         output is zero)."""
-        h = F.relu(F.linear(_layer_norm(self.norm2, src), self.linear1.weight, self.linear1.bias))
+        h = torch.relu(F.linear(_layer_norm(self.norm2, src), self.linear1.weight, self.linear1.bias))
         src = src + self._drop(F.linear(self._drop(h), self.linear2.weight, self.linear2.bias))
-        if src_invalid is not None:
-            src = src.masked_fill(src_invalid, 0.0)
-        return src
+        return src if src_keep is None else keep_rows(src, src_keep)
 
     def _drop(self, x: Tensor) -> Tensor:
         return self.drop(x) if self.training else x
@@ -183,17 +188,17 @@ class TransformerBlock(nn.Module):
     def forward_masked(self, src: Tensor, src_valid: Tensor | None, kvs: Sequence[KeyValue],
                        mask: AttentionMask) -> Tensor:
         """:meth:`forward_kv` with a prepared ``mask`` (e.g. :func:`fixed_key_mask`)."""
-        invalid = None if src_valid is None else ~src_valid.unsqueeze(-1)
+        keep = None if src_valid is None else src_valid.unsqueeze(-1).to(src.dtype)
         for layer, kv in zip(self.layers, kvs, strict=True):
-            src = layer(src, invalid, kv, mask)
+            src = layer(src, keep, kv, mask)
         return src
 
     def feed_forward(self, src: Tensor, src_valid: Tensor | None) -> Tensor:
         """The block when no query has any key: every layer's attention output is zero, so only the
         feed-forward halves run."""
-        invalid = None if src_valid is None else ~src_valid.unsqueeze(-1)
+        keep = None if src_valid is None else src_valid.unsqueeze(-1).to(src.dtype)
         for layer in self.layers:
-            src = layer.feed_forward(src, invalid)
+            src = layer.feed_forward(src, keep)
         return src
 
     def forward(self, src: Tensor, src_valid: Tensor | None, tgt: Tensor, tgt_valid: Tensor,
@@ -247,8 +252,8 @@ def gru_step(gru: nn.GRU, x: Tensor, valid: Tensor, hidden: Tensor) -> tuple[Ten
             out = torch.gru_cell(out, state[layer], *weights)
             layers.append(out)
         hidden = torch.stack(layers)
-    invalid = ~valid.flatten(0, 1).unsqueeze(-1)
-    return out.masked_fill(invalid, 0.0).view(x.shape), hidden.masked_fill(invalid.unsqueeze(0), 0.0)
+    keep = valid.flatten(0, 1).unsqueeze(-1).to(out.dtype)
+    return (out * keep).view(x.shape), hidden * keep
 
 
 def gru_sequence(gru: nn.GRU, x: Tensor, valid: Tensor) -> Tensor:
@@ -299,7 +304,6 @@ class ResidualFusion(nn.Module):
 
     def fuse(self, x: Tensor, x_valid: Tensor, z_embedded: Tensor, z_valid: Tensor) -> Tensor:
         """The forward pass from the embedding :meth:`embed` of ``z``."""
-        z_invalid = ~z_valid.unsqueeze(-1)
-        h = self.mlp_out(torch.cat([x, z_embedded.masked_fill(z_invalid, 0.0)], dim=-1))
-        h = h.masked_fill(z_invalid, 0.0) + x
-        return h.masked_fill(~x_valid.unsqueeze(-1), 0.0)
+        z_keep = z_valid.unsqueeze(-1).to(x.dtype)
+        h = self.mlp_out(torch.cat([x, keep_rows(z_embedded, z_keep)], dim=-1))
+        return keep_rows(keep_rows(h, z_keep) + x, x_valid.unsqueeze(-1))

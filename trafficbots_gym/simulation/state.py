@@ -31,15 +31,21 @@ class AgentState:
 
     def where(self, mask: torch.Tensor, other: "AgentState") -> "AgentState":
         """Take ``other``'s entries where ``mask`` [B, A] is true, ours elsewhere."""
-        return AgentState(**{f.name: torch.where(_expand(mask, getattr(self, f.name)), getattr(other, f.name),
-                                                 getattr(self, f.name)) for f in fields(self)})
+        mask_xy = mask.unsqueeze(-1)
+        return AgentState(valid=torch.where(mask, other.valid, self.valid),
+                          pos=torch.where(mask_xy, other.pos, self.pos), yaw=torch.where(mask, other.yaw, self.yaw),
+                          spd=torch.where(mask, other.spd, self.spd), vel=torch.where(mask_xy, other.vel, self.vel),
+                          acc=torch.where(mask, other.acc, self.acc),
+                          yaw_rate=torch.where(mask, other.yaw_rate, self.yaw_rate))
 
     def masked(self) -> "AgentState":
         """Zero the entries of invalid agents."""
-        valid = self.valid
-        return AgentState(**{f.name: valid.clone() if f.name == "valid" else
-                             torch.where(_expand(valid, getattr(self, f.name)), getattr(self, f.name), 0.0)
-                             for f in fields(self)})
+        invalid = ~self.valid
+        invalid_xy = invalid.unsqueeze(-1)
+        return AgentState(valid=self.valid.clone(), pos=self.pos.masked_fill(invalid_xy, 0.0),
+                          yaw=self.yaw.masked_fill(invalid, 0.0), spd=self.spd.masked_fill(invalid, 0.0),
+                          vel=self.vel.masked_fill(invalid_xy, 0.0), acc=self.acc.masked_fill(invalid, 0.0),
+                          yaw_rate=self.yaw_rate.masked_fill(invalid, 0.0))
 
     def step(self, acc: torch.Tensor, yaw_rate: torch.Tensor, dt: float = 0.1) -> "AgentState":
         """Integrate the unicycle with physical actions [B, A]; invalid agents stay zero."""
@@ -52,8 +58,3 @@ class AgentState:
 
     def clone(self) -> "AgentState":
         return AgentState(**{f.name: getattr(self, f.name).clone() for f in fields(self)})
-
-
-def _expand(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``mask`` [B, A] with trailing singleton dims to broadcast against ``like`` [B, A, ...]."""
-    return mask.reshape(mask.shape + (1,) * (like.ndim - mask.ndim))

@@ -201,7 +201,9 @@ class PolylineSet:
         if select is not None:
             points = points.gather(1, select.unsqueeze(-1).expand(-1, -1, 2))
             n_select = points.shape[1]
-            if n_select < MIN_PRODUCT_ROWS:
+            if n_select == 1:
+                points = points.expand(-1, MIN_PRODUCT_ROWS, -1)
+            elif n_select < MIN_PRODUCT_ROWS:
                 points = points[:, torch.arange(MIN_PRODUCT_ROWS, device=points.device) % n_select]
         proj = torch.baddbmm(-self.offset.unsqueeze(1), points, self.frame.transpose(1, 2))  # [B, Q, 2L]
         if select is not None:
@@ -411,10 +413,11 @@ def _select(state: AgentState, agents: torch.Tensor) -> AgentState:
 
 def outside_map(state: AgentState, boundary: torch.Tensor, margin: float = 0.0) -> torch.Tensor:
     """[B, A] bool: valid agents whose centre is outside ``boundary`` [B, 4] (xmin, xmax, ymin, ymax) + margin."""
-    x, y = state.pos[..., 0], state.pos[..., 1]
     b = boundary.unsqueeze(1)
-    out = (x < b[..., 0] - margin) | (x > b[..., 1] + margin) | (y < b[..., 2] - margin) | (y > b[..., 3] + margin)
-    return out & state.valid
+    low, high = b[..., 0::2], b[..., 1::2]                                   # [B, 1, 2]: (x, y) minima / maxima
+    if margin:
+        low, high = low - margin, high + margin
+    return ((state.pos < low) | (state.pos > high)).any(-1) & state.valid
 
 
 def destination_reached(state: AgentState, dest: torch.Tensor, geom: MapGeometry, map_type: torch.Tensor,
@@ -424,19 +427,39 @@ def destination_reached(state: AgentState, dest: torch.Tensor, geom: MapGeometry
     Lane destination: some node within 50 m and some node direction within 30 deg of the heading;
     road-edge destination (classes 4, 5): some node within 10 m. ``map_type`` [B, P, 11] one-hot.
     """
-    rows = torch.arange(dest.shape[0], device=dest.device).unsqueeze(-1)
-    node = geom.map_pos[rows, dest]                                           # [B, A, N, 2]
-    vec = geom.map_dir[rows, dest]
-    nvalid = geom.map_valid[rows, dest]
-    is_edge = any_class(map_type[rows, dest], ROAD_EDGE_TYPES)                # [B, A]
-    dist = (node - state.pos.unsqueeze(-2)).norm(dim=-1)
-    heading = torch.stack([torch.cos(state.yaw), torch.sin(state.yaw)], -1).unsqueeze(-2)
-    cos = (vec * heading).sum(-1) / vec.norm(dim=-1).clamp(min=1e-6)
-    near_lane = ((dist < DEST_LANE_DISTANCE) & nvalid).any(-1)
-    aligned = ((cos > math.cos(DEST_LANE_ANGLE)) & nvalid).any(-1)
-    near_edge = ((dist < DEST_EDGE_DISTANCE) & nvalid).any(-1)
-    reached = torch.where(is_edge, near_edge, near_lane & aligned) & state.valid
-    return reached if dest_valid is None else reached & dest_valid
+    target = DestinationNodes.of(dest, geom.map_pos, geom.map_dir, geom.map_valid, map_type)
+    return target.reached(state, dest_valid)
+
+
+@dataclass
+class DestinationNodes:
+    """The nodes of each agent's destination polyline, gathered once (destinations are fixed for an episode)."""
+
+    pos: torch.Tensor       # [B, A, N, 2]
+    dir: torch.Tensor       # [B, A, N, 2]
+    dir_len: torch.Tensor   # [B, A, N] length of ``dir`` (at least 1e-6)
+    valid: torch.Tensor     # [B, A, N]
+    is_edge: torch.Tensor   # [B, A] road-edge destination (classes 4, 5)
+
+    @staticmethod
+    def of(dest: torch.Tensor, map_pos: torch.Tensor, map_dir: torch.Tensor, map_valid: torch.Tensor,
+           map_type: torch.Tensor) -> "DestinationNodes":
+        """The destination polylines ``dest`` [B, A] of the maps ``map_*`` [B, P, ...]."""
+        rows = torch.arange(dest.shape[0], device=dest.device).unsqueeze(-1)
+        direction = map_dir[rows, dest]
+        return DestinationNodes(pos=map_pos[rows, dest], dir=direction, dir_len=direction.norm(dim=-1).clamp(min=1e-6),
+                                valid=map_valid[rows, dest], is_edge=any_class(map_type[rows, dest], ROAD_EDGE_TYPES))
+
+    def reached(self, state: AgentState, dest_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, A] bool: :func:`destination_reached` for agents in ``state`` [B, A]."""
+        dist = (self.pos - state.pos.unsqueeze(-2)).norm(dim=-1)
+        heading = torch.stack([torch.cos(state.yaw), torch.sin(state.yaw)], -1).unsqueeze(-2)
+        cos = (self.dir * heading).sum(-1) / self.dir_len
+        near_lane = ((dist < DEST_LANE_DISTANCE) & self.valid).any(-1)
+        aligned = ((cos > math.cos(DEST_LANE_ANGLE)) & self.valid).any(-1)
+        near_edge = ((dist < DEST_EDGE_DISTANCE) & self.valid).any(-1)
+        reached = torch.where(self.is_edge, near_edge, near_lane & aligned) & state.valid
+        return reached if dest_valid is None else reached & dest_valid
 
 
 def any_class(onehot: torch.Tensor, classes: tuple[int, ...] | list[int]) -> torch.Tensor:
@@ -533,35 +556,60 @@ class LoggedPath:
         arc = offsets.expand(*s.shape, n_points)
         return LoggedPath(points=points, yaw=yaw, arc=arc, length=arc[..., -1], valid=self.valid)
 
-    def project(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Project points [B, A, Q, 2] onto each agent's path.
+    def segments(self) -> "PathSegments":
+        """The path's segments in the frame of its first point (what :meth:`project` needs; compute once for
+        a path that many projections use)."""
+        origin = self.points[..., :1, :]                                      # [B, A, 1, 2]
+        start = self.points[..., :-1, :] - origin                             # [B, A, K-1, 2]
+        vec = self.points[..., 1:, :] - self.points[..., :-1, :]
+        len2 = (vec * vec).sum(-1).unsqueeze(-2)                              # [B, A, 1, K-1]
+        return PathSegments(origin=origin, start=start, vec=vec, len2=len2,
+                            start_dot_vec=(start * vec).sum(-1).unsqueeze(-2),
+                            start_sq=(start * start).sum(-1).unsqueeze(-2), seg_len=len2.squeeze(-2).sqrt(),
+                            arc0=self.arc[..., :-1])
+
+    def project(self, points: torch.Tensor,
+                segments: "PathSegments | None" = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project points [B, A, Q, 2] onto each agent's path (``segments``: :meth:`segments` of the path,
+        made here when not given).
 
         Returns (arc length of the nearest path point [B, A, Q], distance to it [B, A, Q], index of its
         segment [B, A, Q]). The nearest segment is found with batched matmuls in a frame centred on
         the path's first point; the returned distance is then computed exactly for that segment.
         """
-        origin = self.points[..., :1, :]                                      # [B, A, 1, 2]
-        start = self.points[..., :-1, :] - origin                             # [B, A, K-1, 2]
-        vec = self.points[..., 1:, :] - self.points[..., :-1, :]
-        p = points - origin
-        len2 = (vec * vec).sum(-1).unsqueeze(-2)                              # [B, A, 1, K-1]
-        rel_v = p @ vec.transpose(-1, -2) - (start * vec).sum(-1).unsqueeze(-2)   # (p - s) . v
-        t = (rel_v / len2.clamp(min=1e-12)).clamp(0.0, 1.0)
-        rel2 = ((p * p).sum(-1, keepdim=True) - 2.0 * (p @ start.transpose(-1, -2))
-                + (start * start).sum(-1).unsqueeze(-2))                      # |p - s|^2
-        seg = (rel2 - 2.0 * t * rel_v + t * t * len2).argmin(-1)              # [B, A, Q]
+        g = self.segments() if segments is None else segments
+        p = points - g.origin
+        rel_v = p @ g.vec.transpose(-1, -2) - g.start_dot_vec                # (p - s) . v
+        t = (rel_v / g.len2.clamp(min=1e-12)).clamp(0.0, 1.0)
+        rel2 = ((p * p).sum(-1, keepdim=True) - 2.0 * (p @ g.start.transpose(-1, -2)) + g.start_sq)  # |p - s|^2
+        seg = (rel2 - 2.0 * t * rel_v + t * t * g.len2).argmin(-1)            # [B, A, Q]
         t_best = torch.gather(t, -1, seg.unsqueeze(-1)).squeeze(-1)
         seg_xy = seg.unsqueeze(-1).expand(*seg.shape, 2)
-        foot = (torch.gather(start, -2, seg_xy) + t_best.unsqueeze(-1) * torch.gather(vec, -2, seg_xy))
+        foot = (torch.gather(g.start, -2, seg_xy) + t_best.unsqueeze(-1) * torch.gather(g.vec, -2, seg_xy))
         dist = (p - foot).norm(dim=-1)
-        arc0 = torch.gather(self.arc[..., :-1], -1, seg)
-        seg_len = torch.gather(len2.squeeze(-2).sqrt(), -1, seg)
+        arc0 = torch.gather(g.arc0, -1, seg)
+        seg_len = torch.gather(g.seg_len, -1, seg)
         return arc0 + t_best * seg_len, dist, seg
 
 
-def path_progress(pos: torch.Tensor, path: LoggedPath) -> torch.Tensor:
-    """[B, A] arc length (m) along each agent's path of the path point nearest to ``pos`` [B, A, 2]."""
-    arc, _, _ = path.project(pos.unsqueeze(-2))
+@dataclass
+class PathSegments:
+    """A ``LoggedPath``'s segments in the frame of its first point (see :meth:`LoggedPath.segments`)."""
+
+    origin: torch.Tensor          # [B, A, 1, 2] first path point
+    start: torch.Tensor           # [B, A, K-1, 2] segment starts relative to ``origin``
+    vec: torch.Tensor             # [B, A, K-1, 2] segment vectors
+    len2: torch.Tensor            # [B, A, 1, K-1] squared segment lengths
+    start_dot_vec: torch.Tensor   # [B, A, 1, K-1]
+    start_sq: torch.Tensor        # [B, A, 1, K-1] squared norm of ``start``
+    seg_len: torch.Tensor         # [B, A, K-1] segment lengths
+    arc0: torch.Tensor            # [B, A, K-1] arc length at each segment start
+
+
+def path_progress(pos: torch.Tensor, path: LoggedPath, segments: PathSegments | None = None) -> torch.Tensor:
+    """[B, A] arc length (m) along each agent's path of the path point nearest to ``pos`` [B, A, 2]
+    (``segments``: the path's :meth:`LoggedPath.segments`, when kept)."""
+    arc, _, _ = path.project(pos.unsqueeze(-2), segments)
     return arc.squeeze(-1)
 
 

@@ -33,7 +33,7 @@ from trafficbots_gym.simulation.background import BACKGROUNDS, make_background, 
 from trafficbots_gym.simulation.buffers import assign, copy_rows_
 from trafficbots_gym.simulation.dynamics import action_limits, unicycle_step
 from trafficbots_gym.simulation.idm import IDMParams
-from trafficbots_gym.simulation.metrics import LoggedPath, MapGeometry
+from trafficbots_gym.simulation.metrics import DestinationNodes, LoggedPath, MapGeometry, PathSegments
 from trafficbots_gym.simulation.state import AgentState
 
 if TYPE_CHECKING:
@@ -101,6 +101,8 @@ class BatchedSimulator:
         self._reactive: torch.Tensor | None = None
         self._geometry: MapGeometry | None = None
         self._ego_path: LoggedPath | None = None
+        self._ego_segments: PathSegments | None = None      # of the ego path (constant per episode)
+        self._ego_dest: DestinationNodes | None = None      # the ego's destination polyline
         self._ego_mask: torch.Tensor | None = None
         self._rows: torch.Tensor | None = None
 
@@ -193,8 +195,11 @@ class BatchedSimulator:
         """Store the derived per-scene tensors of the new scenes ``batch`` in rows ``rows`` of the buffers."""
         n_agent = batch.agent_valid.shape[-1]
         ego_mask = torch.arange(n_agent, device=self.device).unsqueeze(0) == ego_index.unsqueeze(-1)
-        new = {"_ego_mask": ego_mask,
-               "_ego_path": LoggedPath.from_batch(batch).select_agent(ego_index),
+        ego_path = LoggedPath.from_batch(batch).select_agent(ego_index)
+        ego_dest = batch.agent_dest[torch.arange(batch.batch_size, device=self.device), ego_index].unsqueeze(1)
+        new = {"_ego_mask": ego_mask, "_ego_path": ego_path, "_ego_segments": ego_path.segments(),
+               "_ego_dest": DestinationNodes.of(ego_dest, batch.map_pos, batch.map_dir, batch.map_valid,
+                                                batch.map_type),
                "_state": AgentState.from_log(batch, STEP_CURRENT).masked(),
                "_step": torch.full((batch.batch_size,), STEP_CURRENT, dtype=torch.long, device=self.device),
                "_reactive": reactive_mask(self.background_name, batch, ego_index, self.mixed_radius)}
@@ -307,10 +312,9 @@ class BatchedSimulator:
             collided = off = red = None
         ego_pos = state.pos[rows, e]
         ego_path = _require(self._ego_path)
-        progress = metrics.path_progress(ego_pos.unsqueeze(1), ego_path).squeeze(1)
+        progress = metrics.path_progress(ego_pos.unsqueeze(1), ego_path, _require(self._ego_segments)).squeeze(1)
         ego_state = _select_agent(state, e)
-        dest = batch.agent_dest[rows, e].unsqueeze(1)
-        dest_ok = metrics.destination_reached(ego_state, dest, geom, batch.map_type).squeeze(1) & batch.agent_dest_known
+        dest_ok = _require(self._ego_dest).reached(ego_state).squeeze(1) & batch.agent_dest_known
         log_valid = log.valid[rows, e]
         log_dist = torch.where(log_valid, (ego_pos - log.pos[rows, e]).norm(dim=-1), torch.zeros_like(progress))
         return StepOutput(state=state, step=t, collided=collided, offroad=off, red_light=red, outside_map=out,

@@ -10,7 +10,10 @@ the same scene set (pass ``--shard-scenes`` with a folder / list of H5 shards to
 files). The ego drives with a constant action (``--action``); the point is the background and the
 simulator. After ``--warmup`` untimed steps the ranks step ``--steps`` times between two barriers;
 env-steps, finished episodes and their collision / off-road / red-light / goal counts are all-reduced
-(sum; wall time: max over ranks). Rank 0 prints a table and writes ``--out`` (JSON).
+(sum; wall time: max over ranks). Rank 0 prints the time of each phase (env construction, first reset,
+warm-up, timed steps) as it ends, then a table, and writes ``--out`` (JSON). ``--no-termination`` lets
+episodes end at the horizon only (every row resets together), which measures the simulator rather than
+the resets of rows that end early.
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--checkpoint", default=None)
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="learned policy precision")
     parser.add_argument("--no-cuda-graphs", action="store_true")
+    parser.add_argument("--no-termination", action="store_true", help="episodes end at the horizon only")
     parser.add_argument("--action", type=float, nargs=2, default=(0.1, 0.0), help="normalised ego action")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="JSON results (rank 0)")
@@ -59,18 +63,45 @@ def rank_scenes(scenes: str | None, rank: int, world: int, shard: bool) -> Any:
     return [str(f) for f in files[rank::world]]
 
 
+NO_TERMINATION = {"collision": False, "offroad": False, "goal_reached": False, "red_light": False,
+                  "outside_map": False}
+
+
+class PhaseClock:
+    """Prints (rank 0) how long each phase took, as soon as it ends."""
+
+    def __init__(self, rank: int, device: torch.device) -> None:
+        self.rank, self.device = rank, device
+        self.last = time.perf_counter()
+
+    def done(self, phase: str) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        seconds, self.last = now - self.last, now
+        if self.rank == 0:
+            print(f"rank 0: {phase} {seconds:.2f} s", flush=True)
+        return seconds
+
+
 def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict[str, float]:
     """Step this rank's vector env; returns its local sums (env steps, wall seconds, episode counts)."""
+    clock = PhaseClock(rank, device)
+    termination = dict(NO_TERMINATION) if args.no_termination else None
     env = TrafficBotsVecEnv(args.num_envs, scenes=rank_scenes(args.scenes, rank, world, args.shard_scenes),
                             checkpoint=args.checkpoint, background=args.background, device=str(device),
                             torch_output=True, cuda_graphs=False if args.no_cuda_graphs else None,
-                            policy_precision=args.precision)
+                            policy_precision=args.precision, termination=termination)
+    clock.done("env construction")
     env.reset(seed=[args.seed + rank * args.num_envs + i for i in range(args.num_envs)])
+    clock.done(f"first reset of {args.num_envs} rows")
     action = torch.tensor([args.action], dtype=torch.float32, device=device).expand(args.num_envs, 2).contiguous()
     for _ in range(args.warmup):
         env.step(action)
+    clock.done(f"{args.warmup} warm-up steps")
     sums = torch.zeros(len(EPISODE_SUMS), dtype=torch.float64, device=device)
     dist.barrier()
+    clock.done("barrier")
     start = time.perf_counter()
     for _ in range(args.steps):
         _, _, _, _, info = env.step(action)
@@ -82,6 +113,7 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
+    clock.done(f"{args.steps} timed steps")
     graphs = float(env.core.graphs_active)
     env.close()
     return {"env_steps": float(args.num_envs * args.steps), "wall_s": wall, "graphs": graphs,

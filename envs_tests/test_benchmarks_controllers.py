@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from trafficbots_gym.benchmarks.controllers import (
-    CollisionKind, collision_kind, main, run_pair, student_t_quantile, summarize, t_interval, wilson_interval,
+    SAFETY_EVENTS, CollisionKind, collision_kind, count_events_, main, run_pair, student_t_quantile, summarize, t_interval, wilson_interval,
 )
 from trafficbots_gym.benchmarks.ego_controllers import (
     make_controller, route_leader, stop_point_gap, tracking_action,
@@ -199,3 +199,21 @@ def test_episodes_cycle_through_the_scenes_in_batches_and_repeat_with_the_same_s
     b = run_pair(make_controller("random"), "constant_velocity", **kwargs)
     assert len(a.scenario_id) == 3 and a.scenario_id[0] == a.scenario_id[2] != a.scenario_id[1]
     assert np.array_equal(a.ade, b.ade) and np.array_equal(a.progress, b.progress)
+
+
+def _flags(**true_rows):
+    names = ("collided", "offroad", "red_light", "goal_reached")
+    return {n: torch.tensor([r in true_rows.get(n, ()) for r in range(2)]) for n in names}
+
+
+@pytest.mark.parametrize("after_goal, expected_offroad", [(False, [False, False]), (True, [True, False])])
+def test_safety_events_count_up_to_the_goal_step_unless_asked_to_count_after_it(after_goal, expected_offroad):
+    seen = {n: torch.zeros(2, dtype=torch.bool) for n in SAFETY_EVENTS}
+    goal_before = torch.zeros(2, dtype=torch.bool)
+    count_events_(seen, _flags(goal_reached=[0], collided=[0]), goal_before, after_goal)  # goal step
+    count_events_(seen, _flags(goal_reached=[0], offroad=[0]), goal_before, after_goal)   # after it
+    count_events_(seen, _flags(red_light=[1]), goal_before, after_goal)                    # no goal
+    assert seen["collided"].tolist() == [True, False]        # the goal step itself still counts
+    assert seen["offroad"].tolist() == expected_offroad
+    assert seen["red_light"].tolist() == [False, True]
+    assert goal_before.tolist() == [True, False]

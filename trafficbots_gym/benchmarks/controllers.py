@@ -3,12 +3,14 @@
     trafficbots-bench --controller expert constant_velocity idm random [PATH.zip ...]
                       --background log_replay trafficbots constant_velocity [idm mixed]
                       [--scenes PATH | --split validation] [--episodes 100] [--seed 0] [--out bench_results]
-                      [--device auto] [--checkpoint PATH] [--num-envs 64] [--horizon 80]
+                      [--device auto] [--checkpoint PATH] [--num-envs 64] [--horizon 80] [--count-after-goal]
 
 Each (controller, background) pair runs the same episodes: episode i is scene ``i mod n_scenes`` with
 seed ``seed + i``, so the pairs are compared on identical scenes. Episodes run in batches of
 ``--num-envs`` rows of one ``TrafficBotsVecEnv`` (one ``BatchedSimulator``, on the GPU when present) for
-the full horizon with no early termination, so every metric covers the same steps.
+the full horizon with no early termination, so every metric covers the same steps. The safety events
+(collision, off-road, red light) count up to the step on which the ego reaches its goal, where the
+env's default episode ends (``--count-after-goal``: over the whole horizon).
 
 Per pair: goal rate (within 2 m of the logged goal, at any step), collision rate and the at-fault share
 of the decidable collisions, off-road rate, red-light rate (any violation), progress along the logged
@@ -180,35 +182,56 @@ def make_env(controller: EgoController, background: str, num_envs: int, *, scene
                              **{**(env_kwargs or {}), **controller.env_overrides})
 
 
+SAFETY_EVENTS = ("collided", "offroad", "red_light")
+
+
+def count_events_(seen: dict[str, torch.Tensor], step: Mapping[str, Any], goal_before: torch.Tensor,
+                  count_after_goal: bool) -> torch.Tensor:
+    """OR one step's ego flags (``step[name]`` [B] for each of ``SAFETY_EVENTS``) into ``seen``, for the rows
+    whose goal was not reached on an earlier step (every row with ``count_after_goal``), then add this
+    step's ``goal_reached`` to ``goal_before``; all in place. Returns the rows counted on this step."""
+    counting = torch.ones_like(goal_before) if count_after_goal else ~goal_before
+    for name in SAFETY_EVENTS:
+        seen[name] |= step[name] & counting
+    goal_before |= step["goal_reached"]
+    return counting
+
+
 @torch.no_grad()
-def run_batch(env: TrafficBotsVecEnv, controller: EgoController, scene_index: list[int], seed: int) -> EpisodeResults:
-    """One batch of episodes (row i on scene ``scene_index[i]``, seed ``seed + i``) for the full horizon."""
+def run_batch(env: TrafficBotsVecEnv, controller: EgoController, scene_index: list[int], seed: int,
+              count_after_goal: bool = False) -> EpisodeResults:
+    """One batch of episodes (row i on scene ``scene_index[i]``, seed ``seed + i``) for the full horizon;
+    collisions, off-road and red lights count up to the goal step unless ``count_after_goal``."""
     start = time.perf_counter()
     obs, _ = env.reset(seed=seed, options={"scene_index": scene_index})
     controller.reset(env, seed)
     sim = env.core.sim
     kind = torch.zeros(env.num_envs, dtype=torch.long, device=env.core.device)
+    events = {k: torch.zeros(env.num_envs, dtype=torch.bool, device=env.core.device) for k in SAFETY_EVENTS}
+    goal_before = torch.zeros(env.num_envs, dtype=torch.bool, device=env.core.device)
     info: dict[str, Any] = {}
     steps = 0
     while True:
         obs, _, terminated, truncated, info = env.step(controller.act(env, obs))
         steps += 1
-        first = info["collided"] & (kind == CollisionKind.NONE)
+        counting = count_events_(events, info, goal_before, count_after_goal)
+        first = info["collided"] & counting & (kind == CollisionKind.NONE)
         kind = torch.where(first, collision_kind(sim.state, sim.batch.agent_size, sim.ego_index), kind)
         if bool((terminated | truncated).all()):
             break
     ep = {k: v.cpu().numpy() for k, v in info["episode"].items() if not k.startswith("_")}
     return EpisodeResults(scenario_id=[str(s) for s in env.core.scenario_ids], goal_reached=ep["goal_reached"],
-                          collided=ep["collided"], collision_kind=kind.cpu().numpy(), offroad=ep["offroad"],
-                          red_light=ep["red_light_violations"] > 0, progress=ep["progress"],
-                          route_completion=ep["route_completion"], ade=ep["ade"], max_jerk=ep["max_jerk"],
-                          seconds=time.perf_counter() - start, env_steps=steps * env.num_envs)
+                          collided=events["collided"].cpu().numpy(), collision_kind=kind.cpu().numpy(),
+                          offroad=events["offroad"].cpu().numpy(), red_light=events["red_light"].cpu().numpy(),
+                          progress=ep["progress"], route_completion=ep["route_completion"], ade=ep["ade"],
+                          max_jerk=ep["max_jerk"], seconds=time.perf_counter() - start,
+                          env_steps=steps * env.num_envs)
 
 
 def run_pair(controller: EgoController, background: str, *, episodes: int, seed: int, scenes: Any = None,
              split: str = "validation", device: torch.device | str = "cpu", checkpoint: str | None = None,
              num_envs: int = 64, horizon: int = LOG_HORIZON, env_kwargs: Mapping[str, Any] | None = None,
-             progress: tqdm | None = None) -> EpisodeResults:
+             progress: tqdm | None = None, count_after_goal: bool = False) -> EpisodeResults:
     """``episodes`` episodes of ``controller`` against ``background`` (see the module docstring);
     ``progress`` advances by the episodes of each finished batch."""
     if episodes < 1 or num_envs < 1:
@@ -221,7 +244,7 @@ def run_pair(controller: EgoController, background: str, *, episodes: int, seed:
         parts = []
         for first in range(0, episodes, rows):
             ids = [(first + i) % n_scenes for i in range(rows)]
-            part = run_batch(env, controller, ids, seed + first)
+            part = run_batch(env, controller, ids, seed + first, count_after_goal)
             keep = min(rows, episodes - first)
             parts.append(_head(part, keep))
             if progress is not None:
@@ -362,8 +385,8 @@ def write_results(rows: Sequence[dict[str, Any]], out: Path, header: str = "") -
 
 def run_benchmark(controllers: Iterable[str], backgrounds: Iterable[str], *, episodes: int, seed: int,
                   out: Path, scenes: Any = None, split: str = "validation", device: str = "auto",
-                  checkpoint: str | None = None, num_envs: int = 64,
-                  horizon: int = LOG_HORIZON) -> list[dict[str, Any]]:
+                  checkpoint: str | None = None, num_envs: int = 64, horizon: int = LOG_HORIZON,
+                  count_after_goal: bool = False) -> list[dict[str, Any]]:
     """Every (controller, background) pair; writes the results to ``out`` and returns the rows."""
     dev = resolve_device(device)
     pairs = [(c, b) for c in controllers for b in backgrounds]
@@ -376,10 +399,12 @@ def run_benchmark(controllers: Iterable[str], backgrounds: Iterable[str], *, epi
             controller = make_controller(spec, dev)
             bar.set_postfix_str(f"{controller.name} / {background}")
             result = run_pair(controller, background, episodes=episodes, seed=seed, scenes=scenes, split=split,
-                              device=dev, checkpoint=checkpoint, num_envs=num_envs, horizon=horizon, progress=bar)
+                              device=dev, checkpoint=checkpoint, num_envs=num_envs, horizon=horizon, progress=bar,
+                              count_after_goal=count_after_goal)
             rows.append(summarize(controller.name, background, result))
     header = (f"Scenes: {scenes if scenes is not None else f'embedded {split} split'}; {episodes} episodes per pair; "
-              f"seed {seed}; horizon {horizon} steps; device {dev}.\n\n")
+              f"seed {seed}; horizon {horizon} steps; device {dev}; safety events counted "
+              f"{'over the whole horizon' if count_after_goal else 'up to the goal'}.\n\n")
     write_results(rows, out, header)
     return rows
 
@@ -401,6 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: the shipped one)")
     p.add_argument("--num-envs", type=int, default=64, help="episodes simulated together (batch rows)")
     p.add_argument("--horizon", type=int, default=LOG_HORIZON, help="controlled steps per episode (default 80)")
+    p.add_argument("--count-after-goal", action="store_true",
+                   help="count collisions, off-road and red lights after the ego reached its goal too")
     return p
 
 
@@ -409,7 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rows = run_benchmark(args.controller, args.background, episodes=args.episodes, seed=args.seed,
                          out=Path(args.out), scenes=args.scenes, split=args.split, device=args.device,
-                         checkpoint=args.checkpoint, num_envs=args.num_envs, horizon=args.horizon)
+                         checkpoint=args.checkpoint, num_envs=args.num_envs, horizon=args.horizon,
+                         count_after_goal=args.count_after_goal)
     print(format_markdown(display_rows(rows)))
     print(f"wrote {Path(args.out) / 'results.csv'}, results.md, results.png")
     return 0

@@ -426,7 +426,8 @@ class EpisodeBatch:
     def _build_observation(self) -> dict[str, torch.Tensor]:
         stats, route = self._require_started()
         assert self._where is not None
-        view = EgoView(index=self.sim.ego_index, step=self.sim.step_index, elapsed=stats.elapsed, route=self._where)
+        view = EgoView(index=self.sim.ego_index, step=self.sim.step_index, elapsed=stats.elapsed, route=self._where,
+                       rows=self.sim.row_index, mask=self.sim.ego_mask)
         return self.observer.build(self.sim.batch, self.sim.state, view, route)
 
     def format_obs(self, obs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | torch.Tensor:

@@ -60,26 +60,28 @@ class EgoView:
     step: torch.Tensor       # [B] long: absolute step of the state
     elapsed: torch.Tensor    # [B] long: controlled steps taken this episode
     route: RoutePosition     # the ego's projection on its logged route
+    rows: torch.Tensor | None = None   # [B] long 0..B-1 (made when not given)
+    mask: torch.Tensor | None = None   # [B, A] bool one-hot of the ego slot (made when not given)
 
 
 @dataclass
 class MapPoints:
-    """Candidate map points of each row: pos [B, X, 2], unit dir [B, X, 2], type one-hot [B, X, 11], valid [B, X]."""
+    """Candidate map points of each row: pos [B, X, 2], valid [B, X] and ``features`` [B, X, 15]: pos, unit
+    direction and type one-hot side by side (one gather per step)."""
 
     pos: torch.Tensor
-    dir: torch.Tensor
-    type: torch.Tensor
     valid: torch.Tensor
+    features: torch.Tensor
 
     @staticmethod
     def from_batch(batch: SceneBatch, stride: int) -> "MapPoints":
         b = batch.batch_size
         pos = batch.map_pos[:, :, ::stride].reshape(b, -1, 2)
-        direction = batch.map_dir[:, :, ::stride].reshape(b, -1, 2)
+        direction = _unit(batch.map_dir[:, :, ::stride].reshape(b, -1, 2))
         n_node = batch.map_pos[:, :, ::stride].shape[2]
-        kind = batch.map_type.unsqueeze(2).expand(-1, -1, n_node, -1).reshape(b, pos.shape[1], -1)
+        kind = batch.map_type.unsqueeze(2).expand(-1, -1, n_node, -1).reshape(b, pos.shape[1], -1).float()
         valid = batch.map_valid[:, :, ::stride].reshape(b, -1)
-        return MapPoints(pos=pos, dir=_unit(direction), type=kind.float(), valid=valid)
+        return MapPoints(pos=pos, valid=valid, features=torch.cat([pos, direction, kind], dim=-1))
 
     def replace_rows(self, rows: torch.Tensor, other: "MapPoints") -> None:
         for f in fields(self):
@@ -123,11 +125,11 @@ class ObservationBuilder:
         """The observation groups [B, ...] (float32, in [-1, 1]) of every row."""
         if self.map_points is None:
             raise RuntimeError("ObservationBuilder.set_scenes must run before build")
-        rows = torch.arange(state.valid.shape[0], device=state.valid.device)
+        rows = torch.arange(state.valid.shape[0], device=state.valid.device) if ego.rows is None else ego.rows
         frame = EgoFrame.of(state.pos[rows, ego.index], state.yaw[rows, ego.index])
         obs = {
-            "ego": self._ego(batch, state, ego, route, rows),
-            "agents": self._agents(batch, state, ego.index, rows, frame),
+            "ego": self._ego(batch, state, ego, route, rows, frame),
+            "agents": self._agents(batch, state, ego, rows, frame),
             "map": self._map(frame),
             "traffic_lights": self._traffic_lights(batch, ego.step, rows, frame),
             "goal": self._goal(batch, ego.index, rows, frame),
@@ -139,24 +141,27 @@ class ObservationBuilder:
         """[B, flat_size]: the groups flattened and concatenated in ``shapes`` order."""
         return torch.cat([obs[k].flatten(1) for k in self.shapes], dim=1)
 
-    def _ego(self, batch: SceneBatch, state: AgentState, ego: EgoView, route: Route,
-             rows: torch.Tensor) -> torch.Tensor:
+    def _ego(self, batch: SceneBatch, state: AgentState, ego: EgoView, route: Route, rows: torch.Tensor,
+             frame: "EgoFrame") -> torch.Tensor:
         i = ego.index
         size = batch.agent_size[rows, i]
         completion = ego.route.s / route.length.clamp_min(1.0)
-        heading_error = state.yaw[rows, i] - ego.route.yaw
+        heading_error = frame.yaw - ego.route.yaw
         time_left = 1.0 - ego.elapsed.float() / self.config.horizon
         return torch.stack([state.spd[rows, i] / SPEED_SCALE, state.acc[rows, i] / ACC_SCALE,
                             state.yaw_rate[rows, i] / YAW_RATE_SCALE, size[:, 0] / LENGTH_SCALE,
                             size[:, 1] / WIDTH_SCALE, time_left, completion, ego.route.lateral / LATERAL_SCALE,
                             torch.cos(heading_error), torch.sin(heading_error)], dim=-1)
 
-    def _agents(self, batch: SceneBatch, state: AgentState, ego_index: torch.Tensor, rows: torch.Tensor,
+    def _agents(self, batch: SceneBatch, state: AgentState, ego: EgoView, rows: torch.Tensor,
                 frame: "EgoFrame") -> torch.Tensor:
-        slots = torch.arange(state.valid.shape[1], device=ego_index.device)
-        others = state.valid & (slots.unsqueeze(0) != ego_index.unsqueeze(1))
+        if ego.mask is None:
+            slots = torch.arange(state.valid.shape[1], device=ego.index.device)
+            others = state.valid & (slots.unsqueeze(0) != ego.index.unsqueeze(1))
+        else:
+            others = state.valid & ~ego.mask
         idx, valid = nearest(state.pos, frame.origin, others, self.config.num_agents_obs, self.config.obs_range)
-        ego_vel = state.vel[rows, ego_index].unsqueeze(1)
+        ego_vel = state.vel[rows, ego.index].unsqueeze(1)
         rel_yaw = gather(state.yaw.unsqueeze(-1), idx).squeeze(-1) - frame.yaw.unsqueeze(1)
         size = gather(batch.agent_size, idx)
         feats = torch.cat([frame.to_frame(gather(state.pos, idx)) / self.config.obs_range,
@@ -171,8 +176,9 @@ class ObservationBuilder:
         assert points is not None
         idx, valid = nearest(points.pos, frame.origin, points.valid, self.config.num_map_points,
                              self.config.obs_range)
-        feats = torch.cat([frame.to_frame(gather(points.pos, idx)) / self.config.obs_range,
-                           frame.rotate(gather(points.dir, idx)), gather(points.type, idx)], dim=-1)
+        near = gather(points.features, idx)                                  # pos, dir, type
+        feats = torch.cat([frame.to_frame(near[..., :2]) / self.config.obs_range, frame.rotate(near[..., 2:4]),
+                           near[..., 4:]], dim=-1)
         return _with_valid(feats, valid)
 
     def _traffic_lights(self, batch: SceneBatch, step: torch.Tensor, rows: torch.Tensor,
@@ -211,14 +217,18 @@ class EgoFrame:
     cos: torch.Tensor
     sin: torch.Tensor
 
+    rotation: torch.Tensor    # [B, 1, 2, 2]: rows (cos, -sin) and (sin, cos) of ``-yaw``
+
     @staticmethod
     def of(origin: torch.Tensor, yaw: torch.Tensor) -> "EgoFrame":
-        return EgoFrame(origin, yaw, torch.cos(-yaw).unsqueeze(1), torch.sin(-yaw).unsqueeze(1))
+        cos, sin = torch.cos(-yaw).unsqueeze(1), torch.sin(-yaw).unsqueeze(1)
+        rotation = torch.stack([cos, -sin, sin, cos], dim=-1).view(-1, 1, 2, 2)
+        return EgoFrame(origin, yaw, cos, sin, rotation)
 
     def rotate(self, xy: torch.Tensor) -> torch.Tensor:
-        """Vectors ``xy`` [B, X, 2] rotated into the frame (clockwise by ``yaw``)."""
-        x, y = xy[..., 0], xy[..., 1]
-        return torch.stack([self.cos * x - self.sin * y, self.sin * x + self.cos * y], dim=-1)
+        """Vectors ``xy`` [B, X, 2] rotated into the frame (clockwise by ``yaw``): (cos x - sin y, sin x + cos y),
+        each a sum of two products."""
+        return (xy.unsqueeze(-2) * self.rotation).sum(-1)
 
     def to_frame(self, xy: torch.Tensor) -> torch.Tensor:
         """Points ``xy`` [B, X, 2] in the frame."""
@@ -233,8 +243,8 @@ def nearest(points: torch.Tensor, origin: torch.Tensor, mask: torch.Tensor, k: i
     are invalid (index 0). Nearest first.
     """
     delta = points - origin.unsqueeze(1)
-    dist_sq = delta[..., 0] * delta[..., 0] + delta[..., 1] * delta[..., 1]
-    d = torch.where(mask & (dist_sq <= max_dist * max_dist), dist_sq, torch.full_like(dist_sq, float("inf")))
+    dist_sq = (delta * delta).sum(-1)
+    d = dist_sq.masked_fill(~(mask & (dist_sq <= max_dist * max_dist)), float("inf"))
     n = min(k, d.shape[1])
     values, idx = torch.topk(d, n, dim=1, largest=False, sorted=True)
     valid = torch.isfinite(values)
@@ -242,7 +252,7 @@ def nearest(points: torch.Tensor, origin: torch.Tensor, mask: torch.Tensor, k: i
         pad = k - n
         idx = torch.cat([idx, idx.new_zeros(idx.shape[0], pad)], dim=1)
         valid = torch.cat([valid, valid.new_zeros(valid.shape[0], pad)], dim=1)
-    return torch.where(valid, idx, torch.zeros_like(idx)), valid
+    return idx.masked_fill(~valid, 0), valid
 
 
 def gather(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -252,8 +262,8 @@ def gather(values: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 def _with_valid(feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """Append the valid column to slot features [B, k, F]; invalid slots all zero."""
-    out = torch.cat([feats, torch.ones_like(feats[..., :1])], dim=-1)
-    return out * valid.unsqueeze(-1).to(out.dtype)
+    keep = valid.unsqueeze(-1).to(feats.dtype)
+    return torch.cat([feats * keep, keep], dim=-1)
 
 
 def _unit(v: torch.Tensor) -> torch.Tensor:

@@ -468,9 +468,12 @@ def _copy_result(result: StepResult) -> StepResult:
 
 
 def tensors_to_numpy(values: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Move a dict of [B] tensors to numpy with one device transfer; bool/int/float dtypes kept."""
+    """Copy a dict of [B] tensors to numpy (bool, int64 or float32 arrays): CPU tensors one by one (no transfer
+    to make), device tensors with one transfer."""
     if not values:
         return {}
+    if all(v.device.type == "cpu" for v in values.values()):
+        return {key: _host_array(v) for key, v in values.items()}
     stacked = torch.stack([v.to(torch.float64) for v in values.values()]).cpu().numpy()
     out = {}
     for row, (key, v) in zip(stacked, values.items()):
@@ -482,3 +485,11 @@ def tensors_to_numpy(values: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray
             out[key] = row.astype(np.float32)
     return out
 
+
+def _host_array(value: torch.Tensor) -> np.ndarray:
+    """A numpy copy of a CPU tensor: bool, int64 or float32."""
+    if value.dtype == torch.bool:
+        return value.numpy().copy()
+    if not value.is_floating_point():
+        return value.numpy().astype(np.int64)
+    return value.float().numpy().astype(np.float32)

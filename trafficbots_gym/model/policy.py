@@ -352,7 +352,8 @@ class TrafficBotsPolicy:
         """
         self._require_reset()
         ctx, loop = self._ctx, self._loop
-        state = AgentState(**{f.name: getattr(state, f.name).to(self.device) for f in fields(AgentState)})
+        if state.pos.device != self.device:
+            state = AgentState(**{f.name: getattr(state, f.name).to(self.device) for f in fields(AgentState)})
         step = step.to(self.device)
         reached = loop.dest_reached | ctx.dest.reached(state.valid, state.pos, state.yaw)
         goal_valid = loop.goal_valid & state.valid & ~reached

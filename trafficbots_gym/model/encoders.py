@@ -95,6 +95,17 @@ class MapEncoder(nn.Module):
         pooled = nodes.masked_fill(~node_valid.unsqueeze(-1), float("-inf")).amax(dim=1)
         return pooled.masked_fill(~node_valid.any(-1, keepdim=True), 0.0)
 
+    def encode_valid_nodes(self, node_valid: Tensor, node_attr: Tensor, node_pe: Tensor) -> Tensor:
+        """:meth:`encode_polylines` of R polylines that each have a valid node, computed on their valid nodes
+        only: ``node_attr`` [V, attr] / ``node_pe`` [V, pe] of the V valid nodes of ``node_valid`` [R, N] in
+        row-major order -> max-pooled features [R, D], the same values (inference only; see
+        :meth:`TransformerBlock.forward_packed`)."""
+        nodes = self.input_encoder(node_attr.new_ones(node_attr.shape[:1], dtype=torch.bool), node_attr, node_pe)
+        nodes = self.node_transformer.forward_packed(nodes, node_valid)
+        pooled = nodes.new_full((node_valid.numel(), nodes.shape[-1]), float("-inf"))
+        pooled.index_copy_(0, node_valid.flatten().nonzero().squeeze(1), nodes)
+        return pooled.view(*node_valid.shape, -1).amax(dim=1)
+
     def aggregate(self, pl: Tensor, pl_valid: Tensor) -> Tensor:
         """Polyline transformer over the pooled features ``pl`` [B, P, D] with validity ``pl_valid`` [B, P]."""
         return self.polyline_transformer(pl, pl_valid, pl, pl_valid)

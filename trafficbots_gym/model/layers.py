@@ -161,6 +161,26 @@ class CrossAttentionLayer(nn.Module):
         src = src + self._drop(F.linear(self._drop(h), self.linear2.weight, self.linear2.bias))
         return src if src_keep is None else keep_rows(src, src_keep)
 
+    def forward_packed(self, src: Tensor, tgt: Tensor, slots: Tensor, q_buf: Tensor, kv_buf: Tensor,
+                       mask: AttentionMask) -> Tensor:
+        """The layer for valid tokens only, packed: ``src`` / ``tgt`` [V, d] sit at rows ``slots`` [V] of a
+        padded layout of G groups x L tokens (self-attention within each group, e.g. the nodes of a
+        polyline). The per-token parts run on the V rows; queries, keys and values are written into the
+        padded buffers ``q_buf`` [G, L, d] / ``kv_buf`` [G, L, 2d] (their other rows finite, masked by
+        ``mask``) for the attention. Every row gets what :meth:`forward` gives its token in the padded
+        layout (every group must have a valid token)."""
+        d = src.shape[-1]
+        kv_buf.view(-1, 2 * d).index_copy_(0, slots, F.linear(_layer_norm(self.norm_tgt, tgt),
+                                                               self.in_proj_weight[d:], self.in_proj_bias[d:]))
+        q_buf.view(-1, d).index_copy_(0, slots, F.linear(_layer_norm(self.norm1, src), self.in_proj_weight[:d],
+                                                          self.in_proj_bias[:d]))
+        k, v = kv_buf.chunk(2, dim=-1)
+        attn = F.scaled_dot_product_attention(self._heads(q_buf), self._heads(k), self._heads(v),
+                                              attn_mask=mask.bias)
+        attn = attn.transpose(-3, -2).flatten(-2).flatten(0, 1).index_select(0, slots)
+        attn = F.linear(attn, self.out_proj.weight, self.out_proj.bias)
+        return self.feed_forward(src + attn, None)
+
     def _drop(self, x: Tensor) -> Tensor:
         return self.drop(x) if self.training else x
 
@@ -191,6 +211,22 @@ class TransformerBlock(nn.Module):
         keep = None if src_valid is None else src_valid.unsqueeze(-1).to(src.dtype)
         for layer, kv in zip(self.layers, kvs, strict=True):
             src = layer(src, keep, kv, mask)
+        return src
+
+    def forward_packed(self, x: Tensor, valid: Tensor) -> Tensor:
+        """:meth:`forward` with ``tgt = src`` (self-attention) over G groups of L tokens with validity ``valid``
+        [G, L] (each group with a valid token), on the valid tokens only: ``x`` [V, d] are the valid tokens
+        in row-major order of ``valid``; returns their outputs [V, d], the values :meth:`forward` gives them
+        on the padded layout (see :meth:`CrossAttentionLayer.forward_packed`). Inference only."""
+        if self.training:
+            raise RuntimeError("forward_packed is an inference path; call forward in training")
+        slots = valid.flatten().nonzero().squeeze(1)
+        mask = attention_mask(valid, dtype=x.dtype)
+        q_buf = x.new_zeros(*valid.shape, x.shape[-1])
+        kv_buf = x.new_zeros(*valid.shape, 2 * x.shape[-1])
+        src = x
+        for layer in self.layers:
+            src = layer.forward_packed(src, x, slots, q_buf, kv_buf, mask)
         return src
 
     def feed_forward(self, src: Tensor, src_valid: Tensor | None) -> Tensor:

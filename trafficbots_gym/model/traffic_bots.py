@@ -106,8 +106,8 @@ class TrafficBots(nn.Module):
         """Polylines ``valid`` [B, P, N], ``map_type`` [B, P, 11], ``pos``/``direction`` [B, P, N, 2].
 
         ``sparse`` runs the per-polyline node encoder only on polylines with a valid node (the others
-        pool to zero either way): the same result with less work, but data-dependent shapes and a host
-        synchronisation, so it is meant for inference.
+        pool to zero either way), and its per-node layers only on the valid nodes: the same result with
+        less work, but data-dependent shapes and a host synchronisation, so it is meant for inference.
         """
         n_scene, n_pl, n_node = valid.shape
         if not sparse:
@@ -116,10 +116,14 @@ class TrafficBots(nn.Module):
             return MapContext(feature, pl_valid, self.as2pl.project_kv(feature))
         pl_valid = valid.any(-1)
         rows = pl_valid.flatten().nonzero().squeeze(1)
-        node_valid = valid.flatten(0, 1)[rows]
-        node_type = map_type.flatten(0, 1)[rows].unsqueeze(1).expand(-1, n_node, -1)
-        attr, pe = self._map_node_inputs(node_type, pos.flatten(0, 1)[rows], direction.flatten(0, 1)[rows])
-        pooled = self.map_encoder.encode_polylines(node_valid, attr, pe)
+        node_valid = valid.flatten(0, 1)[rows]                                    # [R, N]
+        nodes = node_valid.flatten().nonzero().squeeze(1)                         # valid nodes of those rows
+        node_type = map_type.flatten(0, 1)[rows].unsqueeze(1).expand(-1, n_node, -1).flatten(0, 1)[nodes]
+        onehot = self.node_onehot[:n_node, :n_node].expand(len(rows), -1, -1).flatten(0, 1)[nodes]
+        attr = torch.cat([node_type, onehot], dim=-1).to(pos.dtype)
+        node_pos, node_dir = pos.flatten(0, 1)[rows].flatten(0, 1)[nodes], direction.flatten(0, 1)[rows].flatten(0, 1)[nodes]
+        pe = self.pose_pe(node_pos, torch.atan2(node_dir[..., 1], node_dir[..., 0]))
+        pooled = self.map_encoder.encode_valid_nodes(node_valid, attr, pe)
         pl = pooled.new_zeros(n_scene * n_pl, pooled.shape[-1]).index_copy(0, rows, pooled)
         feature = self.map_encoder.aggregate(pl.view(n_scene, n_pl, -1), pl_valid)
         return MapContext(feature, pl_valid, self.as2pl.project_kv(feature))

@@ -64,6 +64,10 @@ class InputPeEncoder(nn.Module):
         return keep_rows(x, valid.unsqueeze(-1))
 
 
+POLYLINE_CHUNK = 64
+"""Polylines per chunk of the sparse node encoder (about 1,000 node rows: activations that stay in the caches)."""
+
+
 class MapEncoder(nn.Module):
     """Polyline encoder: node tokens -> node transformer -> max-pool -> polyline transformer.
 
@@ -95,16 +99,27 @@ class MapEncoder(nn.Module):
         pooled = nodes.masked_fill(~node_valid.unsqueeze(-1), float("-inf")).amax(dim=1)
         return pooled.masked_fill(~node_valid.any(-1, keepdim=True), 0.0)
 
-    def encode_valid_nodes(self, node_valid: Tensor, node_attr: Tensor, node_pe: Tensor) -> Tensor:
+    def encode_valid_nodes(self, node_valid: Tensor, node_attr: Tensor, node_pe: Tensor,
+                           chunk: int = POLYLINE_CHUNK) -> Tensor:
         """:meth:`encode_polylines` of R polylines that each have a valid node, computed on their valid nodes
         only: ``node_attr`` [V, attr] / ``node_pe`` [V, pe] of the V valid nodes of ``node_valid`` [R, N] in
         row-major order -> max-pooled features [R, D], the same values (inference only; see
-        :meth:`TransformerBlock.forward_packed`)."""
-        nodes = self.input_encoder(node_attr.new_ones(node_attr.shape[:1], dtype=torch.bool), node_attr, node_pe)
-        nodes = self.node_transformer.forward_packed(nodes, node_valid)
-        pooled = nodes.new_full((node_valid.numel(), nodes.shape[-1]), float("-inf"))
-        pooled.index_copy_(0, node_valid.flatten().nonzero().squeeze(1), nodes)
-        return pooled.view(*node_valid.shape, -1).amax(dim=1)
+        :meth:`TransformerBlock.forward_packed`). Polylines go through in chunks of ``chunk``, whose
+        activations stay in the CPU caches."""
+        counts = node_valid.sum(-1).tolist()
+        ends = torch.tensor(counts).cumsum(0).tolist()
+        pooled = []
+        for first in range(0, len(counts), chunk):
+            last = min(first + chunk, len(counts))
+            start, stop = ends[first] - counts[first], ends[last - 1]
+            valid = node_valid[first:last]
+            nodes = self.input_encoder(node_attr.new_ones(stop - start, dtype=torch.bool), node_attr[start:stop],
+                                       node_pe[start:stop])
+            nodes = self.node_transformer.forward_packed(nodes, valid)
+            padded = nodes.new_full((valid.numel(), nodes.shape[-1]), float("-inf"))
+            padded.index_copy_(0, valid.flatten().nonzero().squeeze(1), nodes)
+            pooled.append(padded.view(*valid.shape, -1).amax(dim=1))
+        return torch.cat(pooled)
 
     def aggregate(self, pl: Tensor, pl_valid: Tensor) -> Tensor:
         """Polyline transformer over the pooled features ``pl`` [B, P, D] with validity ``pl_valid`` [B, P]."""

@@ -40,16 +40,20 @@ class DestPredictor(nn.Module):
         self.mlp = MLP([2 * d, d, d, 1], layernorm=True, end_activation=False)
 
     def forward(self, agent_tokens: Tensor, agent_valid: Tensor, agent_type: Tensor, map_feature: Tensor,
-                map_valid: Tensor, map_type: Tensor) -> Tensor:
+                map_valid: Tensor, map_type: Tensor, *, agent_chunk: int | None = None) -> Tensor:
+        """Logits [B, A, P]; ``agent_chunk``: score that many agents at a time (the pairs' activations of a
+        chunk stay in the CPU caches; the same values)."""
         agent_tokens, map_feature = agent_tokens.detach(), map_feature.detach()
         x = gru_sequence(self.gru, agent_tokens, agent_valid) + agent_tokens
         agent = last_valid(x, agent_valid)                                   # [B, A, D]
         # First Linear of MLP(concat(map, agent)) split into its map and agent halves.
         first = self.mlp.linears[0]
         d = map_feature.shape[-1]
-        h_map = nn.functional.linear(map_feature, first.weight[:, :d])        # [B, P, H]
-        h_agent = nn.functional.linear(agent, first.weight[:, d:], first.bias)  # [B, A, H]
-        logits = self.mlp.forward_from(h_map.unsqueeze(1) + h_agent.unsqueeze(2)).squeeze(-1)
+        h_map = nn.functional.linear(map_feature, first.weight[:, :d]).unsqueeze(1)   # [B, 1, P, H]
+        h_agent = nn.functional.linear(agent, first.weight[:, d:], first.bias).unsqueeze(2)  # [B, A, 1, H]
+        chunk = h_agent.shape[1] if agent_chunk is None else agent_chunk
+        logits = torch.cat([self.mlp.forward_from(h_map + h_agent[:, i:i + chunk]).squeeze(-1)
+                            for i in range(0, h_agent.shape[1], chunk)], dim=1)
         logits = logits.float().masked_fill(destination_mask(agent_type, map_type, map_valid), float("-inf"))
         has_history = agent_valid.any(1)
         logits = logits.masked_fill(~has_history.unsqueeze(-1), 0.0)

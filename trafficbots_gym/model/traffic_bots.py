@@ -195,7 +195,8 @@ class TrafficBots(nn.Module):
         agents = has_history[0].nonzero().squeeze(1)
         cols = _padded_columns(candidate[0])
         sub = self.dest_predictor(tokens[:, :, agents], valid[:, :, agents], agent_type[:, agents], feature[:, cols],
-                                  candidate[:, cols], map_type[:, cols])
+                                  candidate[:, cols], map_type[:, cols],
+                                  agent_chunk=max(1, DEST_CHUNK_ROWS // len(cols)))
         logits = sub.new_full(valid.shape[:1] + valid.shape[2:] + feature.shape[1:2], float("-inf"))
         logits[:, agents.unsqueeze(-1), cols] = sub
         forbidden = destination_mask(agent_type, map_type, candidate)
@@ -265,6 +266,10 @@ DEST_ROW_BLOCK = 16
 """The pairwise scorer's last layer is a matrix-vector product whose per-row rounding on CPU (MKL) depends on
 the row count modulo a small block; sparse scoring keeps its row count a multiple of this block, like the
 dense one, so that both give the same bits."""
+
+
+DEST_CHUNK_ROWS = 2048
+"""Sparse destination scoring goes through about this many (agent, polyline) pairs at a time."""
 
 
 def _padded_columns(candidate: Tensor) -> Tensor:

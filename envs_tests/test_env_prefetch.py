@@ -1,6 +1,7 @@
 """Prefetching the next random scene: resets with an explicit scene do not pile up unused prefetches."""
 from __future__ import annotations
 
+from trafficbots_gym.env.scenes import SceneLoader
 from trafficbots_gym.env.traffic_bots_env import TrafficBotsEnv
 
 from conftest import REFERENCE_SCENES
@@ -12,3 +13,48 @@ def test_resets_with_an_explicit_scene_keep_at_most_one_pending_prefetch():
         env.reset(seed=0 if i == 0 else None, options={"scene_index": 1})
         assert env.core.loader.pending <= 1
     env.close()
+
+
+class _CountingSource:
+    """A scene source that records its reads and returns a fresh object per read."""
+
+    def __init__(self) -> None:
+        self.reads: list[int] = []
+
+    def load(self, index: int) -> dict[str, int]:
+        self.reads.append(index)
+        return {"index": index}
+
+    def close(self) -> None:
+        pass
+
+
+def test_prefetches_of_the_same_scene_share_one_read_until_each_is_loaded_or_discarded():
+    source = _CountingSource()
+    loader = SceneLoader(source)  # type: ignore[arg-type]
+    for index in (3, 3, 3, 5):
+        loader.prefetch(index)
+    assert loader.pending == 4
+    first, second = loader.load(3), loader.load(3)
+    assert first is second and first == {"index": 3}
+    loader.discard(3)                       # the third request of scene 3 is not used
+    assert loader.pending == 1
+    assert loader.load(5) == {"index": 5}
+    assert loader.load(3) == {"index": 3}   # nothing pending any more: read now
+    loader.close()
+    assert sorted(source.reads) == [3, 3, 5]
+
+
+def test_a_vector_env_of_many_rows_reads_each_distinct_scene_once_for_its_reset_and_once_ahead():
+    from trafficbots_gym.env.vector_env import TrafficBotsVecEnv
+    env = TrafficBotsVecEnv(12, background="log_replay", scenes=REFERENCE_SCENES)
+    reads: list[int] = []
+    load = env.core.source.load
+    env.core.source.load = lambda i: (reads.append(i), load(i))[1]  # type: ignore[method-assign]
+    env.reset(seed=0)
+    loader = env.core.loader
+    assert loader.pending == 12                                  # every row's next scene is on its way ...
+    next_scenes = [loader.load(index) for index in env.core._next_random]
+    env.close()
+    assert len({id(arrays) for arrays in next_scenes}) == 2      # ... shared by the rows of each scene
+    assert sorted(reads) == [0, 0, 1, 1]    # one read per scene for the reset, one for the prefetch

@@ -112,50 +112,61 @@ class SceneLoader:
     """Loads scenes of a ``SceneSource``, optionally ahead of time on one background thread.
 
     ``prefetch(i)`` starts reading scene ``i``; ``load(i)`` returns it, from the prefetch when one is
-    pending, else read now. Errors of a prefetch surface at the ``load`` of that scene.
+    pending, else read now. Prefetches of a scene already pending share its one read (the arrays are
+    read-only), so many rows drawing from few scenes cost one read per distinct scene. Errors of a
+    prefetch surface at the ``load`` of that scene.
     """
 
     def __init__(self, source: SceneSource, *, background: bool = True) -> None:
         self.source = source
         self.background = background
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: dict[int, list[Future[SceneArrays]]] = {}
+        self._pending: dict[int, tuple[Future[SceneArrays], int]] = {}   # index -> (read, requests)
 
     def prefetch(self, index: int) -> None:
         if not self.background:
             return
+        if index in self._pending:
+            future, requests = self._pending[index]
+            self._pending[index] = (future, requests + 1)
+            return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trafficbots-scenes")
-        self._pending.setdefault(index, []).append(self._pool.submit(self.source.load, index))
+        self._pending[index] = (self._pool.submit(self.source.load, index), 1)
 
     def load(self, index: int) -> SceneArrays:
-        futures = self._pending.get(index)
-        if futures:
-            future = futures.pop(0)
-            if not futures:
-                del self._pending[index]
+        if index in self._pending:
+            future = self._release(index)
             return future.result()
         return self.source.load(index)
 
     @property
     def pending(self) -> int:
         """Number of prefetches not yet taken by ``load``."""
-        return sum(len(f) for f in self._pending.values())
+        return sum(requests for _, requests in self._pending.values())
 
     def discard(self, index: int) -> None:
-        """Drop one pending prefetch of scene ``index`` (a pre-drawn choice that will not be used)."""
-        futures = self._pending.get(index)
-        if futures:
-            futures.pop(0).cancel()
-            if not futures:
-                del self._pending[index]
+        """Drop one pending prefetch of scene ``index`` (a pre-drawn choice that will not be used); the read
+        is cancelled when no other prefetch of that scene is pending."""
+        if index in self._pending:
+            self._release(index, cancel_last=True)
 
     def cancel(self) -> None:
         """Forget every pending prefetch."""
-        for futures in self._pending.values():
-            for f in futures:
-                f.cancel()
+        for future, _ in self._pending.values():
+            future.cancel()
         self._pending = {}
+
+    def _release(self, index: int, cancel_last: bool = False) -> Future[SceneArrays]:
+        """Take one request of ``index``'s pending read; the last one removes it (and may cancel it)."""
+        future, requests = self._pending[index]
+        if requests > 1:
+            self._pending[index] = (future, requests - 1)
+        else:
+            del self._pending[index]
+            if cancel_last:
+                future.cancel()
+        return future
 
     def close(self) -> None:
         self.cancel()

@@ -120,13 +120,16 @@ class TrafficBotsEnv(gym.Env):
         return {k: v[0].cpu().numpy() for k, v in obs.items()}
 
     def _info(self, result: StepResult) -> dict[str, Any]:
-        """The step's info (plus reward / terminated / truncated), moved to the host in one transfer."""
+        """The step's info (plus reward / terminated / truncated) as Python values (one transfer from a GPU)."""
         done = bool((result.terminated | result.truncated)[0])
         values = {**result.info, "reward": result.reward, "terminated": result.terminated,
                   "truncated": result.truncated, **{f"rewards/{k}": v for k, v in result.rewards.items()}}
         if done:
             values.update({f"episode/{k}": v for k, v in result.episode.items()})
-        host = {k: _scalar(v[0]) for k, v in tensors_to_numpy(values).items()}
+        if self.core.device.type == "cpu":   # one element each: straight to Python scalars
+            host = {k: v.item() for k, v in values.items()}
+        else:
+            host = {k: _scalar(v[0]) for k, v in tensors_to_numpy(values).items()}
         info: dict[str, Any] = {k: _scalar(v[0]) for k, v in self.core.row_info().items()}
         info["rewards"] = {}
         for key, value in host.items():

@@ -1,6 +1,8 @@
 """Prefetching the next random scene: resets with an explicit scene do not pile up unused prefetches."""
 from __future__ import annotations
 
+import pytest
+
 from trafficbots_gym.env.scenes import SceneLoader
 from trafficbots_gym.env.traffic_bots_env import TrafficBotsEnv
 
@@ -58,3 +60,41 @@ def test_a_vector_env_of_many_rows_reads_each_distinct_scene_once_for_its_reset_
     env.close()
     assert len({id(arrays) for arrays in next_scenes}) == 2      # ... shared by the rows of each scene
     assert sorted(reads) == [0, 0, 1, 1]    # one read per scene for the reset, one for the prefetch
+
+
+def test_scene_cache_keeps_read_scenes_read_only_within_its_budget_and_is_not_pickled():
+    import pickle
+
+    from trafficbots_gym.env.scenes import SceneSource
+    source = SceneSource(REFERENCE_SCENES, cache_mb=1.0)      # room for one full-size scene (~0.6 MiB)
+    reads: list[int] = []
+    read = source._read
+    source._read = lambda i: (reads.append(i), read(i))[1]  # type: ignore[method-assign]
+    first = source.load(0)
+    assert source.load(0) is first and reads == [0]          # the second load comes from memory
+    with pytest.raises(ValueError, match="read-only"):
+        first["map_pos"][0, 0, 0] = 1.0
+    source.load(1)                                           # evicts scene 0 (least recently used)
+    assert source.cached_scenes == 1
+    source.load(0)
+    assert reads == [0, 1, 0]
+    del source._read                                         # back to the method
+    copy = pickle.loads(pickle.dumps(source))
+    assert copy.cached_scenes == 0 and copy.load(1)["map_pos"].shape == first["map_pos"].shape
+    with pytest.raises(ValueError, match="cache_mb"):
+        SceneSource(REFERENCE_SCENES, cache_mb=-1)
+
+
+def test_env_resets_of_a_scene_seen_before_do_not_read_it_again():
+    env = TrafficBotsEnv(background="log_replay", scenes=REFERENCE_SCENES, prefetch=False)
+    reads: list[int] = []
+    read = env.core.source._read
+    env.core.source._read = lambda i: (reads.append(i), read(i))[1]  # type: ignore[method-assign]
+    for seed in range(4):
+        env.reset(seed=seed, options={"scene_index": 1})
+        env.step(env.action_space.sample())
+    env.close()
+    assert reads == [1]
+    uncached = TrafficBotsEnv(background="log_replay", scenes=REFERENCE_SCENES, scene_cache_mb=0)
+    assert uncached.core.source.cache_bytes == 0
+    uncached.close()

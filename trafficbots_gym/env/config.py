@@ -113,6 +113,9 @@ class EnvConfig:
     """Read the next scenes on a background thread while the current episodes run."""
     encoding_cache_mb: float = 64.0
     """Budget (MiB) of the learned background's per-scene encoding cache; 0 = off."""
+    scene_cache_mb: float = 128.0
+    """Budget (MiB) of scenes kept in memory once read (LRU; about 0.6 MiB per full-size scene), so that
+    resets of a scene seen before skip the H5 read and checks; 0 = off."""
     reset_pool: int = 0
     """Spare episodes started ahead of time in one batched reset; a vector env's autoreset copies one into
     each finished row instead of resetting it (0 = off). Pays off on a GPU with early termination."""
@@ -142,8 +145,10 @@ class EnvConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if isinstance(self.reset_pool, bool) or not isinstance(self.reset_pool, int) or self.reset_pool < 0:
             raise ValueError(f"reset_pool must be an int >= 0, got {self.reset_pool!r}")
-        if isinstance(self.encoding_cache_mb, bool) or not self.encoding_cache_mb >= 0:
-            raise ValueError(f"encoding_cache_mb must be >= 0, got {self.encoding_cache_mb!r}")
+        for name in ("encoding_cache_mb", "scene_cache_mb"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
         for name in ("goal_radius", "route_spacing", "obs_range", "mixed_radius", "render_px_per_m"):
             value = getattr(self, name)
             if not value > 0:

@@ -155,7 +155,8 @@ class EpisodeBatch:
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs a CUDA device, the simulation runs on {self.device}")
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
-        self.source = SceneSource(config.scenes, split=config.split, validate=config.validate_scenes)
+        self.source = SceneSource(config.scenes, split=config.split, validate=config.validate_scenes,
+                                  cache_mb=config.scene_cache_mb)
         self.loader = SceneLoader(self.source, background=config.prefetch)
         self.sim = BatchedSimulator(background=config.background,
                                     policy=policy if policy is not None else make_policy(config, self.device,
@@ -240,7 +241,7 @@ class EpisodeBatch:
         if len(rows) > size:
             return False
         if self._pool is None:
-            config = replace(self.config, reset_pool=0)
+            config = replace(self.config, reset_pool=0, prefetch=False)  # pool rows are reseeded per refill
             twin = self.sim.policy.sharing_network() if self.sim.policy is not None else None
             self._pool = EpisodeBatch(config, size, cuda_graphs=False, policy_precision=self._policy_precision,
                                       policy=twin)

@@ -3,10 +3,13 @@
 A source is the embedded default scenes of a split, an H5 file, a folder of shards, or a list of them.
 Episodes pick a scene with the env's ``np_random`` or by ``reset(options={"scene_index": i})`` /
 ``{"scenario_id": s}``. Only the keys the simulator needs are read (map, full agent view, TL stops),
-optionally on a background thread so that the next episode's scene is ready when a reset comes.
+optionally on a background thread so that the next episode's scene is ready when a reset comes, and
+optionally kept in memory (``cache_mb``, LRU) so that a scene seen before is not read and checked again.
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -37,14 +40,38 @@ def default_scenes(split: str) -> Path:
 
 
 class SceneSource:
-    """Random access to the episode scenes of an env (pickles; reads lazily)."""
+    """Random access to the episode scenes of an env (pickles without its cache; reads lazily).
 
-    def __init__(self, scenes: SceneSpec = None, *, split: str = "validation", validate: bool = True) -> None:
+    ``cache_mb`` > 0 keeps up to that many MiB of read scenes (least recently used out first; about 0.6
+    MiB per full-size scene); cached arrays are read-only and shared by every load of their scene.
+    """
+
+    def __init__(self, scenes: SceneSpec = None, *, split: str = "validation", validate: bool = True,
+                 cache_mb: float = 0.0) -> None:
         source = default_scenes(split) if scenes is None else scenes
         self.reader = SceneReader(source, validate=False)
         self.validate = validate
+        if isinstance(cache_mb, bool) or not cache_mb >= 0:
+            raise ValueError(f"cache_mb must be >= 0, got {cache_mb!r}")
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._cache: OrderedDict[int, SceneArrays] = OrderedDict()
+        self._cached = 0
+        self._lock = threading.Lock()    # loads come from the env and from its prefetch thread
         if len(self.reader) == 0:
             raise SceneFormatError(self.describe(), "holds no scenes")
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_cache=OrderedDict(), _cached=0, _lock=None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    @property
+    def cached_scenes(self) -> int:
+        """Number of scenes held in memory."""
+        return len(self._cache)
 
     def describe(self) -> str:
         """The scene files, for messages."""
@@ -82,7 +109,35 @@ class SceneSource:
         return int(index)
 
     def load(self, index: int) -> SceneArrays:
-        """Read scene ``index`` and return its ``SceneBatch`` arrays; errors name file, scene and key."""
+        """Scene ``index``'s ``SceneBatch`` arrays, from the cache or read now; errors name file, scene and key."""
+        if self.cache_bytes:
+            with self._lock:
+                if index in self._cache:
+                    self._cache.move_to_end(index)
+                    return self._cache[index]
+        arrays = self._read(index)
+        if self.cache_bytes:
+            self._keep(index, arrays)
+        return arrays
+
+    def _keep(self, index: int, arrays: SceneArrays) -> None:
+        """Cache ``arrays`` (made read-only) and evict least recently used scenes beyond the budget."""
+        size = sum(a.nbytes for a in arrays.values())
+        if size > self.cache_bytes:
+            return
+        for a in arrays.values():
+            a.flags.writeable = False
+        with self._lock:
+            if index in self._cache:
+                return
+            self._cache[index] = arrays
+            self._cached += size
+            while self._cached > self.cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= sum(a.nbytes for a in old.values())
+
+    def _read(self, index: int) -> SceneArrays:
+        """Read and check scene ``index``."""
         path, group = self.reader.locate(index)
         try:
             arrays, attrs = self.reader.read_arrays(index, _KEYS)
@@ -106,6 +161,9 @@ class SceneSource:
 
     def close(self) -> None:
         self.reader.close()
+        with self._lock:
+            self._cache.clear()
+            self._cached = 0
 
 
 class SceneLoader:

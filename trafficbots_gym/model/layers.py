@@ -161,22 +161,27 @@ class CrossAttentionLayer(nn.Module):
         src = src + self._drop(F.linear(self._drop(h), self.linear2.weight, self.linear2.bias))
         return src if src_keep is None else keep_rows(src, src_keep)
 
-    def forward_packed(self, src: Tensor, tgt: Tensor, slots: Tensor, q_buf: Tensor, kv_buf: Tensor,
-                       mask: AttentionMask) -> Tensor:
+    def forward_packed(self, src: Tensor, tgt: Tensor, slots: Tensor, mask: AttentionMask,
+                       padded: dict[str, Tensor]) -> Tensor:
         """The layer for valid tokens only, packed: ``src`` / ``tgt`` [V, d] sit at rows ``slots`` [V] of a
-        padded layout of G groups x L tokens (self-attention within each group, e.g. the nodes of a
-        polyline). The per-token parts run on the V rows; queries, keys and values are written into the
-        padded buffers ``q_buf`` [G, L, d] / ``kv_buf`` [G, L, 2d] (their other rows finite, masked by
-        ``mask``) for the attention. Every row gets what :meth:`forward` gives its token in the padded
-        layout (every group must have a valid token)."""
+        padded layout of G groups x L tokens (``mask``: its attention mask; self-attention within each
+        group, e.g. the nodes of a polyline). The per-token parts run on the V rows; queries, keys and
+        values are written into padded buffers (``padded``, made on first use and shared by the layers;
+        their other rows stay zero) for the attention. Every row gets what :meth:`forward` gives its token
+        in the padded layout (every group must have a valid token)."""
         d = src.shape[-1]
-        kv_buf.view(-1, 2 * d).index_copy_(0, slots, F.linear(_layer_norm(self.norm_tgt, tgt),
-                                                               self.in_proj_weight[d:], self.in_proj_bias[d:]))
-        q_buf.view(-1, d).index_copy_(0, slots, F.linear(_layer_norm(self.norm1, src), self.in_proj_weight[:d],
-                                                          self.in_proj_bias[:d]))
+        kv = F.linear(_layer_norm(self.norm_tgt, tgt), self.in_proj_weight[d:], self.in_proj_bias[d:])
+        q = F.linear(_layer_norm(self.norm1, src), self.in_proj_weight[:d], self.in_proj_bias[:d])
+        bias = mask.bias
+        if "q" not in padded:
+            padded["q"] = q.new_zeros(bias.shape[0], bias.shape[-1], d)
+            padded["kv"] = kv.new_zeros(bias.shape[0], bias.shape[-1], 2 * d)
+        q_buf, kv_buf = padded["q"], padded["kv"]
+        kv_buf.view(-1, 2 * d).index_copy_(0, slots, kv)
+        q_buf.view(-1, d).index_copy_(0, slots, q)
         k, v = kv_buf.chunk(2, dim=-1)
         attn = F.scaled_dot_product_attention(self._heads(q_buf), self._heads(k), self._heads(v),
-                                              attn_mask=mask.bias)
+                                              attn_mask=bias.to(q_buf.dtype))
         attn = attn.transpose(-3, -2).flatten(-2).flatten(0, 1).index_select(0, slots)
         attn = F.linear(attn, self.out_proj.weight, self.out_proj.bias)
         return self.feed_forward(src + attn, None)
@@ -222,11 +227,10 @@ class TransformerBlock(nn.Module):
             raise RuntimeError("forward_packed is an inference path; call forward in training")
         slots = valid.flatten().nonzero().squeeze(1)
         mask = attention_mask(valid, dtype=x.dtype)
-        q_buf = x.new_zeros(*valid.shape, x.shape[-1])
-        kv_buf = x.new_zeros(*valid.shape, 2 * x.shape[-1])
+        padded: dict[str, Tensor] = {}
         src = x
         for layer in self.layers:
-            src = layer.forward_packed(src, x, slots, q_buf, kv_buf, mask)
+            src = layer.forward_packed(src, x, slots, mask, padded)
         return src
 
     def feed_forward(self, src: Tensor, src_valid: Tensor | None) -> Tensor:

@@ -104,6 +104,7 @@ class BatchedSimulator:
         self._ego_segments: PathSegments | None = None      # of the ego path (constant per episode)
         self._ego_dest: DestinationNodes | None = None      # the ego's destination polyline
         self._ego_mask: torch.Tensor | None = None
+        self._ego_limits: torch.Tensor | None = None       # [B, 2] the ego's action limits
         self._rows: torch.Tensor | None = None
 
     # ------------------------------------------------------------------------------------------------
@@ -196,8 +197,10 @@ class BatchedSimulator:
         n_agent = batch.agent_valid.shape[-1]
         ego_mask = torch.arange(n_agent, device=self.device).unsqueeze(0) == ego_index.unsqueeze(-1)
         ego_path = LoggedPath.from_batch(batch).select_agent(ego_index)
-        ego_dest = batch.agent_dest[torch.arange(batch.batch_size, device=self.device), ego_index].unsqueeze(1)
-        new = {"_ego_mask": ego_mask, "_ego_path": ego_path, "_ego_segments": ego_path.segments(),
+        scenes = torch.arange(batch.batch_size, device=self.device)
+        ego_dest = batch.agent_dest[scenes, ego_index].unsqueeze(1)
+        new = {"_ego_mask": ego_mask, "_ego_limits": action_limits(batch.agent_type[scenes, ego_index]),
+               "_ego_path": ego_path, "_ego_segments": ego_path.segments(),
                "_ego_dest": DestinationNodes.of(ego_dest, batch.map_pos, batch.map_dir, batch.map_valid,
                                                 batch.map_type),
                "_state": AgentState.from_log(batch, STEP_CURRENT).masked(),
@@ -245,12 +248,12 @@ class BatchedSimulator:
         moved = self._background.propose(prev, t)
         spawn = self.reactive & log_next.valid & ~log_prev_valid
         gone = self.reactive & ~log_next.valid & metrics.outside_map(moved, batch.map_boundary)
-        if ego_action is None:
-            ego_next = log_next if self.background_name == "log_replay" else moved
-        else:
-            ego_next = self._ego_next(prev, ego_action)
         nxt = moved.where(~self.reactive | spawn, log_next)
-        nxt = AgentState(**{**_as_dict(nxt), "valid": nxt.valid & ~gone}).masked().where(self.ego_mask, ego_next)
+        nxt = AgentState(**{**_as_dict(nxt), "valid": nxt.valid & ~gone}).masked()
+        if ego_action is None:
+            nxt = nxt.where(self.ego_mask, log_next if self.background_name == "log_replay" else moved)
+        else:
+            self._move_ego(nxt, prev, ego_action)
         out = self._report(prev, nxt, t, log_next)
         self._state = assign(self._state, nxt)
         self._step = assign(self._step, t)
@@ -279,20 +282,19 @@ class BatchedSimulator:
         rows = _require(self._rows)
         return batch.tl_valid[rows, t], batch.tl_state[rows, t], batch.tl_pos[rows, t], batch.tl_dir[rows, t]
 
-    def _ego_next(self, prev: AgentState, ego_action: torch.Tensor) -> AgentState:
-        """The ego moved by its clipped physical action, broadcast over [B, A] (only the ego slot is used)."""
-        batch = self.batch
-        rows = _require(self._rows)
-        action = ego_action.to(self.device, prev.pos.dtype).reshape(batch.batch_size, 2)
-        limit = action_limits(batch.agent_type[rows, self.ego_index]).to(action.dtype)
+    def _move_ego(self, state: AgentState, prev: AgentState, ego_action: torch.Tensor) -> None:
+        """Write the ego slot of the new ``state`` (tensors of this step, not buffers): the ego of ``prev``
+        moved by its physical action [B, 2] clipped to its type's limits."""
+        rows, e = _require(self._rows), self.ego_index
+        action = ego_action.to(self.device, prev.pos.dtype).reshape(rows.shape[0], 2)
+        limit = _require(self._ego_limits).to(action.dtype)
         action = torch.maximum(torch.minimum(action, limit), -limit)
-        e = self.ego_index
         pos, yaw, spd, vel = unicycle_step(prev.pos[rows, e], prev.yaw[rows, e], prev.spd[rows, e],
                                            action[:, 0], action[:, 1], DT)
-        return AgentState(valid=torch.ones_like(prev.valid), pos=pos.unsqueeze(1).expand_as(prev.pos),
-                          yaw=yaw.unsqueeze(1).expand_as(prev.yaw), spd=spd.unsqueeze(1).expand_as(prev.spd),
-                          vel=vel.unsqueeze(1).expand_as(prev.vel), acc=action[:, :1].expand_as(prev.acc),
-                          yaw_rate=action[:, 1:].expand_as(prev.yaw_rate))
+        slot = (rows, e)
+        state.valid.masked_fill_(self.ego_mask, True)
+        state.pos[slot], state.yaw[slot], state.spd[slot], state.vel[slot] = pos, yaw, spd, vel
+        state.acc[slot], state.yaw_rate[slot] = action[:, 0], action[:, 1]
 
     def _report(self, prev: AgentState, state: AgentState, t: torch.Tensor, log: AgentState) -> StepOutput:
         batch, geom = self.batch, self.geometry

@@ -107,7 +107,9 @@ def collisions(state: AgentState, size: torch.Tensor, agent_type: torch.Tensor, 
     ([B, Q], the same values as their entries of the full result).
     """
     n = state.valid.shape[-1]
-    length, width = size[..., 0] * scale, size[..., 1] * scale
+    length, width = size[..., 0], size[..., 1]
+    if scale != 1.0:
+        length, width = length * scale, width * scale
     boxes = (state.pos, state.yaw, length, width)
     ped = agent_type[..., AgentType.PEDESTRIAN].bool()
     slots = torch.arange(n, device=state.valid.device)
@@ -379,14 +381,16 @@ def red_light_violation(prev_state: AgentState, state: AgentState, tl_valid: tor
     within 60 deg of it, so cross traffic passing near a stop point is not flagged. ``agents`` [B, Q]
     long: only these agents' flags ([B, Q]).
     """
+    prev_pos, prev_yaw, prev_valid, pos, yaw, valid = (prev_state.pos, prev_state.yaw, prev_state.valid, state.pos,
+                                                       state.yaw, state.valid)
     if agents is not None:
-        prev_state, state = _select(prev_state, agents), _select(state, agents)
-        agent_type = _rows((agent_type,), agents)[0]
+        prev_pos, prev_yaw, prev_valid, pos, yaw, valid, agent_type = _rows(
+            (prev_pos, prev_yaw, prev_valid, pos, yaw, valid, agent_type), agents)
     red = tl_valid & tl_state[..., TLState.STOP].bool()                      # [B, S]
-    rel_prev = tl_pos.unsqueeze(1) - prev_state.pos.unsqueeze(2)             # [B, A, S, 2]
-    rel_now = tl_pos.unsqueeze(1) - state.pos.unsqueeze(2)
-    h_prev = torch.stack([torch.cos(prev_state.yaw), torch.sin(prev_state.yaw)], -1).unsqueeze(2)
-    h_now = torch.stack([torch.cos(state.yaw), torch.sin(state.yaw)], -1).unsqueeze(2)
+    rel_prev = tl_pos.unsqueeze(1) - prev_pos.unsqueeze(2)                   # [B, A, S, 2]
+    rel_now = tl_pos.unsqueeze(1) - pos.unsqueeze(2)
+    h_prev = torch.stack([torch.cos(prev_yaw), torch.sin(prev_yaw)], -1).unsqueeze(2)
+    h_now = torch.stack([torch.cos(yaw), torch.sin(yaw)], -1).unsqueeze(2)
     ahead_prev = (rel_prev * h_prev).sum(-1)
     ahead_now = (rel_now * h_now).sum(-1)
     lateral = (rel_now[..., 1] * h_now[..., 0] - rel_now[..., 0] * h_now[..., 1]).abs()
@@ -396,19 +400,13 @@ def red_light_violation(prev_state: AgentState, state: AgentState, tl_valid: tor
         cos = (d * h_now).sum(-1) / d.norm(dim=-1).clamp(min=1e-6)
         crossed &= cos > math.cos(RED_LIGHT_MAX_ANGLE)
     vehicle = agent_type[..., AgentType.VEHICLE].bool()
-    both_valid = prev_state.valid & state.valid
-    return (crossed & red.unsqueeze(1)).any(-1) & vehicle & both_valid
+    return (crossed & red.unsqueeze(1)).any(-1) & vehicle & prev_valid & valid
 
 
 def _rows(values: tuple[torch.Tensor, ...], agents: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Entries ``agents`` [B, Q] of per-agent tensors ``values`` [B, A, ...] -> [B, Q, ...] each."""
     rows = torch.arange(agents.shape[0], device=agents.device).unsqueeze(-1)
     return tuple(x[rows, agents] for x in values)
-
-
-def _select(state: AgentState, agents: torch.Tensor) -> AgentState:
-    """The agents ``agents`` [B, Q] of ``state`` as a [B, Q] state."""
-    return AgentState(*_rows(tuple(getattr(state, f.name) for f in fields(state)), agents))
 
 
 def outside_map(state: AgentState, boundary: torch.Tensor, margin: float = 0.0) -> torch.Tensor:

@@ -7,11 +7,12 @@ sums), so the step may leave out the blocks after the one holding the last valid
 mask when every key it keeps is valid (a zero additive mask changes no bit). At a step whose lights are all
 invalid, every agent's light-attention output is zero: the agent-to-light block then runs its
 feed-forward halves only. The kept keys are views of the episode's buffers; masks are made once per
-episode (per distinct light step). Only for float32 (the block size is that of the float32 kernel).
+episode (one per distinct set of valid lights). Only for float32 (the block size is that of the float32
+kernel).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import Tensor
 
@@ -30,10 +31,8 @@ class StepKeys:
     map_kv: list[KeyValue]       # per agent-to-map layer: the kept keys / values [1, H, M, d]
     map_mask: AttentionMask      # of the kept polylines
     tl_kv: list[KeyValue]        # per agent-to-light layer: every light step's keys / values [1, T, H, S, d]
-    tl_valid: Tensor             # [1, T, S]
     tl_last: int                 # last light step the policy may see
-    tl_any: list[bool]           # per light step: some light is valid
-    tl_masks: dict[int, AttentionMask] = field(default_factory=dict)   # made on first use
+    tl_masks: list[AttentionMask | None]   # per light step up to ``tl_last``: its mask, None without valid lights
 
     @staticmethod
     def of(ctx: EpisodeContext) -> "StepKeys":
@@ -43,18 +42,23 @@ class StepKeys:
         last = int(valid[0].nonzero().max()) + 1 if bool(valid.any()) else 1
         kept = min(n_pl, -(-last // KEY_BLOCK) * KEY_BLOCK)
         map_kv = [(k[:, :, :kept], v[:, :, :kept]) for k, v in ctx.map.kv]
-        return StepKeys(map_kv=map_kv, map_mask=fixed_key_mask(valid[:, :kept]), tl_kv=ctx.tl_kv,
-                        tl_valid=ctx.tl_valid, tl_last=int(ctx.tl_last[0]),
-                        tl_any=ctx.tl_valid[0].any(-1).tolist())
+        tl_last = int(ctx.tl_last[0])
+        lights = ctx.tl_valid[:, :tl_last + 1]                                 # [1, T', S]
+        masks: dict[tuple[bool, ...], AttentionMask | None] = {}
+        tl_masks = []
+        for step, pattern in enumerate(map(tuple, lights[0].tolist())):
+            if pattern not in masks:
+                masks[pattern] = fixed_key_mask(lights[:, step]) if any(pattern) else None
+            tl_masks.append(masks[pattern])
+        return StepKeys(map_kv=map_kv, map_mask=fixed_key_mask(valid[:, :kept]), tl_kv=ctx.tl_kv, tl_last=tl_last,
+                        tl_masks=tl_masks)
 
     def context(self, model: TrafficBots, tokens: Tensor, valid: Tensor, step: int) -> Tensor:
         """``TrafficBots.policy_context`` of agent tokens [1, Q, D] (validity [1, Q]) moving to ``step``:
         the map attention, then that of the lights of step ``min(step - 1, tl_last)`` -> [1, Q, D]."""
         x = model.as2pl.forward_masked(tokens, valid, self.map_kv, self.map_mask)
         light = max(min(step - 1, self.tl_last), 0)
-        if not self.tl_any[light]:
-            return model.as2tl.feed_forward(x, valid)
-        mask = self.tl_masks.get(light)
+        mask = self.tl_masks[light]
         if mask is None:
-            mask = self.tl_masks[light] = fixed_key_mask(self.tl_valid[:, light])
+            return model.as2tl.feed_forward(x, valid)
         return model.as2tl.forward_masked(x, valid, [(k[:, light], v[:, light]) for k, v in self.tl_kv], mask)

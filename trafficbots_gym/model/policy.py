@@ -15,7 +15,9 @@ node encoder, destinations are scored only against candidate polylines, traffic-
 projected once per distinct light state, and the warm start computes the recurrent input of its leading
 steps in one batch (:mod:`~trafficbots_gym.model.warm_start`) on the rows of the agents present. For a
 single scene reset with the ``active`` agents (what the simulator passes), ``act`` too runs the network
-on those agents' rows only (``compact_step``, :mod:`~trafficbots_gym.model.agent_rows`). Each shortcut
+on those agents' rows only (``compact_step``, :mod:`~trafficbots_gym.model.agent_rows`), and (float32) with
+the map keys trimmed to the attention kernel's blocks that hold valid polylines, no mask where every kept
+key is valid, and no light attention at steps without a valid light (:mod:`~trafficbots_gym.model.step_keys`). Each shortcut
 drops or batches independent rows of the plain computation, which on a CPU gives the same bits (tested),
 and the per-step head inputs (destination and latent embeddings) are computed once per episode. With
 ``cache_keys`` the per-scene encodings are kept in an
@@ -109,7 +111,8 @@ class TrafficBotsPolicy:
                  compact_step: bool | None = None) -> None:
         """``cache_mb``: budget of the per-scene encoding cache (0 = off; used by resets with ``cache_keys``);
         ``fast_reset``: the exact reset shortcuts of the module docstring; ``compact_step``: for a single
-        scene reset with ``active`` agents, ``act`` runs the network on those agents' rows only (same
+        scene reset with ``active`` agents, ``act`` runs the network on those agents' rows only, and on a
+        CPU with the trimmed attention keys of :class:`~trafficbots_gym.model.step_keys.StepKeys` (same
         result). None = on for a CPU device."""
         if encode_chunk < 1:
             raise ValueError(f"encode_chunk must be >= 1, got {encode_chunk}")

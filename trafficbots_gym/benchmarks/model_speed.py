@@ -241,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         for mode in infer_modes:
             for dtype_name in args.dtypes.split(","):
                 for b in tqdm(infer_batches, desc=f"inference {mode} {dtype_name}"):
-                    with torch.no_grad():
+                    # eager: inference mode, as the env's eager steps; graph: as the env's graphed step
+                    with torch.inference_mode() if mode == "eager" else torch.no_grad():
                         rows.append((mode, dtype_name, b, bench_inference(
                             model, _batch(args.scenes, b, device), dtype_name, args.steps, graph=mode == "graph")))
         table = [(label, "eager", "fp32", str(b), _fmt(ms, ".1f"), "", _fmt(asps, ",.0f"), "")

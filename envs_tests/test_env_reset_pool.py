@@ -91,8 +91,10 @@ def test_partial_autoresets_use_the_pool_and_full_resets_do_not(small_checkpoint
     main_policy, pool_policy = env.core.sim.policy, env.core._pool.sim.policy
     assert pool_policy is not main_policy                        # episodes of its own ...
     assert pool_policy.model is main_policy.model and pool_policy.cache is main_policy.cache  # ... same network
+    assert env.core._pool.source is env.core.source                # ... and the same scenes and scene cache
     env.core.reset([1], [{"scene_index": 0}])  # an explicit scene is never taken from the pool
     assert env.core._pool_ready == [2, 3]
+    env.close()                                # closes the shared scenes once, through their owner
 
 
 def test_reset_pool_must_be_a_non_negative_int() -> None:

@@ -145,8 +145,9 @@ class EpisodeBatch:
     """Host-side attributes that hold no step tensors (not searched when checking the CUDA graphs' buffers)."""
 
     def __init__(self, config: EnvConfig, num_envs: int, *, cuda_graphs: bool | None = None,
-                 policy_precision: str = "fp32", policy: Any = None) -> None:
-        """``policy``: the learned background's ``TrafficBotsPolicy`` (default: made from ``config``)."""
+                 policy_precision: str = "fp32", policy: Any = None, source: SceneSource | None = None) -> None:
+        """``policy``: the learned background's ``TrafficBotsPolicy`` (default: made from ``config``);
+        ``source``: the scenes, shared with (and closed by) their owner (default: opened from ``config``)."""
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.config = config
@@ -155,8 +156,9 @@ class EpisodeBatch:
         if cuda_graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=True needs a CUDA device, the simulation runs on {self.device}")
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
-        self.source = SceneSource(config.scenes, split=config.split, validate=config.validate_scenes,
-                                  cache_mb=config.scene_cache_mb)
+        self._owns_source = source is None
+        self.source = source if source is not None else SceneSource(
+            config.scenes, split=config.split, validate=config.validate_scenes, cache_mb=config.scene_cache_mb)
         self.loader = SceneLoader(self.source, background=config.prefetch)
         self.sim = BatchedSimulator(background=config.background,
                                     policy=policy if policy is not None else make_policy(config, self.device,
@@ -244,7 +246,7 @@ class EpisodeBatch:
             config = replace(self.config, reset_pool=0, prefetch=False)  # pool rows are reseeded per refill
             twin = self.sim.policy.sharing_network() if self.sim.policy is not None else None
             self._pool = EpisodeBatch(config, size, cuda_graphs=False, policy_precision=self._policy_precision,
-                                      policy=twin)
+                                      policy=twin, source=self.source)
         pool = self._pool
         if len(self._pool_ready) < len(rows):
             seeds = self._rng(rows[0]).integers(2**63 - 1, size=size + 1)
@@ -445,7 +447,10 @@ class EpisodeBatch:
         return self._stats, self._route
 
     def close(self) -> None:
-        self.loader.close()
+        if self._owns_source:
+            self.loader.close()
+        else:
+            self.loader.cancel()
         if self._pool is not None:
             self._pool.close()
 

@@ -86,3 +86,30 @@ def test_model_speed_refuses_graph_inference_without_cuda():
     from trafficbots_gym.benchmarks import model_speed
     with pytest.raises(SystemExit, match="needs a CUDA device"):
         model_speed.main(["--device", "cpu", "--train-batches", "", "--infer-modes", "graph"])
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_policy_act_replayed_from_a_cuda_graph_gives_the_eager_actions():
+    import torch
+
+    from trafficbots_gym.benchmarks.model_speed import _ActCall, _batch
+    from trafficbots_gym.model.policy import TrafficBotsPolicy
+    from trafficbots_gym.model.traffic_bots import TrafficBots
+    from trafficbots_gym.simulation.graphed import StepGraph
+    torch.manual_seed(0)
+    model = TrafficBots().cuda().eval()
+    batch = _batch(REFERENCE_SCENES, 2, torch.device("cuda"))
+    actions = {}
+    with torch.no_grad():
+        for graphed in (False, True):
+            policy = TrafficBotsPolicy(model, device="cuda")
+            policy.reset(batch, generator=torch.Generator(device="cuda").manual_seed(0))
+            call = _ActCall(policy, policy.warm_start_state)
+            step = StepGraph(call, call, name="policy act") if graphed else call
+            out = []
+            for _ in range(5):
+                out.append(step().clone())
+                call.advance()
+            assert not graphed or step.active
+            actions[graphed] = torch.stack(out)
+    torch.testing.assert_close(actions[True], actions[False], rtol=0, atol=1e-5)

@@ -100,10 +100,10 @@ def test_discrete_grid_is_acceleration_major_and_spans_the_limits():
         mapper.normalised(np.array([15]), 1)
 
 
-def _events(**overrides) -> StepEvents:
-    base = {name: torch.zeros(2) for name in ("progress", "acc_magnitude", "jerk", "log_deviation")}
-    base.update({name: torch.zeros(2, dtype=torch.bool)
-                 for name in ("goal_reached", "collided", "offroad", "red_light", "outside_map")})
+def _events(n: int = 2, **overrides) -> StepEvents:
+    base = {name: torch.zeros(n) for name in ("progress", "acc_magnitude", "jerk", "log_deviation")}
+    base.update({name: torch.zeros(n, dtype=torch.bool)
+                 for name in ("goal_reached", "collided", "offroad", "red_light", "outside_map", "log_valid")})
     base.update(overrides)
     return StepEvents(**base)
 
@@ -116,7 +116,15 @@ def test_reward_is_the_weighted_sum_of_terms():
     expected = torch.tensor([2.0 * cfg.progress + cfg.comfort_acc, cfg.collision])
     assert torch.allclose(total_reward(terms), expected)
     assert set(terms) == {"progress", "goal_reached", "collision", "offroad", "red_light", "comfort_acc",
-                          "comfort_jerk", "log_deviation"}
+                          "comfort_jerk", "log_deviation", "log_tracking"}
+
+
+def test_log_tracking_bonus_falls_linearly_to_zero_at_five_metres_and_is_zero_without_a_log():
+    events = _events(5, log_deviation=torch.tensor([0.0, 2.0, 5.0, 9.0, 1.0]),
+                     log_valid=torch.tensor([True, True, True, True, False]))
+    terms = weighted_terms(events, RewardConfig(log_tracking=0.5, comfort_acc=0.0, comfort_jerk=0.0))
+    assert terms["log_tracking"].tolist() == pytest.approx([0.5, 0.3, 0.0, 0.0, 0.0])
+    assert weighted_terms(events, RewardConfig())["log_tracking"].abs().sum() == 0     # off by default
 
 
 def test_termination_events_are_switchable():

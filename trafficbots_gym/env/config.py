@@ -41,9 +41,9 @@ class RewardConfig:
     goal_reached: float = 1.0
     """Once, on the step the logged goal is first reached."""
     collision: float = -1.0
-    """Once, on the step of the first collision."""
+    """Per step while the ego's box overlaps another agent's box."""
     offroad: float = -1.0
-    """Once, on the step the ego first leaves the drivable area."""
+    """Per step while the ego is off the drivable area."""
     red_light: float = -0.5
     """Per red-light crossing."""
     comfort_acc: float = -0.002
@@ -52,6 +52,10 @@ class RewardConfig:
     """Per step, times the longitudinal jerk magnitude (m/s^3)."""
     log_deviation: float = 0.0
     """Per step, times the distance to the logged ego position (m); 0 = off."""
+    log_tracking: float = 0.0
+    """Per step, times max(0, 1 - distance to the logged ego position / 5 m) where the log has the ego: a
+    bounded bonus for staying near the log, which (unlike a ``log_deviation`` penalty) never makes ending
+    the episode early pay; 0 = off."""
 
 
 @dataclass(frozen=True)

@@ -376,7 +376,7 @@ class EpisodeBatch:
         events = StepEvents(progress=out.ego_progress - stats.route_s, goal_reached=reached & ~stats.goal_reached,
                             collided=out.ego_collided, offroad=out.ego_offroad, red_light=out.ego_red_light,
                             outside_map=out.ego_outside_map, acc_magnitude=torch.hypot(acc, spd * yaw_rate),
-                            jerk=jerk, log_deviation=out.ego_log_distance)
+                            jerk=jerk, log_deviation=out.ego_log_distance, log_valid=out.ego_log_valid)
         rewards = weighted_terms(events, self.config.reward)
         reward = total_reward(rewards)
         self._accumulate(stats, out, events, acc, reward)

@@ -10,6 +10,7 @@ reward = sum over terms of ``RewardConfig.<term> * term value``. Term values (pe
 * ``comfort_jerk``: |acc - previous acc| / dt in m/s^3
 * ``log_deviation``: distance to the logged ego position of this step in m (0 past the log or where the
   log is invalid)
+* ``log_tracking``: max(0, 1 - that distance / ``LOG_TRACKING_SCALE``) where the log has the ego, else 0
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from trafficbots_gym.env.config import RewardConfig, TerminationConfig
 
 REWARD_TERMS: tuple[str, ...] = tuple(f.name for f in fields(RewardConfig))
 TERMINATION_EVENTS: tuple[str, ...] = tuple(f.name for f in fields(TerminationConfig))
+LOG_TRACKING_SCALE = 5.0
+"""m: distance to the logged ego position at which the ``log_tracking`` bonus reaches zero."""
 
 
 @dataclass
@@ -36,6 +39,7 @@ class StepEvents:
     acc_magnitude: torch.Tensor  # m/s^2
     jerk: torch.Tensor           # m/s^3 (absolute)
     log_deviation: torch.Tensor  # m (0 where the log has no ego position)
+    log_valid: torch.Tensor      # bool: the log has the ego's position at this step
 
 
 def term_values(events: StepEvents) -> dict[str, torch.Tensor]:
@@ -49,6 +53,7 @@ def term_values(events: StepEvents) -> dict[str, torch.Tensor]:
         "comfort_acc": events.acc_magnitude,
         "comfort_jerk": events.jerk,
         "log_deviation": events.log_deviation,
+        "log_tracking": (1.0 - events.log_deviation / LOG_TRACKING_SCALE).clamp(min=0.0) * events.log_valid,
     }
     return {k: v.float() for k, v in values.items()}
 

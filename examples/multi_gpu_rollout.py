@@ -29,6 +29,7 @@ import torch.distributed as dist
 
 from trafficbots_gym.data.constants import N_AGENT
 from trafficbots_gym.data.h5io import resolve_scene_files
+from trafficbots_gym.env.config import NO_TERMINATION
 from trafficbots_gym.env.vector_env import TrafficBotsVecEnv
 
 EPISODE_SUMS = ("episodes", "goal_reached", "collided", "offroad", "red_light_violations", "return")
@@ -63,10 +64,6 @@ def rank_scenes(scenes: str | None, rank: int, world: int, shard: bool) -> Any:
     return [str(f) for f in files[rank::world]]
 
 
-NO_TERMINATION = {"collision": False, "offroad": False, "goal_reached": False, "red_light": False,
-                  "outside_map": False}
-
-
 class PhaseClock:
     """Prints (rank 0) how long each phase took, as soon as it ends."""
 
@@ -87,7 +84,7 @@ class PhaseClock:
 def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -> dict[str, float]:
     """Step this rank's vector env; returns its local sums (env steps, wall seconds, episode counts)."""
     clock = PhaseClock(rank, device)
-    termination = dict(NO_TERMINATION) if args.no_termination else None
+    termination = NO_TERMINATION if args.no_termination else None
     env = TrafficBotsVecEnv(args.num_envs, scenes=rank_scenes(args.scenes, rank, world, args.shard_scenes),
                             checkpoint=args.checkpoint, background=args.background, device=str(device),
                             torch_output=True, cuda_graphs=False if args.no_cuda_graphs else None,

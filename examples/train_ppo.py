@@ -31,8 +31,6 @@ collision, off-road, ... in ``OUT/bench``).
 from __future__ import annotations
 
 import argparse
-import csv
-import os
 import sys
 import time
 import warnings
@@ -47,8 +45,8 @@ from stable_baselines3.common.callbacks import BaseCallback, CallbackList, Check
 from tqdm import tqdm
 
 import trafficbots_gym
-from trafficbots_gym.benchmarks.controllers import display_rows, format_markdown, run_benchmark
-from trafficbots_gym.env.config import BACKGROUNDS, LOG_HORIZON, resolve_device
+from trafficbots_gym.benchmarks.controllers import display_rows, format_markdown, run_benchmark, write_csv
+from trafficbots_gym.env.config import BACKGROUNDS, LOG_HORIZON, NO_TERMINATION, resolve_device
 from trafficbots_gym.simulation.background import LEARNED_BACKGROUNDS
 
 
@@ -126,19 +124,9 @@ class EpisodeStatsCallback(BaseCallback):
         for name in EPISODE_RATES:
             self.logger.record(f"episodes/{name}", row[name])
         self.history.append(row)
-        write_rows(self.csv_path, self.history)
+        write_csv(self.csv_path, self.history)
         self.sums = dict.fromkeys(EPISODE_RATES, 0.0)
         self.episodes = 0
-
-
-def write_rows(path: Path, rows: list[dict[str, float]]) -> None:
-    """Write ``rows`` as CSV through a temporary file renamed into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def reward_overrides(items: Sequence[str]) -> dict[str, float]:
@@ -153,11 +141,6 @@ def reward_overrides(items: Sequence[str]) -> dict[str, float]:
         if not sep or not name:
             raise SystemExit(f"--reward takes TERM=WEIGHT items, got {item!r}")
     return weights
-
-
-SYNC_TERMINATION = {"collision": False, "offroad": False, "goal_reached": False, "red_light": False,
-                    "outside_map": False}
-"""Termination of ``--sync-episodes`` training envs: episodes end at the horizon only."""
 
 
 GPU_ENCODING_CACHE_MB = 1024.0
@@ -187,7 +170,7 @@ def training_env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.reset_pool:
         kwargs["reset_pool"] = args.reset_pool
     if args.sync_episodes:
-        kwargs["termination"] = dict(SYNC_TERMINATION)
+        kwargs["termination"] = NO_TERMINATION
     return kwargs
 
 

@@ -40,15 +40,13 @@ from tqdm import tqdm
 
 from trafficbots_gym.benchmarks.ego_controllers import BUILTIN_CONTROLLERS, EgoController, make_controller
 from trafficbots_gym.data.h5io import atomic_path
-from trafficbots_gym.env.config import BACKGROUNDS, LOG_HORIZON, resolve_device
+from trafficbots_gym.env.config import BACKGROUNDS, LOG_HORIZON, NO_TERMINATION, resolve_device
 from trafficbots_gym.env.vector_env import TrafficBotsVecEnv
 from trafficbots_gym.simulation.metrics import box_overlap_matrix
 from trafficbots_gym.simulation.state import AgentState
 
 DEFAULT_CONTROLLERS = BUILTIN_CONTROLLERS
 DEFAULT_BACKGROUNDS = ("log_replay", "trafficbots", "constant_velocity")
-NO_TERMINATION = {"collision": False, "offroad": False, "goal_reached": False, "red_light": False,
-                  "outside_map": False}
 RATES = ("goal_rate", "collision_rate", "at_fault_rate", "offroad_rate", "red_light_rate")
 MEANS = ("progress", "route_completion", "ade", "max_jerk")
 STOPPED_SPEED = 0.1

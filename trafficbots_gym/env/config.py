@@ -70,6 +70,10 @@ class TerminationConfig:
     """Leaving the map rectangle (no map data beyond it)."""
 
 
+NO_TERMINATION = TerminationConfig(**{f.name: False for f in dataclasses.fields(TerminationConfig)})
+"""Every termination event off: episodes end at the horizon only (pass as ``termination=``)."""
+
+
 @dataclass(frozen=True)
 class EnvConfig:
     """Every setting of ``TrafficBots-v0``; docs/env.md describes each key."""

@@ -14,7 +14,6 @@ same code eagerly.
 """
 from __future__ import annotations
 
-
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -479,23 +478,16 @@ def tensors_to_numpy(values: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray
     if not values:
         return {}
     if all(v.device.type == "cpu" for v in values.values()):
-        return {key: _host_array(v) for key, v in values.items()}
+        return {key: _host_dtype((v.float() if v.is_floating_point() else v).numpy(), v.dtype)
+                for key, v in values.items()}
     stacked = torch.stack([v.to(torch.float64) for v in values.values()]).cpu().numpy()
-    out = {}
-    for row, (key, v) in zip(stacked, values.items()):
-        if v.dtype == torch.bool:
-            out[key] = row.astype(bool)
-        elif not v.is_floating_point():
-            out[key] = row.astype(np.int64)
-        else:
-            out[key] = row.astype(np.float32)
-    return out
+    return {key: _host_dtype(row, v.dtype) for row, (key, v) in zip(stacked, values.items())}
 
 
-def _host_array(value: torch.Tensor) -> np.ndarray:
-    """A numpy copy of a CPU tensor: bool, int64 or float32."""
-    if value.dtype == torch.bool:
-        return value.numpy().copy()
-    if not value.is_floating_point():
-        return value.numpy().astype(np.int64)
-    return value.float().numpy().astype(np.float32)
+def _host_dtype(array: np.ndarray, dtype: torch.dtype) -> np.ndarray:
+    """A copy of ``array`` as bool, int64 or float32, after the tensor dtype it came from."""
+    if dtype == torch.bool:
+        return array.astype(bool)
+    if not dtype.is_floating_point:
+        return array.astype(np.int64)
+    return array.astype(np.float32)

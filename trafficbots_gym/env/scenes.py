@@ -54,7 +54,7 @@ class SceneSource:
         if isinstance(cache_mb, bool) or not cache_mb >= 0:
             raise ValueError(f"cache_mb must be >= 0, got {cache_mb!r}")
         self.cache_bytes = int(cache_mb * 2**20)
-        self._cache: OrderedDict[int, SceneArrays] = OrderedDict()
+        self._cache: OrderedDict[int, tuple[SceneArrays, int]] = OrderedDict()   # index -> (arrays, bytes)
         self._cached = 0
         self._lock = threading.Lock()    # loads come from the env and from its prefetch thread
         if len(self.reader) == 0:
@@ -114,7 +114,7 @@ class SceneSource:
             with self._lock:
                 if index in self._cache:
                     self._cache.move_to_end(index)
-                    return self._cache[index]
+                    return self._cache[index][0]
         arrays = self._read(index)
         if self.cache_bytes:
             self._keep(index, arrays)
@@ -130,11 +130,11 @@ class SceneSource:
         with self._lock:
             if index in self._cache:
                 return
-            self._cache[index] = arrays
+            self._cache[index] = (arrays, size)
             self._cached += size
             while self._cached > self.cache_bytes:
-                _, old = self._cache.popitem(last=False)
-                self._cached -= sum(a.nbytes for a in old.values())
+                _, (_, evicted) = self._cache.popitem(last=False)
+                self._cached -= evicted
 
     def _read(self, index: int) -> SceneArrays:
         """Read and check scene ``index``."""

@@ -469,11 +469,6 @@ def any_class(onehot: torch.Tensor, classes: tuple[int, ...] | list[int]) -> tor
     return out
 
 
-def goal_distance(state: AgentState, goal: torch.Tensor) -> torch.Tensor:
-    """[B, A] distance (m) from each agent to its goal xy (``goal`` [B, A, >=2])."""
-    return (state.pos - goal[..., :2]).norm(dim=-1)
-
-
 # ----------------------------------------------------------------------------------------------------
 # Logged paths and progress
 # ----------------------------------------------------------------------------------------------------

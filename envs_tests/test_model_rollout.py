@@ -4,7 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from trafficbots_gym.benchmarks.saved_memory import measure
 from trafficbots_gym.data.batch import SceneBatch
+from trafficbots_gym.model.losses import training_losses
 from trafficbots_gym.model.rollout import rollout
 from trafficbots_gym.model.traffic_bots import TrafficBots
 
@@ -111,6 +113,60 @@ def test_activation_checkpointing_gives_the_same_gradients(reference_batch):
     assert plain.keys() == ckpt.keys()
     for name in plain:
         torch.testing.assert_close(plain[name], ckpt[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+SELECTIVE = dict(dropout=0.1, gru_layers=2, dest_gru_layers=2, map_node_layers=2, interaction_layers=2)
+"""A tiny model with dropout everywhere and stacked layers (layer norms, GRU cells and dropout between them)."""
+
+
+@pytest.mark.parametrize("autocast_dtype", [None, torch.bfloat16], ids=["fp32", "bf16"])
+def test_selective_checkpointing_gives_the_same_losses_and_gradients_bit_for_bit(reference_batch, autocast_dtype):
+    model = tiny_model(**SELECTIVE).train()  # dropout active: the recomputation must not move the RNG
+
+    def losses_and_grads(selective: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        model.selective_checkpointing = selective
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(5)  # dropout masks
+        out = rollout(model, reference_batch, procedure="training", generator=torch.Generator().manual_seed(3),
+                      n_steps=14, autocast_dtype=autocast_dtype)
+        losses = training_losses(out, reference_batch)
+        losses["loss"].backward()
+        return losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    (plain_losses, plain), (selective_losses, selective) = losses_and_grads(False), losses_and_grads(True)
+    for name, value in plain_losses.items():
+        assert torch.equal(selective_losses[name], value), name
+    assert plain.keys() == selective.keys() and len(plain) > 100
+    for name, grad in plain.items():
+        assert torch.equal(selective[name], grad), name
+
+
+def test_selective_checkpointing_reaches_every_recomputed_part_and_can_be_turned_off():
+    model = tiny_model(**SELECTIVE)
+    flags = lambda: {m.recompute for m in model.modules() if hasattr(m, "recompute")}  # noqa: E731
+    assert not model.selective_checkpointing and flags() == {False}
+    model.selective_checkpointing = True
+    assert model.selective_checkpointing and flags() == {True}
+    kinds = {type(m).__name__ for m in model.modules() if hasattr(m, "recompute")}
+    assert kinds == {"CrossAttentionLayer", "GRU", "DestPredictor"}
+    model.selective_checkpointing = False
+    assert flags() == {False}
+
+
+@pytest.mark.parametrize("cuda_kernels, at_most", [(True, 0.67), (False, 0.9)], ids=["cuda-kernels", "cpu-kernels"])
+def test_selective_checkpointing_saves_less_for_backward(reference_batch, cuda_kernels, at_most):
+    """A third less with what CUDA's attention / dropout kernels save (the CPU's attention saves its
+    probabilities over the 1024 polylines at every step, which no recomputation here touches)."""
+    model = tiny_model(**SELECTIVE).train()
+    saved = {}
+    for selective in (False, True):
+        model.selective_checkpointing = selective
+        torch.manual_seed(0)
+        saved[selective] = measure(model, reference_batch, n_steps=14, cuda_kernels=cuda_kernels)
+    assert saved[False].by_phase["steps"] > 0 and saved[False].by_phase["scene encoding"] > 0
+    assert saved[True].total < at_most * saved[False].total
+    for phase in ("scene encoding", "steps"):
+        assert saved[True].by_phase[phase] < saved[False].by_phase[phase], phase
 
 
 def test_bfloat16_autocast_rollout_stays_finite_and_close(reference_batch):

@@ -113,3 +113,17 @@ def test_policy_act_replayed_from_a_cuda_graph_gives_the_eager_actions():
             assert not graphed or step.active
             actions[graphed] = torch.stack(out)
     torch.testing.assert_close(actions[True], actions[False], rtol=0, atol=1e-5)
+
+
+def test_saved_tensors_counts_each_saved_storage_once_and_leaves_out_excluded_tensors():
+    import torch
+
+    from trafficbots_gym.benchmarks.saved_memory import SavedTensors
+    weight = torch.randn(1000, requires_grad=True)
+    x = torch.randn(1000)
+    with SavedTensors(exclude=[weight]) as saved:
+        y = (weight * x).exp()          # mul saves x (4 kB); exp saves its output y (4 kB)
+        z = (y * y + weight * weight)   # y again (counted once), weight (left out)
+    assert saved.total == 8000 and saved.by_phase == {"scene encoding": 8000}
+    z.sum().backward()  # the counted tensors still serve the backward pass
+    torch.testing.assert_close(weight.grad, 2 * x * y * y + 2 * weight)

@@ -35,8 +35,10 @@ def _grads(params: list[torch.nn.Parameter]) -> list[torch.Tensor | None]:
     return [None if p.grad is None else p.grad.clone() for p in params]
 
 
-def test_training_rollout_losses_and_backward_run_without_host_sync_or_host_data(reference_batch) -> None:
-    model = tiny_model()
+@pytest.mark.parametrize("selective", [False, True], ids=["plain", "selective-checkpointing"])
+def test_training_rollout_losses_and_backward_run_without_host_sync_or_host_data(reference_batch, selective) -> None:
+    model = tiny_model(dropout=0.1, gru_layers=2)
+    model.selective_checkpointing = selective
     rollout(model, reference_batch, procedure="training", n_steps=12, check_destinations=False)  # fills caches
     with HostOps() as ops:
         out = rollout(model, reference_batch, procedure="training", n_steps=12, check_destinations=False)
@@ -68,18 +70,25 @@ def test_graph_mode_rejects_activation_checkpointing() -> None:
         TrafficBotsModule(model=dict(TINY_MODEL), cuda_graph=True, activation_checkpointing=True)
 
 
-def test_graph_mode_fit_equals_the_default_fit(tmp_path: Path) -> None:
+def test_graph_mode_accepts_selective_checkpointing() -> None:
+    module = TrafficBotsModule(model=dict(TINY_MODEL), cuda_graph=True, selective_checkpointing=True)
+    assert module.model.selective_checkpointing
+
+
+def test_graph_mode_fit_with_or_without_selective_checkpointing_equals_the_default_fit(tmp_path: Path) -> None:
     weights = {}
-    for flag in ("false", "true"):
-        out = tmp_path / flag
+    for name, flags in (("default", ()), ("graph", ("model.cuda_graph=true",)),
+                        ("graph+selective", ("model.cuda_graph=true", "model.selective_checkpointing=true"))):
+        out = tmp_path / name
         run(make_cfg(out, "trainer.max_steps=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-                     f"model.cuda_graph={flag}"))
-        weights[flag] = load_file(str(out / "export" / "last.safetensors"))
+                     "model.config.dropout=0.1", *flags))
+        weights[name] = load_file(str(out / "export" / "last.safetensors"))
     init = TrafficBotsModule(model=dict(TINY_MODEL)).model.state_dict()
-    moved = [k for k, v in weights["false"].items() if not torch.equal(v, init[k])]
+    moved = [k for k, v in weights["default"].items() if not torch.equal(v, init[k])]
     assert moved  # the two optimiser steps changed the weights
-    for key, value in weights["false"].items():
-        torch.testing.assert_close(weights["true"][key], value, rtol=0, atol=0, msg=key)
+    for name in ("graph", "graph+selective"):
+        for key, value in weights["default"].items():
+            torch.testing.assert_close(weights[name][key], value, rtol=0, atol=0, msg=f"{name}: {key}")
 
 
 @CUDA
@@ -91,9 +100,11 @@ def test_graph_mode_refuses_fp16_loss_scaling(tmp_path: Path) -> None:
 
 
 @CUDA
-def test_replayed_graph_gives_the_eager_losses_and_gradients(reference_batch) -> None:
+@pytest.mark.parametrize("selective", [False, True], ids=["plain", "selective-checkpointing"])
+def test_replayed_graph_gives_the_eager_losses_and_gradients(reference_batch, selective) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     model = tiny_model(dropout=0.0).cuda()
+    model.selective_checkpointing = selective
     batch = reference_batch.to("cuda")
     swapped = batch.index(torch.tensor([1, 0], device="cuda"))
     step = GraphedLossBackward(_deterministic_loss(model), list(model.parameters()), warmup_calls=2)

@@ -64,7 +64,9 @@ class TrafficBotsModule(pl.LightningModule):
     ``test_procedures``: rollout procedures scored in validation / test; ``p_training_rollout_prior``:
     probability that a training rollout uses the prior latent; ``n_rollout_steps``: simulated steps
     (90 = the whole log; fewer gives a shorter training horizon); ``activation_checkpointing`` recomputes
-    each step's activations in the backward pass; ``autocast_dtype`` (``bfloat16``/``float16``/None) runs the
+    each step's activations in the backward pass; ``selective_checkpointing`` recomputes only the parts
+    that draw no random numbers (``TrafficBots.selective_checkpointing``: about 40% less activation memory,
+    the same gradients, works with ``cuda_graph``); ``autocast_dtype`` (``bfloat16``/``float16``/None) runs the
     network, not the dynamics, under autocast. ``cuda_graph`` replays the training forward + backward pass
     from a CUDA graph (on a CUDA device; eager elsewhere); it needs one device, no activation checkpointing
     and no fp16 loss scaling.
@@ -75,13 +77,15 @@ class TrafficBotsModule(pl.LightningModule):
                  val_procedures: Sequence[str] = ("reactive_replay", "joint_future"),
                  test_procedures: Sequence[str] = ("joint_future",), p_training_rollout_prior: float = 0.1,
                  n_rollout_steps: int = 90, activation_checkpointing: bool = False,
-                 autocast_dtype: str | None = None, cuda_graph: bool = False) -> None:
+                 selective_checkpointing: bool = False, autocast_dtype: str | None = None,
+                 cuda_graph: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.model = TrafficBots(TrafficBotsConfig.from_dict(dict(model or {})))
         # Training rollouts execute the action mean, so the action log-stds get no gradient (as in the
         # reference, they stay at their initial value). Frozen, DDP needs no unused-parameter search.
         self.model.action_head.log_std.requires_grad_(False)
+        self.model.selective_checkpointing = selective_checkpointing
         self.optim_cfg = OptimizerConfig(**(optimizer or {}))
         self.loss_cfg = LossConfig(**(loss or {}))
         for name, procs in (("val_procedures", val_procedures), ("test_procedures", test_procedures)):
@@ -96,7 +100,7 @@ class TrafficBotsModule(pl.LightningModule):
             raise ValueError(f"autocast_dtype={autocast_dtype!r} is not one of {sorted(AUTOCAST_DTYPES)} or None")
         if cuda_graph and activation_checkpointing:
             raise ValueError("cuda_graph=True cannot be combined with activation_checkpointing=True "
-                             "(recomputation reads the RNG state on the host)")
+                             "(recomputation reads the RNG state on the host); selective_checkpointing=True can")
         self.val_procedures, self.test_procedures = list(val_procedures), list(test_procedures)
         self.p_prior = p_training_rollout_prior
         self.n_rollout_steps = n_rollout_steps

@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-dtypes", default=None, help="default: fp16,bf16 on GPU, fp32 on CPU")
     parser.add_argument("--train-repeats", type=int, default=3)
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing per step")
+    parser.add_argument("--selective-checkpointing", action="store_true",
+                        help="recompute the RNG-free parts (layer norms + projections, GRU cells, destination "
+                             "scorer) in backward: less memory, graph mode too (TrafficBots.selective_checkpointing)")
     parser.add_argument("--train-modes", default=None,
                         help="comma list of eager,graph (default: both on CUDA, eager on CPU)")
     parser.add_argument("--infer-batches", default="1,8,32,128,256", help="comma list; empty to skip")
@@ -214,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     train_modes = (args.train_modes.split(",") if args.train_modes else
                    (["eager", "graph"] if device.type == "cuda" else ["eager"]))
     if train_batches:
+        model.selective_checkpointing = args.selective_checkpointing
         rows = []
         for mode in train_modes:
             for dtype_name in train_dtypes:
@@ -223,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                     rows.append((mode, dtype_name, b, bench_training(
                         model, _batch(args.scenes, b, device), dtype_name, args.train_repeats, args.checkpointing,
                         graph=mode == "graph")))
-        ours = "trafficbots-gym (ckpt)" if args.checkpointing else "trafficbots-gym"
+        ours = "trafficbots-gym" + (" (ckpt)" if args.checkpointing else "") + (
+            " (selective ckpt)" if args.selective_checkpointing else "")
         table = [(label, "eager", "fp16", str(b), f"{b / sps:.2f}", "", f"{sps:.2f}", f"{gib:.2f}")
                  for label, b, sps, gib in REFERENCE_TRAINING]
         table += [(ours, mode, dtype_name, str(b), f"{r['s_per_step']:.2f}", f"{r['cpu_s_per_step']:.2f}",

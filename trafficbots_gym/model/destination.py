@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from trafficbots_gym.data.constants import AgentType, MapType
 from trafficbots_gym.model.config import TrafficBotsConfig
-from trafficbots_gym.model.layers import MLP, gru_sequence, last_valid, make_gru
+from trafficbots_gym.model.layers import MLP, gru_sequence, last_valid, make_gru, recompute
 
 N_DEST_TYPES = MapType.ROAD_EDGE_BOUNDARY + 1
 """Destination candidates are polylines of classes 0..4 (lanes, bike lanes, road-edge boundaries)."""
@@ -31,13 +31,18 @@ def destination_mask(agent_type: Tensor, map_type: Tensor, map_valid: Tensor) ->
 
 
 class DestPredictor(nn.Module):
-    """History tokens [B, T, A, D] + polyline features [B, P, D] -> destination logits [B, A, P]."""
+    """History tokens [B, T, A, D] + polyline features [B, P, D] -> destination logits [B, A, P].
+
+    ``recompute``: recompute the (agent, polyline) pair scorer's activations in the backward pass instead of
+    saving them (the scorer has no dropout; see :func:`~trafficbots_gym.model.layers.recompute`).
+    """
 
     def __init__(self, cfg: TrafficBotsConfig) -> None:
         super().__init__()
         d = cfg.hidden_dim
         self.gru = make_gru(d, cfg.dest_gru_layers, cfg.dropout)
         self.mlp = MLP([2 * d, d, d, 1], layernorm=True, end_activation=False)
+        self.recompute = False
 
     def forward(self, agent_tokens: Tensor, agent_valid: Tensor, agent_type: Tensor, map_feature: Tensor,
                 map_valid: Tensor, map_type: Tensor, *, agent_chunk: int | None = None) -> Tensor:
@@ -52,9 +57,14 @@ class DestPredictor(nn.Module):
         h_map = nn.functional.linear(map_feature, first.weight[:, :d]).unsqueeze(1)   # [B, 1, P, H]
         h_agent = nn.functional.linear(agent, first.weight[:, d:], first.bias).unsqueeze(2)  # [B, A, 1, H]
         chunk = h_agent.shape[1] if agent_chunk is None else agent_chunk
-        logits = torch.cat([self.mlp.forward_from(h_map + h_agent[:, i:i + chunk]).squeeze(-1)
-                            for i in range(0, h_agent.shape[1], chunk)], dim=1)
+        checkpointed = self.recompute and torch.is_grad_enabled()
+        logits = torch.cat([recompute(self._score, h_map, part) if checkpointed else self._score(h_map, part)
+                            for part in h_agent.split(chunk, dim=1)], dim=1)
         logits = logits.float().masked_fill(destination_mask(agent_type, map_type, map_valid), float("-inf"))
         has_history = agent_valid.any(1)
         logits = logits.masked_fill(~has_history.unsqueeze(-1), 0.0)
         return logits.masked_fill(torch.isneginf(logits).all(-1, keepdim=True), 0.0)
+
+    def _score(self, h_map: Tensor, h_agent: Tensor) -> Tensor:
+        """Pair logits [B, A', P] from the first layer's map [B, 1, P, H] and agent [B, A', 1, H] halves."""
+        return self.mlp.forward_from(h_map + h_agent).squeeze(-1)

@@ -5,16 +5,23 @@ for the map encoder and the agent interaction, map / traffic-light tokens otherw
 changes inside a block, each layer's normalised and projected keys/values can be computed once and reused:
 :meth:`TransformerBlock.project_kv` returns them and :meth:`TransformerBlock.forward_kv` consumes them, so
 static map tokens are projected once per episode instead of once per simulation step.
+
+Selective activation checkpointing (``recompute`` of :class:`CrossAttentionLayer` and :class:`GRU`, set for a
+whole network by ``TrafficBots.selective_checkpointing``): each layer norm with the projection that follows it
+and each GRU cell are recomputed in the backward pass from their inputs instead of saving their intermediate
+results. These parts draw no random numbers, so no RNG state is involved and the pass may be captured in a
+CUDA graph.
 """
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 KeyValue = tuple[Tensor, Tensor]
 """Per-layer keys and values ``[N, heads, L_tgt, d_head]``."""
@@ -56,6 +63,13 @@ def fixed_key_mask(tgt_valid: Tensor, dtype: torch.dtype = torch.float32) -> Att
 def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
     """``norm(x)`` without the module call (the layers below call it many times per simulation step)."""
     return torch.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+def recompute(fn: Callable[..., Tensor], *args: Tensor) -> Tensor:
+    """``fn(*args)`` with its intermediate results recomputed in the backward pass instead of saved for it
+    (the same values and gradients). ``fn`` must not draw random numbers: the RNG state is not restored for
+    the recomputation (which is what keeps it capturable in a CUDA graph)."""
+    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
 
 
 def keep_rows(x: Tensor, keep: Tensor) -> Tensor:
@@ -108,6 +122,8 @@ class CrossAttentionLayer(nn.Module):
 
     The attention weights are packed like ``torch.nn.MultiheadAttention`` (rows: query, key, value).
     A query whose keys are all masked gets a zero attention output; invalid ``src`` rows are zeroed.
+    ``recompute``: recompute the layer norms and the projections that follow them (query, keys / values,
+    first feed-forward layer + ReLU) in the backward pass (see the module docstring).
     """
 
     def __init__(self, d_model: int, n_head: int, d_feedforward: int, dropout: float) -> None:
@@ -123,6 +139,7 @@ class CrossAttentionLayer(nn.Module):
         self.linear2 = nn.Linear(d_feedforward, d_model)
         self.p_drop = dropout
         self.drop = nn.Dropout(dropout)
+        self.recompute = False
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.xavier_uniform_(self.out_proj.weight)
         nn.init.zeros_(self.out_proj.bias)
@@ -130,18 +147,29 @@ class CrossAttentionLayer(nn.Module):
     def _heads(self, x: Tensor) -> Tensor:
         return x.view(*x.shape[:-1], self.n_head, self.d_head).transpose(-3, -2)
 
+    def _checkpointed(self, fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        return recompute(fn, x) if self.recompute and torch.is_grad_enabled() else fn(x)
+
+    def _query(self, src: Tensor) -> Tensor:
+        d = src.shape[-1]
+        return F.linear(_layer_norm(self.norm1, src), self.in_proj_weight[:d], self.in_proj_bias[:d])
+
+    def _key_value(self, tgt: Tensor) -> Tensor:
+        d = tgt.shape[-1]
+        return F.linear(_layer_norm(self.norm_tgt, tgt), self.in_proj_weight[d:], self.in_proj_bias[d:])
+
+    def _ff_hidden(self, src: Tensor) -> Tensor:
+        return torch.relu(F.linear(_layer_norm(self.norm2, src), self.linear1.weight, self.linear1.bias))
+
     def project_kv(self, tgt: Tensor) -> KeyValue:
         """Keys and values ``[N, heads, L, d_head]`` of ``tgt`` ``[N, L, d]``."""
-        d = tgt.shape[-1]
-        kv = F.linear(_layer_norm(self.norm_tgt, tgt), self.in_proj_weight[d:], self.in_proj_bias[d:])
-        k, v = kv.chunk(2, dim=-1)
+        k, v = self._checkpointed(self._key_value, tgt).chunk(2, dim=-1)
         return self._heads(k), self._heads(v)
 
     def forward(self, src: Tensor, src_keep: Tensor | None, kv: KeyValue, mask: AttentionMask) -> Tensor:
         """``src`` [N, Lq, d] attends to keys/values ``kv`` under ``mask`` (see :func:`attention_mask`);
         rows where ``src_keep`` [N, Lq, 1] (bool or 0/1 float) is false are zeroed."""
-        d = src.shape[-1]
-        q = self._heads(F.linear(_layer_norm(self.norm1, src), self.in_proj_weight[:d], self.in_proj_bias[:d]))
+        q = self._heads(self._checkpointed(self._query, src))
         k, v = kv
         if k.dtype != q.dtype:
             k, v = k.to(q.dtype), v.to(q.dtype)
@@ -157,7 +185,7 @@ class CrossAttentionLayer(nn.Module):
     def feed_forward(self, src: Tensor, src_keep: Tensor | None) -> Tensor:
         """The feed-forward half of the layer (alone: the layer for queries without any key, whose attention
         output is zero)."""
-        h = torch.relu(F.linear(_layer_norm(self.norm2, src), self.linear1.weight, self.linear1.bias))
+        h = self._checkpointed(self._ff_hidden, src)
         src = src + self._drop(F.linear(self._drop(h), self.linear2.weight, self.linear2.bias))
         return src if src_keep is None else keep_rows(src, src_keep)
 
@@ -170,8 +198,7 @@ class CrossAttentionLayer(nn.Module):
         their other rows stay zero) for the attention. Every row gets what :meth:`forward` gives its token
         in the padded layout (every group must have a valid token)."""
         d = src.shape[-1]
-        kv = F.linear(_layer_norm(self.norm_tgt, tgt), self.in_proj_weight[d:], self.in_proj_bias[d:])
-        q = F.linear(_layer_norm(self.norm1, src), self.in_proj_weight[:d], self.in_proj_bias[:d])
+        kv, q = self._key_value(tgt), self._query(src)
         bias = mask.bias
         if "q" not in padded:
             padded["q"] = q.new_zeros(bias.shape[0], bias.shape[-1], d)
@@ -270,9 +297,19 @@ def interact(block: TransformerBlock, x: Tensor, valid: Tensor, rows: Tensor | N
     return torch.where(single, src, out)
 
 
-def make_gru(dim: int, n_layer: int, dropout: float) -> nn.GRU:
+class GRU(nn.GRU):
+    """``nn.GRU`` (the same parameters) that :func:`gru_step` runs one step at a time. ``recompute``: the
+    cells' gate activations are recomputed in the backward pass instead of saved (a cell draws no random
+    numbers; the dropout between layers stays outside the recomputation)."""
+
+    def __init__(self, *args: int | float, **kwargs: int | float) -> None:
+        super().__init__(*args, **kwargs)
+        self.recompute = False
+
+
+def make_gru(dim: int, n_layer: int, dropout: float) -> GRU:
     """Multi-layer GRU (dropout between layers only when there is more than one)."""
-    return nn.GRU(dim, dim, n_layer, dropout=dropout if n_layer > 1 else 0.0)
+    return GRU(dim, dim, n_layer, dropout=dropout if n_layer > 1 else 0.0)
 
 
 def gru_step(gru: nn.GRU, x: Tensor, valid: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
@@ -283,13 +320,15 @@ def gru_step(gru: nn.GRU, x: Tensor, valid: Tensor, hidden: Tensor) -> tuple[Ten
     on CUDA two GEMMs and one fused kernel per layer instead of cuDNN's sequence kernel, which is slow
     for the tens of thousands of one-step sequences of a large batch).
     """
+    checkpointed = isinstance(gru, GRU) and gru.recompute and torch.is_grad_enabled()
     with torch.autocast(x.device.type, enabled=False):   # recurrent state stays float32 under autocast
         out, state = x.float().flatten(0, 1), hidden.float()
         layers = []
         for layer, weights in enumerate(gru.all_weights):
             if layer > 0 and gru.training and gru.dropout > 0:
                 out = F.dropout(out, gru.dropout, training=True)
-            out = torch.gru_cell(out, state[layer], *weights)
+            out = (recompute(torch.gru_cell, out, state[layer], *weights) if checkpointed
+                   else torch.gru_cell(out, state[layer], *weights))
             layers.append(out)
         hidden = torch.stack(layers)
     keep = valid.flatten(0, 1).unsqueeze(-1).to(out.dtype)

@@ -24,7 +24,8 @@ from trafficbots_gym.model.destination import N_DEST_TYPES, DestPredictor, desti
 from trafficbots_gym.model.distributions import DiagGaussian
 from trafficbots_gym.model.encoders import InputPeEncoder, MapEncoder, PosePE, wrap_angle
 from trafficbots_gym.model.latent import LatentHead
-from trafficbots_gym.model.layers import KeyValue, ResidualFusion, TransformerBlock, gru_step, interact, make_gru
+from trafficbots_gym.model.layers import (GRU, CrossAttentionLayer, KeyValue, ResidualFusion, TransformerBlock,
+                                          gru_step, interact, make_gru)
 
 
 @dataclass
@@ -92,6 +93,22 @@ class TrafficBots(nn.Module):
     def num_parameters(self, trainable_only: bool = True) -> int:
         """Number of (trainable) parameter values; 3,395,949 for the default config."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    @property
+    def selective_checkpointing(self) -> bool:
+        """Whether training passes recompute the parts of the network that draw no random numbers (every
+        layer norm with the projection after it, the GRU cells, the destination pair scorer) in the backward
+        pass instead of saving their activations (selective activation checkpointing): less activation
+        memory, the same values and gradients, a little more compute. Unlike checkpointing whole steps it
+        restores no RNG state, so it may be captured in a CUDA graph. Off by default; passes without
+        gradients are unaffected."""
+        return self.dest_predictor.recompute
+
+    @selective_checkpointing.setter
+    def selective_checkpointing(self, enabled: bool) -> None:
+        for module in self.modules():
+            if isinstance(module, (CrossAttentionLayer, DestPredictor, GRU)):
+                module.recompute = bool(enabled)
 
     def initial_hidden(self, n_batch: int, n_agent: int, like: Tensor) -> Tensor:
         """Zero GRU state [layers, B*A, D]."""

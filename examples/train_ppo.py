@@ -24,9 +24,9 @@ after it are not counted). ``--reward`` overrides reward weights of the training
 ``--reward log_deviation=-0.02``). Writes TensorBoard logs (``OUT/tb``; besides SB3's scalars,
 ``episodes/goal_rate``, ``collision_rate``, ``offroad_rate``, ``route_completion`` of the training episodes
 finished in each rollout), periodic checkpoints (``OUT/checkpoints``), the final policy
-(``OUT/policy.zip``), ``OUT/progress.csv`` (those episode rates per rollout, with env steps and wall time),
-then benchmarks the policy with ``trafficbots-bench`` code against the ``--bench-backgrounds`` (goal,
-collision, off-road, ... in ``OUT/bench``).
+(``OUT/policy.zip``, without the optimizer's moments and the last collected batch), ``OUT/progress.csv`` (those episode rates per rollout,
+with env steps and wall time), then benchmarks the policy with ``trafficbots-bench`` code against the
+``--bench-backgrounds`` (goal, collision, off-road, ... in ``OUT/bench``).
 """
 from __future__ import annotations
 
@@ -264,6 +264,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+ROLLOUT_STATE = ["_last_obs", "_last_original_obs", "_last_episode_starts"]
+"""Attributes of the algorithm that hold the collection's last batch (megabytes at 1,024 envs, not needed to
+act or to resume: ``learn`` starts from a fresh reset); left out of the final ``policy.zip``."""
+
+
+def drop_optimizer_moments(model: BaseAlgorithm) -> None:
+    """Clear the optimizers' per-parameter state (Adam moments: twice the weights' size) before the final
+    save, so that ``policy.zip`` holds what inference needs; resume training from ``OUT/checkpoints``."""
+    optimizers = [m.optimizer for m in model.policy.modules()
+                  if isinstance(getattr(m, "optimizer", None), torch.optim.Optimizer)]
+    if isinstance(getattr(model, "ent_coef_optimizer", None), torch.optim.Optimizer):
+        optimizers.append(model.ent_coef_optimizer)
+    for optimizer in optimizers:
+        optimizer.state.clear()
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     """Train, save ``OUT/policy.zip``, benchmark it; returns the policy path."""
     args = build_parser().parse_args(argv)
@@ -287,7 +303,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         env.close()
         eval_env.close()
     policy = out / "policy.zip"
-    model.save(policy)
+    drop_optimizer_moments(model)
+    model.save(policy, exclude=ROLLOUT_STATE)
     print(f"saved {policy}; TensorBoard: tensorboard --logdir {out / 'tb'}")
     rows = run_benchmark([str(policy)], args.bench_backgrounds, episodes=args.bench_episodes, seed=args.seed,
                          out=out / "bench", scenes=args.eval_scenes, split=args.eval_split, device=args.device,

@@ -20,6 +20,18 @@ def _train_ppo_module():
     return module
 
 
+def _assert_inference_only_save(policy: Path, algo: str) -> None:
+    """The final policy loads and acts, without the optimizers' moments or the last collected batch."""
+    from stable_baselines3 import PPO, SAC
+    model = {"ppo": PPO, "sac": SAC}[algo].load(policy, device="cpu")
+    assert model._last_obs is None
+    optimizers = [m.optimizer for m in model.policy.modules() if isinstance(getattr(m, "optimizer", None),
+                                                                             torch.optim.Optimizer)]
+    assert optimizers and all(len(o.state) == 0 for o in optimizers)
+    action, _ = model.predict(model.observation_space.sample(), deterministic=True)
+    assert model.action_space.contains(action)
+
+
 @pytest.mark.parametrize("algo", ["ppo", pytest.param("sac", marks=pytest.mark.slow)])
 def test_tiny_run_saves_policy_checkpoints_logs_and_benchmarks_it_under_two_backgrounds(tmp_path, algo,
                                                                                         tiny_checkpoint):
@@ -32,6 +44,7 @@ def test_tiny_run_saves_policy_checkpoints_logs_and_benchmarks_it_under_two_back
         "--bench-backgrounds", "log_replay", "trafficbots", "--bench-episodes", "2",
         "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--out", str(out)])
     assert policy == out / "policy.zip" and policy.is_file()
+    _assert_inference_only_save(policy, algo)
     assert list((out / "checkpoints").glob(f"{algo}_*_steps.zip"))
     assert (out / "eval" / "evaluations.npz").is_file() and (out / "best" / "best_model.zip").is_file()
     assert list((out / "tb").rglob("events.out.tfevents.*"))

@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from trafficbots_gym.benchmarks.realism import (
-    BUCKETS, FAR, MAX_TIME_TO_COLLISION, WOSAC_2025, Trajectories, box_separation, evaluated_objects, min_ade,
-    realism_inputs, realism_scores, road_edge_distance, scene_features, time_to_collision,
+    BUCKETS, FAR, WOSAC_2025, Trajectories, box_separation, evaluated_objects, min_ade, realism_inputs,
+    realism_scores, road_edge_distance, scene_features,
 )
 from trafficbots_gym.benchmarks.realism_report import main, rollout
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import N_STEP, STEP_CURRENT, MapType
 from trafficbots_gym.simulation import BatchedSimulator
-from trafficbots_gym.simulation.metrics import MapGeometry
+from trafficbots_gym.simulation.metrics import MAX_TIME_TO_COLLISION, MapGeometry, time_to_collision
 
 from conftest import REFERENCE_SCENES
 

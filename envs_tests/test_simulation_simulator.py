@@ -207,6 +207,18 @@ def test_idm_follower_brakes_for_the_ego_cutting_in():
     assert out.state.spd[0, 1].abs() < 0.1
 
 
+@pytest.mark.parametrize(("leader_x", "ttc"), [(30.0, 1.45), (100.0, 5.0)])
+def test_ego_time_to_collision_is_the_gap_to_the_stopped_leader_over_the_closing_speed(leader_x, ttc):
+    # the ego drives at 10 m/s towards a parked 4.5 m car in its lane; a car in the other lane and one behind
+    # are not followed. After one step from step 10 the ego is at x = 11: gap = leader_x - 11 - 2 * 2.25 m
+    batch = _road_batch([(0.0, 0.0, 0.0, 10.0), (leader_x, 0.0, 0.0, 0.0), (10.0, 50.0, 0.0, 0.0),
+                         (-20.0, 0.0, 0.0, 0.0)])
+    sim = BatchedSimulator(background="log_replay")
+    sim.reset(batch, torch.tensor([0]))
+    out = sim.step(torch.zeros(1, 2))
+    assert out.ego_time_to_collision.tolist() == pytest.approx([ttc], abs=1e-4)
+
+
 def test_idm_vehicle_stops_at_a_red_light_and_passes_a_green_one():
     agents = [(0.0, 50.0, 0.0, 0.0), (0.0, 0.0, 0.0, 12.0)]
     final_x = {}

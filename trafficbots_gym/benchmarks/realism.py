@@ -18,7 +18,6 @@ Two layers:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +25,7 @@ import torch
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import DT, STEP_CURRENT, AgentRole, AgentType
 from trafficbots_gym.simulation import metrics
-from trafficbots_gym.simulation.metrics import EDGE_CANDIDATES, MapGeometry
+from trafficbots_gym.simulation.metrics import EDGE_CANDIDATES, MapGeometry, time_to_collision, wrap_angle
 from trafficbots_gym.simulation.state import AgentState
 
 
@@ -63,11 +62,6 @@ WOSAC_2025: tuple[FeatureSpec, ...] = (
 """Features, weights and histogram configs of the 2025 sim-agents challenge (weights sum to 1)."""
 
 BERNOULLI_PSEUDOCOUNT = 0.001
-
-
-def wrap_angle(x: torch.Tensor) -> torch.Tensor:
-    """Wrap angles to [-pi, pi)."""
-    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
 
 
 def central_diff(x: torch.Tensor, dt: float, dim: int = -2, wrap: bool = False) -> torch.Tensor:
@@ -248,10 +242,6 @@ def min_ade(sim_pos: torch.Tensor, log_pos: torch.Tensor, log_valid: torch.Tenso
 
 FAR = 1.0e4
 """Distance (m) reported without another object or road edge in reach (the histograms clip it)."""
-MAX_TIME_TO_COLLISION = 5.0
-TTC_MAX_HEADING_DIFF = math.radians(75.0)
-TTC_SMALL_OVERLAP = 0.5
-TTC_SMALL_OVERLAP_HEADING_DIFF = math.radians(10.0)
 KINEMATIC_SUPPORT = {"linear_speed": 1, "angular_speed": 1, "linear_acceleration": 2, "angular_acceleration": 2}
 """Steps either side that a kinematic feature's central differences need valid."""
 
@@ -309,39 +299,6 @@ def box_separation(pos_a: torch.Tensor, yaw_a: torch.Tensor, size_a: torch.Tenso
         (-dx * sb + dy * cb).abs() - (wb + la * s + wa * c),
     ], dim=-1)
     return gaps.amax(-1)
-
-
-def time_to_collision(pos: torch.Tensor, yaw: torch.Tensor, size: torch.Tensor, speed: torch.Tensor,
-                      pos_o: torch.Tensor, yaw_o: torch.Tensor, size_o: torch.Tensor, speed_o: torch.Tensor,
-                      valid_o: torch.Tensor) -> torch.Tensor:
-    """WOSAC time to collision (s) of boxes ``[..., E]`` with the box they follow among ``[..., O]``.
-
-    The leader is the nearest box ahead of the front bumper whose heading differs by at most 75 deg, that
-    overlaps the follower's straight trail laterally, and (for an overlap under 0.5 m) whose heading
-    differs by at most 10 deg. TTC = gap / closing speed, capped at 5 s (5 s without a closing leader).
-    """
-    e = pos.unsqueeze(-2)                                       # [..., E, 1, 2]
-    yaw_e, half_l, half_w = yaw.unsqueeze(-1), 0.5 * size[..., 0].unsqueeze(-1), 0.5 * size[..., 1].unsqueeze(-1)
-    yaw_diff = wrap_angle(yaw_o.unsqueeze(-2) - yaw_e).abs()    # [..., E, O]
-    c, s = torch.cos(yaw_diff).abs(), torch.sin(yaw_diff).abs()
-    lo, wo = 0.5 * size_o[..., 0].unsqueeze(-2), 0.5 * size_o[..., 1].unsqueeze(-2)
-    long_offset, lat_offset = lo * c + wo * s, lo * s + wo * c
-    d = pos_o.unsqueeze(-3) - e
-    ce, se = torch.cos(yaw_e), torch.sin(yaw_e)
-    rel_x = d[..., 0] * ce + d[..., 1] * se
-    rel_y = -d[..., 0] * se + d[..., 1] * ce
-    gap = rel_x - half_l - long_offset
-    lat_overlap = rel_y.abs() - half_w - lat_offset
-    following = ((gap > 0) & (yaw_diff <= TTC_MAX_HEADING_DIFF) & (lat_overlap < 0)
-                 & ((lat_overlap < -TTC_SMALL_OVERLAP) | (yaw_diff <= TTC_SMALL_OVERLAP_HEADING_DIFF))
-                 & valid_o.unsqueeze(-2))
-    gap = gap.masked_fill(~following, float("inf"))
-    best, j = gap.min(-1)
-    lead_speed = torch.gather(speed_o.unsqueeze(-2).expand_as(gap), -1, j.unsqueeze(-1)).squeeze(-1)
-    closing = speed - lead_speed
-    ttc = torch.where(torch.isfinite(best) & (closing > 0), best / closing.clamp(min=1e-6),
-                      torch.full_like(best, MAX_TIME_TO_COLLISION))
-    return ttc.clamp(max=MAX_TIME_TO_COLLISION)
 
 
 def road_edge_distance(pos: torch.Tensor, yaw: torch.Tensor, size: torch.Tensor, offroad: torch.Tensor,

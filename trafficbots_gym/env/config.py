@@ -56,6 +56,9 @@ class RewardConfig:
     """Per step, times max(0, 1 - distance to the logged ego position / 5 m) where the log has the ego: a
     bounded bonus for staying near the log, which (unlike a ``log_deviation`` penalty) never makes ending
     the episode early pay; 0 = off."""
+    time_to_collision: float = 0.0
+    """Per step, times max(0, 1 - the ego's time to collision with the box it follows / 3 s): a shaping
+    penalty (negative weight) for closing in on a leader before contact; 0 = off."""
 
 
 @dataclass(frozen=True)

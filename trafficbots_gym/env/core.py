@@ -38,7 +38,7 @@ from trafficbots_gym.simulation.simulator import BatchedSimulator, StepOutput
 
 STEP_INFO_KEYS: tuple[str, ...] = ("step", "speed", "acc", "yaw_rate", "jerk", "progress", "route_completion",
                                    "lateral_offset", "dist_to_goal", "log_deviation", "collided", "offroad",
-                                   "red_light", "outside_map", "goal_reached", "dest_reached")
+                                   "red_light", "outside_map", "goal_reached", "dest_reached", "time_to_collision")
 """Per-step metric keys of ``info`` (docs/env.md gives units)."""
 RESET_OPTIONS: tuple[str, ...] = ("scene_index", "scenario_id", "ego")
 """Keys of ``reset(options=...)`` (the vector env adds ``reset_mask``)."""
@@ -375,7 +375,8 @@ class EpisodeBatch:
         events = StepEvents(progress=out.ego_progress - stats.route_s, goal_reached=reached & ~stats.goal_reached,
                             collided=out.ego_collided, offroad=out.ego_offroad, red_light=out.ego_red_light,
                             outside_map=out.ego_outside_map, acc_magnitude=torch.hypot(acc, spd * yaw_rate),
-                            jerk=jerk, log_deviation=out.ego_log_distance, log_valid=out.ego_log_valid)
+                            jerk=jerk, log_deviation=out.ego_log_distance, log_valid=out.ego_log_valid,
+                            time_to_collision=out.ego_time_to_collision)
         rewards = weighted_terms(events, self.config.reward)
         reward = total_reward(rewards)
         self._accumulate(stats, out, events, acc, reward)
@@ -387,7 +388,8 @@ class EpisodeBatch:
                 "lateral_offset": where.lateral.clone(), "dist_to_goal": out.ego_dist_to_goal,
                 "log_deviation": out.ego_log_distance, "collided": out.ego_collided, "offroad": out.ego_offroad,
                 "red_light": out.ego_red_light, "outside_map": out.ego_outside_map,
-                "goal_reached": stats.goal_reached.clone(), "dest_reached": out.ego_dest_reached}
+                "goal_reached": stats.goal_reached.clone(), "dest_reached": out.ego_dest_reached,
+                "time_to_collision": out.ego_time_to_collision}
         return StepResult(reward=reward, terminated=done_terminated, truncated=truncated, info=info,
                           rewards=rewards, episode=self._episode(stats))
 

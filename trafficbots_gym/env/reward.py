@@ -11,6 +11,9 @@ reward = sum over terms of ``RewardConfig.<term> * term value``. Term values (pe
 * ``log_deviation``: distance to the logged ego position of this step in m (0 past the log or where the
   log is invalid)
 * ``log_tracking``: max(0, 1 - that distance / ``LOG_TRACKING_SCALE``) where the log has the ego, else 0
+* ``time_to_collision``: max(0, 1 - the ego's time to collision / ``TTC_SCALE``): 0 with no closing leader
+  or one at least ``TTC_SCALE`` away, 1 at contact (the time to collision follows WOSAC's leader rule,
+  :func:`~trafficbots_gym.simulation.metrics.time_to_collision`)
 """
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ REWARD_TERMS: tuple[str, ...] = tuple(f.name for f in fields(RewardConfig))
 TERMINATION_EVENTS: tuple[str, ...] = tuple(f.name for f in fields(TerminationConfig))
 LOG_TRACKING_SCALE = 5.0
 """m: distance to the logged ego position at which the ``log_tracking`` bonus reaches zero."""
+TTC_SCALE = 3.0
+"""s: time to collision at which the ``time_to_collision`` term reaches zero."""
 
 
 @dataclass
@@ -40,6 +45,7 @@ class StepEvents:
     jerk: torch.Tensor           # m/s^3 (absolute)
     log_deviation: torch.Tensor  # m (0 where the log has no ego position)
     log_valid: torch.Tensor      # bool: the log has the ego's position at this step
+    time_to_collision: torch.Tensor  # s to the box the ego follows (capped at 5 s)
 
 
 def term_values(events: StepEvents) -> dict[str, torch.Tensor]:
@@ -54,6 +60,7 @@ def term_values(events: StepEvents) -> dict[str, torch.Tensor]:
         "comfort_jerk": events.jerk,
         "log_deviation": events.log_deviation,
         "log_tracking": (1.0 - events.log_deviation / LOG_TRACKING_SCALE).clamp(min=0.0) * events.log_valid,
+        "time_to_collision": (1.0 - events.time_to_collision / TTC_SCALE).clamp(min=0.0),
     }
     return {k: v.float() for k, v in values.items()}
 

@@ -1,5 +1,5 @@
-"""Batched, on-device driving metrics over ``[B, A]`` agents: collisions, off-road, red lights, map exit,
-destinations, progress along a logged path, ADE/FDE.
+"""Batched, on-device driving metrics over ``[B, A]`` agents: collisions, time to collision, off-road, red
+lights, map exit, destinations, progress along a logged path, ADE/FDE.
 
 Everything is vectorised torch with fixed shapes (no host syncs, no Python loops over scenes or agents),
 so it runs every simulator step on CPU or GPU. Static per-scene geometry is precomputed once per reset
@@ -9,6 +9,7 @@ Definitions (the reference TrafficBots rule checker, spec §6.4, unless stated):
 
 * **collision**: oriented boxes (logged length x width, optionally scaled) overlap, by the separating
   axis theorem; self pairs, invalid agents and pedestrian-pedestrian pairs are excluded.
+* **time to collision** (WOSAC): gap to the followed box ahead over the closing speed, capped at 5 s.
 * **off-road** (vehicles only; our definition, works for WOMD and SUMO maps alike): the vehicle box
   touches a road-edge segment (classes ROAD_EDGE_BOUNDARY / ROAD_EDGE_MEDIAN; as WOSAC, any part of
   the box past the edge), or its centre is farther than ``max_lane_distance`` (3.5 m: half a wide lane
@@ -46,6 +47,18 @@ RED_LIGHT_LATERAL_TOLERANCE = 2.0
 RED_LIGHT_MAX_ANGLE = math.radians(60.0)
 MIN_PRODUCT_ROWS = 8
 """Row count from which a CPU matrix product gives each row the bits it gets among more rows."""
+
+
+MAX_TIME_TO_COLLISION = 5.0
+"""s: the time to collision reported without a closing leader (WOSAC's cap)."""
+TTC_MAX_HEADING_DIFF = math.radians(75.0)
+TTC_SMALL_OVERLAP = 0.5
+TTC_SMALL_OVERLAP_HEADING_DIFF = math.radians(10.0)
+
+
+def wrap_angle(x: torch.Tensor) -> torch.Tensor:
+    """Wrap angles to [-pi, pi)."""
+    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -124,6 +137,39 @@ def collisions(state: AgentState, size: torch.Tensor, agent_type: torch.Tensor, 
     ped_pair = ped_q.unsqueeze(2) & ped.unsqueeze(1)
     not_self = slot_q.unsqueeze(-1) != slots
     return (overlap & pair_valid & ~ped_pair & not_self).any(-1)
+
+
+def time_to_collision(pos: torch.Tensor, yaw: torch.Tensor, size: torch.Tensor, speed: torch.Tensor,
+                      pos_o: torch.Tensor, yaw_o: torch.Tensor, size_o: torch.Tensor, speed_o: torch.Tensor,
+                      valid_o: torch.Tensor) -> torch.Tensor:
+    """WOSAC time to collision (s) of boxes ``[..., E]`` with the box they follow among ``[..., O]``.
+
+    The leader is the nearest box ahead of the front bumper whose heading differs by at most 75 deg, that
+    overlaps the follower's straight trail laterally, and (for an overlap under 0.5 m) whose heading
+    differs by at most 10 deg. TTC = gap / closing speed, capped at 5 s (5 s without a closing leader).
+    """
+    e = pos.unsqueeze(-2)                                       # [..., E, 1, 2]
+    yaw_e, half_l, half_w = yaw.unsqueeze(-1), 0.5 * size[..., 0].unsqueeze(-1), 0.5 * size[..., 1].unsqueeze(-1)
+    yaw_diff = wrap_angle(yaw_o.unsqueeze(-2) - yaw_e).abs()    # [..., E, O]
+    c, s = torch.cos(yaw_diff).abs(), torch.sin(yaw_diff).abs()
+    lo, wo = 0.5 * size_o[..., 0].unsqueeze(-2), 0.5 * size_o[..., 1].unsqueeze(-2)
+    long_offset, lat_offset = lo * c + wo * s, lo * s + wo * c
+    d = pos_o.unsqueeze(-3) - e
+    ce, se = torch.cos(yaw_e), torch.sin(yaw_e)
+    rel_x = d[..., 0] * ce + d[..., 1] * se
+    rel_y = -d[..., 0] * se + d[..., 1] * ce
+    gap = rel_x - half_l - long_offset
+    lat_overlap = rel_y.abs() - half_w - lat_offset
+    following = ((gap > 0) & (yaw_diff <= TTC_MAX_HEADING_DIFF) & (lat_overlap < 0)
+                 & ((lat_overlap < -TTC_SMALL_OVERLAP) | (yaw_diff <= TTC_SMALL_OVERLAP_HEADING_DIFF))
+                 & valid_o.unsqueeze(-2))
+    gap = gap.masked_fill(~following, float("inf"))
+    best, j = gap.min(-1)
+    lead_speed = torch.gather(speed_o.unsqueeze(-2).expand_as(gap), -1, j.unsqueeze(-1)).squeeze(-1)
+    closing = speed - lead_speed
+    ttc = torch.where(torch.isfinite(best) & (closing > 0), best / closing.clamp(min=1e-6),
+                      torch.full_like(best, MAX_TIME_TO_COLLISION))
+    return ttc.clamp(max=MAX_TIME_TO_COLLISION)
 
 
 # ----------------------------------------------------------------------------------------------------

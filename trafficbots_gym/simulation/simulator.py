@@ -64,6 +64,7 @@ class StepOutput:
     ego_dest_reached: torch.Tensor  # [B] bool (false where the destination is unknown)
     ego_log_distance: torch.Tensor  # [B] m from the ego to its logged position at ``step`` (0 if no log)
     ego_log_valid: torch.Tensor     # [B] bool, the ego's log exists at ``step``
+    ego_time_to_collision: torch.Tensor  # [B] s to the box the ego follows (capped at 5 s; WOSAC's rule)
 
 
 class BatchedSimulator:
@@ -319,12 +320,16 @@ class BatchedSimulator:
         dest_ok = _require(self._ego_dest).reached(ego_state).squeeze(1) & batch.agent_dest_known
         log_valid = log.valid[rows, e]
         log_dist = torch.where(log_valid, (ego_pos - log.pos[rows, e]).norm(dim=-1), torch.zeros_like(progress))
+        ego_size = batch.agent_size[rows, e].unsqueeze(1)
+        ttc = metrics.time_to_collision(ego_state.pos, ego_state.yaw, ego_size, ego_state.spd, state.pos, state.yaw,
+                                        batch.agent_size, state.spd, state.valid).squeeze(1)
         return StepOutput(state=state, step=t, collided=collided, offroad=off, red_light=red, outside_map=out,
                           ego_collided=ego_flags[0], ego_offroad=ego_flags[1], ego_red_light=ego_flags[2],
                           ego_outside_map=out[rows, e], ego_progress=progress,
                           ego_path_length=ego_path.length.squeeze(1),
                           ego_dist_to_goal=(ego_pos - batch.agent_goal[rows, e, :2]).norm(dim=-1),
-                          ego_dest_reached=dest_ok, ego_log_distance=log_dist, ego_log_valid=log_valid)
+                          ego_dest_reached=dest_ok, ego_log_distance=log_dist, ego_log_valid=log_valid,
+                          ego_time_to_collision=ttc)
 
     def _new_rows(self, batch: SceneBatch, ego_index: torch.Tensor,
                   env_ids: torch.Tensor) -> tuple[SceneBatch, torch.Tensor]:

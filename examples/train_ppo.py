@@ -26,8 +26,8 @@ after it are not counted). ``--reward`` overrides reward weights of the training
 ``--reward log_deviation=-0.02``). Writes TensorBoard logs (``OUT/tb``; besides SB3's scalars,
 ``episodes/goal_rate``, ``collision_rate``, ``offroad_rate``, ``route_completion`` of the training episodes
 finished in each rollout), periodic checkpoints (``OUT/checkpoints``), the final policy
-(``OUT/policy.zip``, without the optimizer's moments and the last collected batch), ``OUT/progress.csv`` (those episode rates per rollout,
-with env steps and wall time), then benchmarks the policy with ``trafficbots-bench`` code against the
+(``OUT/policy.zip``, without the optimizer's moments and the last collected batch), ``OUT/progress.csv``
+(those episode rates per rollout, with env steps and wall time), then benchmarks the policy with ``trafficbots-bench`` code against the
 ``--bench-backgrounds`` (goal, collision, off-road, ... in ``OUT/bench``).
 """
 from __future__ import annotations

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from trafficbots_gym.benchmarks.realism import wrap_angle
+from trafficbots_gym.simulation.dynamics import wrap_angle
 from trafficbots_gym.data.constants import DT, STEP_CURRENT, AgentType, TLState
 from trafficbots_gym.env.vector_env import TrafficBotsVecEnv
 from trafficbots_gym.simulation.dynamics import action_limits

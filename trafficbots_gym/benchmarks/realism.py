@@ -25,7 +25,8 @@ import torch
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import DT, STEP_CURRENT, AgentRole, AgentType
 from trafficbots_gym.simulation import metrics
-from trafficbots_gym.simulation.metrics import EDGE_CANDIDATES, MapGeometry, time_to_collision, wrap_angle
+from trafficbots_gym.simulation.dynamics import wrap_angle
+from trafficbots_gym.simulation.metrics import EDGE_CANDIDATES, MapGeometry, time_to_collision
 from trafficbots_gym.simulation.state import AgentState
 
 

@@ -1,7 +1,6 @@
 """Input encoders: pose encoding, attribute+pose token encoder and the polyline map encoder."""
 from __future__ import annotations
 
-import math
 
 import torch
 from torch import Tensor, nn
@@ -20,11 +19,6 @@ def sinusoid_freqs(n_freq: int, theta: float) -> Tensor:
 def harmonic_freqs(n_freq: int) -> Tensor:
     """Integer harmonics 1..n_freq, each repeated twice (the reference buffer layout)."""
     return (torch.arange(0, n_freq) + 1.0).repeat_interleave(2, 0)
-
-
-def wrap_angle(yaw: Tensor) -> Tensor:
-    """Wrap angles to [-pi, pi)."""
-    return torch.remainder(yaw + math.pi, 2 * math.pi) - math.pi
 
 
 class PosePE(nn.Module):

@@ -22,10 +22,11 @@ from trafficbots_gym.model.action_head import ActionHead
 from trafficbots_gym.model.config import TrafficBotsConfig
 from trafficbots_gym.model.destination import N_DEST_TYPES, DestPredictor, destination_mask
 from trafficbots_gym.model.distributions import DiagGaussian
-from trafficbots_gym.model.encoders import InputPeEncoder, MapEncoder, PosePE, wrap_angle
+from trafficbots_gym.model.encoders import InputPeEncoder, MapEncoder, PosePE
 from trafficbots_gym.model.latent import LatentHead
 from trafficbots_gym.model.layers import (GRU, CrossAttentionLayer, KeyValue, ResidualFusion, TransformerBlock,
                                           gru_step, interact, make_gru)
+from trafficbots_gym.simulation.dynamics import wrap_angle
 
 
 @dataclass

@@ -7,6 +7,7 @@ unbounded Gaussian output u maps through ``a = tanh(u)``. Yaw is never wrapped h
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 
@@ -16,6 +17,11 @@ ACTION_LIMITS = torch.tensor([[5.0, 1.5],   # vehicle: max |acc| (m/s^2), max |y
                               [7.0, 7.0],   # pedestrian
                               [6.0, 3.0]])  # cyclist
 """[3, 2] per AgentType limits of (acceleration, yaw rate), as the reference configuration."""
+
+
+def wrap_angle(x: torch.Tensor) -> torch.Tensor:
+    """Wrap angles to [-pi, pi)."""
+    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
 
 
 @functools.lru_cache(maxsize=None)

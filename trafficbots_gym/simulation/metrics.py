@@ -32,6 +32,7 @@ import torch
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import (ROAD_EDGE_TYPES, STEP_CURRENT, VEHICLE_LANE_TYPES, AgentType,
                                             TLState)
+from trafficbots_gym.simulation.dynamics import wrap_angle
 from trafficbots_gym.simulation.state import AgentState
 
 MAX_LANE_DISTANCE = 3.5
@@ -54,11 +55,6 @@ MAX_TIME_TO_COLLISION = 5.0
 TTC_MAX_HEADING_DIFF = math.radians(75.0)
 TTC_SMALL_OVERLAP = 0.5
 TTC_SMALL_OVERLAP_HEADING_DIFF = math.radians(10.0)
-
-
-def wrap_angle(x: torch.Tensor) -> torch.Tensor:
-    """Wrap angles to [-pi, pi)."""
-    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
 
 
 # ----------------------------------------------------------------------------------------------------

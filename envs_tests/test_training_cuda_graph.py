@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.model.graphed_training import GraphedLossBackward, batch_signature
-from trafficbots_gym.model.losses import training_losses
+from trafficbots_gym.model.losses import LossConfig, training_losses
 from trafficbots_gym.model.rollout import rollout
 from training.lightning_module import TrafficBotsModule
 from training.run import run
@@ -20,14 +20,16 @@ from conftest import TINY_MODEL, tiny_model
 from test_perf_batched_step import HostOps
 from test_training_pipeline import make_cfg
 
+SAFETY = LossConfig(w_collision=1.0, w_offroad=1.0)
+"""The training loss with the optional collision and off-road terms (capturable too)."""
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def _deterministic_loss(model: torch.nn.Module):
-    """Reactive-replay losses: no sampling, so eager and replayed passes must agree exactly."""
+    """Reactive-replay losses (with the safety terms): no sampling, so eager and replayed passes must agree."""
     def loss_fn(batch: SceneBatch) -> dict[str, torch.Tensor]:
         out = rollout(model, batch, procedure="reactive_replay", n_steps=15, check_destinations=False)
-        return training_losses(out, batch)
+        return training_losses(out, batch, SAFETY)
     return loss_fn
 
 
@@ -42,7 +44,7 @@ def test_training_rollout_losses_and_backward_run_without_host_sync_or_host_data
     rollout(model, reference_batch, procedure="training", n_steps=12, check_destinations=False)  # fills caches
     with HostOps() as ops:
         out = rollout(model, reference_batch, procedure="training", n_steps=12, check_destinations=False)
-        training_losses(out, reference_batch)["loss"].backward()
+        training_losses(out, reference_batch, SAFETY)["loss"].backward()
     assert ops.found == []
 
 

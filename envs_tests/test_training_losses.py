@@ -113,7 +113,8 @@ def test_training_losses_weight_the_terms_like_the_reference(reference_batch: Sc
     out.latent_prior = Gaussian(torch.zeros(b, a, 16), torch.zeros(16), valid)
     out.dest_logits, out.dest_valid = torch.zeros(b, a, 1024), valid
     losses = training_losses(out, reference_batch)
-    assert set(losses) == {"loss", "imitation", "kl", "dest_nll"}
+    assert set(losses) == {"loss", "imitation", "kl", "dest_nll", "collision", "offroad"}
+    assert losses["collision"].item() == 0.0 and losses["offroad"].item() == 0.0  # off by default
     assert all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
     assert losses["imitation"].item() == pytest.approx(0.15, rel=1e-5)
     assert losses["kl"].item() == pytest.approx(8.0)

@@ -9,6 +9,9 @@ All terms follow the reference ``TrainingMetrics`` (spec §5.1):
   agents valid in the posterior that have at least one valid prediction;
 * destination NLL ``-log p(dest_gt)`` averaged over agents with a known destination and a valid prediction.
 
+Two optional terms are ours (weights 0 = the reference loss): the collision and off-road penalties of
+:mod:`trafficbots_gym.model.safety_losses`, averaged over the simulated future agent-steps.
+
 Rollout tensors use the rollout layout ``[B, T_sim, A, ...]`` where index ``i`` is absolute step
 ``i + 1`` (step 0 is the logged initial state); log tensors come from a ``SceneBatch`` ``[B, T, A, ...]``.
 """
@@ -22,6 +25,7 @@ import torch.nn.functional as F
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import STEP_CURRENT
+from trafficbots_gym.model.safety_losses import collision_penalty, offroad_penalty
 
 
 class DiagGaussianLike(Protocol):
@@ -57,9 +61,13 @@ class LossConfig:
     w_spd: float = 0.1
     kl_free_nats: float = 0.01
     step_start: int = STEP_CURRENT + 1
+    w_collision: float = 0.0
+    """Soft box overlap with the nearest agents (``safety_losses.collision_penalty``); 0 = off."""
+    w_offroad: float = 0.0
+    """Road-edge contact and lane distance of vehicles (``safety_losses.offroad_penalty``); 0 = off."""
 
     def __post_init__(self) -> None:
-        for name in ("w_imitation", "w_kl", "w_dest", "w_pos", "w_yaw", "w_spd"):
+        for name in ("w_imitation", "w_kl", "w_dest", "w_pos", "w_yaw", "w_spd", "w_collision", "w_offroad"):
             if getattr(self, name) < 0:
                 raise ValueError(f"LossConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.step_start < 1:
@@ -82,10 +90,15 @@ def imitation_per_step(pred_pos: torch.Tensor, pred_yaw: torch.Tensor, pred_spd:
     return w_pos * pos + w_yaw * yaw + w_spd * spd
 
 
+def future_mask(pred_valid: torch.Tensor, step_start: int) -> torch.Tensor:
+    """[B, T_sim, A] simulated agent-steps from ``step_start`` on (with or without a logged state)."""
+    steps = torch.arange(1, pred_valid.shape[1] + 1, device=pred_valid.device)
+    return pred_valid & (steps >= step_start)[None, :, None]
+
+
 def imitation_mask(pred_valid: torch.Tensor, gt_valid: torch.Tensor, step_start: int) -> torch.Tensor:
     """[B, T_sim, A] agent-steps scored by the imitation loss (rollout index i = absolute step i + 1)."""
-    steps = torch.arange(1, pred_valid.shape[1] + 1, device=pred_valid.device)
-    return pred_valid & gt_valid & (steps >= step_start)[None, :, None]
+    return future_mask(pred_valid, step_start) & gt_valid
 
 
 def imitation_loss(out: RolloutLike, batch: SceneBatch, cfg: LossConfig = LossConfig()) -> torch.Tensor:
@@ -130,9 +143,10 @@ def dest_nll(logits: torch.Tensor, dest: torch.Tensor, mask: torch.Tensor) -> to
 
 
 def training_losses(out: RolloutLike, batch: SceneBatch, cfg: LossConfig = LossConfig()) -> dict[str, torch.Tensor]:
-    """``loss`` (weighted total), ``imitation``, ``kl`` and ``dest_nll`` as scalar tensors.
+    """``loss`` (weighted total), ``imitation``, ``kl``, ``dest_nll``, ``collision`` and ``offroad`` as scalars.
 
-    A term whose inputs the rollout did not produce (no latent, no destination head) is 0.
+    A term whose inputs the rollout did not produce (no latent, no destination head), or whose weight is 0
+    (collision, off-road: not computed then), is 0.
     """
     predicted = out.pred_valid.any(1)  # [B, A]: at least one valid prediction
     imitation = imitation_loss(out, batch, cfg)
@@ -145,5 +159,14 @@ def training_losses(out: RolloutLike, batch: SceneBatch, cfg: LossConfig = LossC
         dest_valid = out.dest_valid if out.dest_valid is not None else torch.ones_like(predicted)
         known = batch.agent_dest_known.to(predicted.device)[:, None]
         nll = dest_nll(out.dest_logits, batch.agent_dest, dest_valid & predicted & known)
-    total = cfg.w_imitation * imitation + cfg.w_kl * kl + cfg.w_dest * nll
-    return {"loss": total, "imitation": imitation, "kl": kl, "dest_nll": nll}
+    future = future_mask(out.pred_valid, cfg.step_start)
+    collision = offroad = zero
+    if cfg.w_collision > 0:
+        collision = masked_mean(collision_penalty(out.pred_pos, out.pred_yaw, future, batch.agent_size,
+                                                  batch.agent_type), future)
+    if cfg.w_offroad > 0:
+        offroad = masked_mean(offroad_penalty(out.pred_pos, out.pred_yaw, future, batch), future)
+    total = (cfg.w_imitation * imitation + cfg.w_kl * kl + cfg.w_dest * nll + cfg.w_collision * collision
+             + cfg.w_offroad * offroad)
+    return {"loss": total, "imitation": imitation, "kl": kl, "dest_nll": nll, "collision": collision,
+            "offroad": offroad}

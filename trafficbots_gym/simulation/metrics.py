@@ -195,9 +195,11 @@ class PolylineSet:
     @staticmethod
     def select(pos: torch.Tensor, vec: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor,
                capacity: int | None = None) -> "PolylineSet":
-        """The polylines of ``mask`` [B, P] first, padded to ``capacity`` (default: the largest count)."""
-        count = int(mask.sum(-1).max()) if mask.numel() else 0
-        capacity = max(count if capacity is None else capacity, 1)
+        """The polylines of ``mask`` [B, P] first, padded to ``capacity`` (default: the largest count, which
+        costs a host synchronisation; a given capacity, e.g. P, keeps the call capturable in a CUDA graph)."""
+        if capacity is None:
+            capacity = int(mask.sum(-1).max()) if mask.numel() else 0
+        capacity = max(capacity, 1)
         order = torch.argsort((~mask).to(torch.uint8), dim=-1, stable=True)
         if order.shape[-1] < capacity:
             order = torch.cat([order, order[..., :1].expand(*order.shape[:-1], capacity - order.shape[-1])], -1)
@@ -335,8 +337,7 @@ def _polyline_obbs(pos: torch.Tensor, vec: torch.Tensor,
     last = torch.gather(pos + vec, -2, last_idx[..., None, None].expand(*last_idx.shape, 1, 2)).squeeze(-2)
     chord = last - first
     chord_len = chord.norm(dim=-1, keepdim=True)
-    x_axis = torch.zeros_like(chord)
-    x_axis[..., 0] = 1.0
+    x_axis = torch.stack([torch.ones_like(chord[..., 0]), torch.zeros_like(chord[..., 0])], dim=-1)
     axis = torch.where(chord_len > 1e-6, chord / chord_len.clamp(min=1e-6), x_axis)
     normal = torch.stack([-axis[..., 1], axis[..., 0]], dim=-1)
     along = (points * axis.unsqueeze(-2)).sum(-1)

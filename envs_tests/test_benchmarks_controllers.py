@@ -147,6 +147,14 @@ def test_unknown_controller_and_missing_model_are_refused_by_name(tmp_path):
         make_controller(str(tmp_path / "missing.zip"))
 
 
+def test_shipped_ppo_policy_is_a_builtin_controller_that_reaches_most_held_out_goals():
+    controller = make_controller("ppo", device="cpu")
+    assert controller.name == "ppo" and controller.env_overrides == {"obs_mode": "flat", "action_mode": "continuous"}
+    result = run_pair(controller, "log_replay", episodes=8, seed=0, num_envs=8)  # embedded held-out scenes
+    assert result.goal_reached.mean() >= 0.5
+    assert result.progress.mean() > 20.0
+
+
 # ------------------------------------------------------------------------------------ episodes
 @pytest.fixture(scope="module")
 def womd_runs(womd_scene) -> dict:

@@ -1,8 +1,10 @@
 """Render one scene closed-loop twice, side by side: log-replay background | TrafficBots background.
 
-    python examples/render_episode.py --out side_by_side.mp4 [--scene-index 0] [--seed 0] [--device auto]
+    python examples/render_episode.py --out side_by_side.mp4 [--ego route|ppo|PATH.zip] [--scene-index 0]
+                                      [--seed 0] [--device auto]
 
-Both runs use the same scene, seed and ego controller (the route follower of ``run_episode.py``), so
+Both runs use the same scene, seed and ego controller (``--ego`` as in ``run_episode.py``: its route
+follower by default, ``ppo`` for the shipped PPO policy, or a Stable-Baselines3 model .zip), so
 the only difference is the background: on the left the other agents replay their log and ignore the
 ego; on the right the learned TrafficBots policy drives them and reacts to it. The shorter episode
 holds its last frame. Prints both runs' metrics.
@@ -11,8 +13,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
-from run_episode import Episode, add_common_args, drive, make_env, summary_table
+from run_episode import Episode, add_common_args, drive, load_policy, make_controller, make_env_for, summary_table
 
 from trafficbots_gym.rendering.video import hstack_frames, write_video
 
@@ -20,11 +23,12 @@ LEFT, RIGHT = "log_replay", "trafficbots"
 LABELS = ("log replay", "TrafficBots")
 
 
-def run(background: str, args: argparse.Namespace) -> tuple[Episode, int]:
-    """One rendered episode with ``background``, and the env's render fps."""
-    env = make_env(background, args.device, args.camera, args.steps, args.scenes, args.checkpoint)
+def run(background: str, args: argparse.Namespace, policy: Any | None) -> tuple[Episode, int]:
+    """One rendered episode with ``background`` and the ego ``policy`` (None: route follower), and the fps."""
+    env = make_env_for(policy, args, background)
     try:
-        return drive(env, args.scene_index, args.seed, desc=background), env.metadata.get("render_fps", 10)
+        episode = drive(env, args.scene_index, args.seed, desc=background, controller=make_controller(env, policy))
+        return episode, env.metadata.get("render_fps", 10)
     finally:
         env.close()
 
@@ -34,8 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("side_by_side.mp4"), help="video file (.mp4 or .gif)")
     add_common_args(parser)
     args = parser.parse_args(argv)
-    left, fps = run(LEFT, args)
-    right, _ = run(RIGHT, args)
+    policy = load_policy(args.ego)
+    left, fps = run(LEFT, args, policy)
+    right, _ = run(RIGHT, args, policy)
     n = max(len(left.frames), len(right.frames))
     frames = (hstack_frames(left.frames[min(k, len(left.frames) - 1)], right.frames[min(k, len(right.frames) - 1)],
                             LABELS) for k in range(n))

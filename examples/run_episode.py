@@ -1,19 +1,22 @@
-"""Drive one TrafficBots-v0 episode with a built-in route follower, render it and print its metrics.
+"""Drive one TrafficBots-v0 episode with a route follower or a trained policy, render it, print its metrics.
 
-    python examples/run_episode.py --out episode.gif [--scene-index 0] [--background trafficbots]
-                                   [--device auto] [--seed 0] [--steps 80] [--camera ego]
+    python examples/run_episode.py --out episode.gif [--ego route|ppo|PATH.zip] [--scene-index 0]
+                                   [--background trafficbots] [--device auto] [--seed 0] [--steps 80]
+                                   [--camera ego]
 
-The ego follows its logged route: pure pursuit on the route waypoints of the observation for steering,
-and an IDM car-follower for speed, whose leader is the nearest agent on the route ahead or a red light
-across it, cruising at the pace that reaches the logged goal when the log does. Every step is
-rendered (``render_mode="rgb_array"``) into the MP4 / GIF ``--out``.
+``--ego route`` (the default) follows the logged route: pure pursuit on the route waypoints of the
+observation for steering, and an IDM car-follower for speed, whose leader is the nearest agent on the
+route ahead or a red light across it, cruising at the pace that reaches the logged goal when the log
+does. ``--ego ppo`` drives with the shipped PPO policy (``trafficbots_gym/assets/policies``), ``--ego
+PATH.zip`` with any Stable-Baselines3 model trained on TrafficBots-v0 (e.g. by ``train_ppo.py``;
+deterministic actions). Every step is rendered (``render_mode="rgb_array"``) into the MP4 / GIF ``--out``.
 """
 from __future__ import annotations
 
 import argparse
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 import trafficbots_gym  # noqa: F401  (registers TrafficBots-v0)
+from trafficbots_gym.benchmarks.ego_controllers import SHIPPED_PPO_POLICY, sb3_algorithm
 from trafficbots_gym.env.config import BACKGROUNDS, LOG_HORIZON
 from trafficbots_gym.env.observation import (
     AGENT_FEATURES, EGO_FEATURES, GOAL_DISTANCE_SCALE, GOAL_FEATURES, LENGTH_SCALE, ROUTE_FEATURES,
@@ -171,10 +175,24 @@ class Episode:
     wall_s: float
 
 
+Controller = Callable[[Any], np.ndarray]
+"""Maps one observation of the env to its action."""
+
+
+def load_policy(ego: str) -> Any | None:
+    """The Stable-Baselines3 model of ``--ego`` (``ppo`` = the shipped policy, or a .zip path); None for route."""
+    if ego == "route":
+        return None
+    path = SHIPPED_PPO_POLICY if ego == "ppo" else Path(ego)
+    if path.suffix != ".zip" or not path.is_file():
+        raise SystemExit(f"--ego {ego!r}: expected 'route', 'ppo' or an existing Stable-Baselines3 model .zip")
+    return sb3_algorithm(path).load(path, device="cpu")
+
+
 def make_env(background: str, device: str, camera: str, steps: int | None, scenes: str | None,
-             checkpoint: str | None) -> gym.Env:
-    """``TrafficBots-v0`` with dict observations and rgb_array rendering."""
-    kwargs: dict[str, Any] = {"background": background, "device": device, "obs_mode": "dict",
+             checkpoint: str | None, obs_mode: str = "dict") -> gym.Env:
+    """``TrafficBots-v0`` with rgb_array rendering (dict observations, as the route follower reads them)."""
+    kwargs: dict[str, Any] = {"background": background, "device": device, "obs_mode": obs_mode,
                               "render_camera": camera}
     if steps is not None:
         kwargs["horizon"] = steps
@@ -185,10 +203,29 @@ def make_env(background: str, device: str, camera: str, steps: int | None, scene
     return gym.make("TrafficBots-v0", render_mode="rgb_array", **kwargs)
 
 
-def drive(env: gym.Env, scene_index: int, seed: int, render: bool = True, desc: str = "episode") -> Episode:
-    """Run one episode of scene ``scene_index`` with :class:`RouteFollower`, rendering every step."""
+def make_env_for(policy: Any | None, args: argparse.Namespace, background: str) -> gym.Env:
+    """The env of ``args`` for ``policy`` (its observation mode; dict observations for the route follower)."""
+    obs_mode = "dict" if policy is None or isinstance(policy.observation_space, gym.spaces.Dict) else "flat"
+    return make_env(background, args.device, args.camera, args.steps, args.scenes, args.checkpoint, obs_mode)
+
+
+def make_controller(env: gym.Env, policy: Any | None) -> Controller:
+    """The route follower for ``env`` (``policy`` None), or the policy's deterministic action."""
+    if policy is None:
+        config = env.unwrapped.config  # type: ignore[attr-defined]
+        return RouteFollower(config.obs_range, config.horizon)
+    if policy.observation_space != env.observation_space:
+        raise SystemExit(f"the policy's observation space {policy.observation_space} differs from the env's "
+                         f"{env.observation_space}: run it with the env settings it was trained with")
+    return lambda obs: policy.predict(obs, deterministic=True)[0]
+
+
+def drive(env: gym.Env, scene_index: int, seed: int, render: bool = True, desc: str = "episode",
+          controller: Controller | None = None) -> Episode:
+    """Run one episode of scene ``scene_index`` with ``controller`` (default: the route follower), rendering
+    every step."""
     config = env.unwrapped.config  # type: ignore[attr-defined]
-    controller = RouteFollower(config.obs_range, config.horizon)
+    controller = controller or make_controller(env, None)
     t0 = time.perf_counter()
     obs, info = env.reset(seed=seed, options={"scene_index": scene_index})
     frames = [env.render()] if render else []
@@ -240,6 +277,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camera", choices=("ego", "scene"), default="ego")
     parser.add_argument("--scenes", default=None, help="H5 file or folder (default: the embedded scenes)")
     parser.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: the shipped one)")
+    parser.add_argument("--ego", default="route",
+                        help="route (route follower), ppo (the shipped PPO policy) or a Stable-Baselines3 .zip")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -248,9 +287,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--background", choices=BACKGROUNDS, default="trafficbots")
     add_common_args(parser)
     args = parser.parse_args(argv)
-    env = make_env(args.background, args.device, args.camera, args.steps, args.scenes, args.checkpoint)
+    policy = load_policy(args.ego)
+    env = make_env_for(policy, args, args.background)
     try:
-        episode = drive(env, args.scene_index, args.seed)
+        episode = drive(env, args.scene_index, args.seed, controller=make_controller(env, policy))
         fps = env.metadata.get("render_fps", 10)
     finally:
         env.close()

@@ -9,7 +9,7 @@
         --bench-backgrounds log_replay constant_velocity
 
     # GPU run (8 minutes of training on one H100 80GB: goal rate 0.82 on held-out scenes under learned
-    # traffic; docs/benchmarks.md, run D):
+    # traffic; docs/benchmarks.md, run D; with --max-minutes 7 it made the shipped policy, controller "ppo"):
     python examples/train_ppo.py --timesteps 50000000 --max-minutes 8 --num-envs 1024 --n-steps 32 --batch-size 8192 \
         --n-epochs 4 --net-arch 256,256 --device cuda --policy-precision bf16 --reset-pool 1024 \
         --reward log_tracking=0.1 collision=-5 offroad=-5 goal_reached=5 --eval-freq 100000000 \

@@ -1,6 +1,6 @@
 """``trafficbots-bench``: ego controllers x background agents, batched, with 95% confidence intervals.
 
-    trafficbots-bench --controller expert constant_velocity idm random [PATH.zip ...]
+    trafficbots-bench --controller expert constant_velocity idm random ppo [PATH.zip ...]
                       --background log_replay trafficbots constant_velocity [idm mixed]
                       [--scenes PATH | --split validation] [--episodes 100] [--seed 0] [--out bench_results]
                       [--device auto] [--checkpoint PATH] [--num-envs 64] [--horizon 80] [--count-after-goal]

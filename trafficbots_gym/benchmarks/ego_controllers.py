@@ -11,6 +11,8 @@
   (or a red/yellow stop point it can still stop for), desired speed = the ego's top logged speed, and
   pure-pursuit steering towards a route point one second ahead (at least 4 m).
 * ``random``: uniform normalised actions from a seeded generator.
+* ``ppo``: the shipped PPO ego policy (``assets/policies/ppo_ego.zip``, trained for 7 minutes on one H100
+  80GB against the learned background; its card is ``assets/policies/POLICY_CARD.md``).
 * ``PATH.zip``: a trained Stable-Baselines3 policy (deterministic actions) on the env's observations.
 
 A controller exposes ``env_overrides`` (the env keys it needs, e.g. the action mode), ``reset(env, seed)``
@@ -28,16 +30,17 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from trafficbots_gym.simulation.dynamics import wrap_angle
 from trafficbots_gym.data.constants import DT, STEP_CURRENT, AgentType, TLState
 from trafficbots_gym.env.vector_env import TrafficBotsVecEnv
-from trafficbots_gym.simulation.dynamics import action_limits
+from trafficbots_gym.simulation.dynamics import action_limits, wrap_angle
 from trafficbots_gym.simulation.idm import IDMParams, idm_acceleration
 from trafficbots_gym.simulation.metrics import LoggedPath, path_progress
 from trafficbots_gym.simulation.state import AgentState
 
-BUILTIN_CONTROLLERS: tuple[str, ...] = ("expert", "constant_velocity", "idm", "random")
+BUILTIN_CONTROLLERS: tuple[str, ...] = ("expert", "constant_velocity", "idm", "random", "ppo")
 """Controller names; any path ending in ``.zip`` is a Stable-Baselines3 policy."""
+SHIPPED_PPO_POLICY = Path(__file__).resolve().parent.parent / "assets" / "policies" / "ppo_ego.zip"
+"""The Stable-Baselines3 PPO ego policy behind the controller name ``ppo``."""
 EXPERT_LOOKAHEAD = 5
 """Steps ahead (0.5 s) on the log that the expert aims at."""
 
@@ -249,11 +252,11 @@ class SB3Controller:
     action modes of the model's spaces; other observation settings must be the env defaults.
     """
 
-    def __init__(self, path: str | Path, device: str | torch.device = "auto") -> None:
+    def __init__(self, path: str | Path, device: str | torch.device = "auto", name: str | None = None) -> None:
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"no Stable-Baselines3 model at {self.path}")
-        self.name = self.path.name
+        self.name = name or self.path.name
         self.model = sb3_algorithm(self.path).load(self.path, device=str(device))
         obs_mode = "dict" if isinstance(self.model.observation_space, spaces.Dict) else "flat"
         action_mode = "discrete" if isinstance(self.model.action_space, spaces.Discrete) else "continuous"
@@ -295,6 +298,8 @@ def make_controller(spec: str, device: str | torch.device = "auto") -> EgoContro
                                  "idm": IDMController, "random": RandomController}
     if spec in builtins:
         return builtins[spec]()
+    if spec == "ppo":
+        return SB3Controller(SHIPPED_PPO_POLICY, device, name="ppo")
     if spec.endswith(".zip"):
         return SB3Controller(spec, device)
     raise ValueError(f"unknown controller {spec!r}; valid: {', '.join(BUILTIN_CONTROLLERS)} or a path to an "

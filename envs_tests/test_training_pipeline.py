@@ -55,6 +55,16 @@ def test_fast_dev_run_fit_on_two_scenes_gives_finite_losses_and_closed_loop_metr
     assert (tmp_path / "export" / "last.safetensors").is_file()
 
 
+def test_fit_with_the_collision_and_offroad_terms_logs_them(tmp_path: Path) -> None:
+    metrics = run(make_cfg(tmp_path, "trainer.fast_dev_run=true", "model.loss.w_collision=1.0",
+                           "model.loss.w_offroad=0.5"))
+    for key in ("collision", "offroad"):
+        assert math.isfinite(metrics[f"train/{key}"]) and metrics[f"train/{key}"] > 0.0, key  # a random policy errs
+    parts = metrics["train/imitation"] + 0.1 * metrics["train/kl"] + metrics["train/dest_nll"]
+    total = parts + metrics["train/collision"] + 0.5 * metrics["train/offroad"]
+    assert metrics["train/loss"] == pytest.approx(total, rel=1e-4)
+
+
 def test_loss_decreases_when_overfitting_one_repeated_batch(reference_scenes: list[Scene]) -> None:
     torch.manual_seed(0)
     batch = SceneBatch.from_scenes(reference_scenes[1:])

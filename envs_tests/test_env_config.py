@@ -103,6 +103,7 @@ def test_discrete_grid_is_acceleration_major_and_spans_the_limits():
 def _events(n: int = 2, **overrides) -> StepEvents:
     base = {name: torch.zeros(n) for name in ("progress", "acc_magnitude", "jerk", "log_deviation")}
     base["time_to_collision"] = torch.full((n,), 5.0)
+    base["overspeed"] = torch.zeros(n)
     base.update({name: torch.zeros(n, dtype=torch.bool)
                  for name in ("goal_reached", "collided", "offroad", "red_light", "outside_map", "log_valid")})
     base.update(overrides)
@@ -117,7 +118,7 @@ def test_reward_is_the_weighted_sum_of_terms():
     expected = torch.tensor([2.0 * cfg.progress + cfg.comfort_acc, cfg.collision])
     assert torch.allclose(total_reward(terms), expected)
     assert set(terms) == {"progress", "goal_reached", "collision", "offroad", "red_light", "comfort_acc",
-                          "comfort_jerk", "log_deviation", "log_tracking", "time_to_collision"}
+                          "comfort_jerk", "log_deviation", "log_tracking", "time_to_collision", "overspeed"}
 
 
 def test_log_tracking_bonus_falls_linearly_to_zero_at_five_metres_and_is_zero_without_a_log():
@@ -133,6 +134,13 @@ def test_time_to_collision_penalty_grows_as_the_leader_gets_closer_in_time_and_i
     terms = weighted_terms(events, RewardConfig(time_to_collision=-1.0, comfort_acc=0.0, comfort_jerk=0.0))
     assert terms["time_to_collision"].tolist() == pytest.approx([0.0, 0.0, -0.5, -1.0])
     assert weighted_terms(events, RewardConfig())["time_to_collision"].abs().sum() == 0
+
+
+def test_overspeed_penalty_is_per_metre_per_second_above_the_logged_top_speed_and_off_by_default():
+    events = _events(3, overspeed=torch.tensor([0.0, 0.5, 4.0]))
+    terms = weighted_terms(events, RewardConfig(overspeed=-0.2, comfort_acc=0.0, comfort_jerk=0.0))
+    assert terms["overspeed"].tolist() == pytest.approx([0.0, -0.1, -0.8])
+    assert weighted_terms(events, RewardConfig())["overspeed"].abs().sum() == 0
 
 
 def test_termination_events_are_switchable():

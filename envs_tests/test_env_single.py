@@ -90,6 +90,20 @@ def test_reward_is_the_sum_of_the_reported_terms():
     assert info["rewards"]["progress"] == pytest.approx(0.1 * info["progress"], abs=1e-5)
 
 
+def test_overspeed_counts_the_speed_above_the_egos_top_logged_speed(womd_scene):
+    env = TrafficBotsEnv(scenes=womd_scene, background="log_replay", ego=WOMD_EGO, termination=NO_TERMINATION,
+                         reward={"overspeed": -1.0})
+    env.reset(seed=0)
+    sim = env.unwrapped.core.sim
+    e = int(sim.ego_index[0])
+    top = float(sim.batch.agent_spd[0, :, e][sim.batch.agent_valid[0, :, e]].abs().max())
+    for _ in range(40):  # full throttle, straight on
+        _, _, _, _, info = env.step(np.array([1.0, 0.0], np.float32))
+        expected = max(0.0, float(info["speed"]) - top)
+        assert info["rewards"]["overspeed"] == pytest.approx(-expected, abs=1e-4)
+    assert info["rewards"]["overspeed"] < 0.0  # 40 steps at 5 m/s^2 beat any logged urban speed
+
+
 def test_collision_terminates_and_can_be_switched_off():
     # in scene 0 of the reference vectors the SDC overlaps another agent at step 11
     env = TrafficBotsEnv(scenes=REFERENCE_SCENES, background="log_replay")

@@ -59,6 +59,9 @@ class RewardConfig:
     time_to_collision: float = 0.0
     """Per step, times max(0, 1 - the ego's time to collision with the box it follows / 3 s): a shaping
     penalty (negative weight) for closing in on a leader before contact; 0 = off."""
+    overspeed: float = 0.0
+    """Per step, times the ego's speed above the top speed of its own log (m/s): a speed limit for a
+    penalty (negative weight), since the scenes carry none; 0 = off."""
 
 
 @dataclass(frozen=True)

@@ -63,15 +63,16 @@ class EpisodeStats:
     log_dev_count: torch.Tensor  # long
     max_jerk: torch.Tensor       # m/s^3
     ret: torch.Tensor            # episode return
+    top_log_speed: torch.Tensor  # m/s: the ego's top logged speed (the ``overspeed`` reference)
 
     @staticmethod
-    def start(prev_acc: torch.Tensor, goal_active: torch.Tensor) -> "EpisodeStats":
+    def start(prev_acc: torch.Tensor, goal_active: torch.Tensor, top_log_speed: torch.Tensor) -> "EpisodeStats":
         zeros_f, zeros_l = torch.zeros_like(prev_acc), torch.zeros_like(prev_acc, dtype=torch.long)
         zeros_b = torch.zeros_like(prev_acc, dtype=torch.bool)
         return EpisodeStats(elapsed=zeros_l, route_s=zeros_f.clone(), prev_acc=prev_acc.clone(),
                             goal_active=goal_active.clone(), goal_reached=zeros_b, collided=zeros_b.clone(), offroad=zeros_b.clone(),
                             red_lights=zeros_l.clone(), log_dev_sum=zeros_f.clone(), log_dev_count=zeros_l.clone(),
-                            max_jerk=zeros_f.clone(), ret=zeros_f.clone())
+                            max_jerk=zeros_f.clone(), ret=zeros_f.clone(), top_log_speed=top_log_speed.clone())
 
     def replace_rows(self, rows: torch.Tensor, other: "EpisodeStats") -> None:
         copy_rows_(self, rows, other)
@@ -314,7 +315,8 @@ class EpisodeBatch:
         where = route.locate(batch.agent_pos[rows, STEP_CURRENT, ego])
         start = batch.agent_pos[rows, STEP_CURRENT, ego]
         goal_active = (start - batch.agent_goal[rows, ego, :2]).norm(dim=-1) > self.config.goal_radius
-        stats = EpisodeStats.start(batch.agent_acc[rows, STEP_CURRENT, ego], goal_active)
+        logged_speed = torch.where(batch.agent_valid[rows, :, ego], batch.agent_spd[rows, :, ego].abs(), 0.0)
+        stats = EpisodeStats.start(batch.agent_acc[rows, STEP_CURRENT, ego], goal_active, logged_speed.amax(-1))
         ego_type = batch.agent_type[rows, ego]
         self.observer.set_scenes(batch, env_ids)
         if env_ids is None or self._route is None or self._where is None or self._stats is None:
@@ -376,7 +378,8 @@ class EpisodeBatch:
                             collided=out.ego_collided, offroad=out.ego_offroad, red_light=out.ego_red_light,
                             outside_map=out.ego_outside_map, acc_magnitude=torch.hypot(acc, spd * yaw_rate),
                             jerk=jerk, log_deviation=out.ego_log_distance, log_valid=out.ego_log_valid,
-                            time_to_collision=out.ego_time_to_collision)
+                            time_to_collision=out.ego_time_to_collision,
+                            overspeed=(spd - stats.top_log_speed).clamp(min=0.0))
         rewards = weighted_terms(events, self.config.reward)
         reward = total_reward(rewards)
         self._accumulate(stats, out, events, acc, reward)

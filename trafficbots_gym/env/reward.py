@@ -14,6 +14,7 @@ reward = sum over terms of ``RewardConfig.<term> * term value``. Term values (pe
 * ``time_to_collision``: max(0, 1 - the ego's time to collision / ``TTC_SCALE``): 0 with no closing leader
   or one at least ``TTC_SCALE`` away, 1 at contact (the time to collision follows WOSAC's leader rule,
   :func:`~trafficbots_gym.simulation.metrics.time_to_collision`)
+* ``overspeed``: max(0, ego speed - the top speed of the ego's log) in m/s
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ class StepEvents:
     log_deviation: torch.Tensor  # m (0 where the log has no ego position)
     log_valid: torch.Tensor      # bool: the log has the ego's position at this step
     time_to_collision: torch.Tensor  # s to the box the ego follows (capped at 5 s)
+    overspeed: torch.Tensor      # m/s above the top speed of the ego's log (0 below it)
 
 
 def term_values(events: StepEvents) -> dict[str, torch.Tensor]:
@@ -61,6 +63,7 @@ def term_values(events: StepEvents) -> dict[str, torch.Tensor]:
         "log_deviation": events.log_deviation,
         "log_tracking": (1.0 - events.log_deviation / LOG_TRACKING_SCALE).clamp(min=0.0) * events.log_valid,
         "time_to_collision": (1.0 - events.time_to_collision / TTC_SCALE).clamp(min=0.0),
+        "overspeed": events.overspeed,
     }
     return {k: v.float() for k, v in values.items()}
 

@@ -86,7 +86,7 @@ def test_summary_counts_only_front_collisions_as_at_fault_among_decidable_ones()
     r = EpisodeResults(scenario_id=list("abcd"), goal_reached=np.array([1, 0, 0, 1], bool),
                        collided=kinds != CollisionKind.NONE, collision_kind=kinds, offroad=np.zeros(4, bool),
                        red_light=np.zeros(4, bool), progress=np.ones(4), route_completion=np.ones(4), ade=np.zeros(4),
-                       max_jerk=np.ones(4), seconds=1.0, env_steps=8)
+                       max_jerk=np.ones(4), max_overspeed=np.zeros(4), seconds=1.0, env_steps=8)
     row = summarize("c", "b", r)
     assert row["collision_rate"] == 0.75 and row["at_fault_rate"] == 0.25
     assert row["decidable_collisions"] == 2 and row["at_fault_share"] == 0.5
@@ -170,6 +170,7 @@ def test_expert_under_log_replay_reproduces_the_logged_ego_without_causing_a_col
     assert result.ade[0] < 0.05                                      # a few cm: real logs jitter sideways
     assert not result.collided[0] and not result.offroad[0] and not result.red_light[0]
     assert result.goal_reached[0]
+    assert result.max_overspeed[0] < 0.5                           # never much faster than its own log
 
 
 def test_constant_velocity_drifts_from_the_log_that_the_expert_follows(womd_runs):

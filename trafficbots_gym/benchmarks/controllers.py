@@ -14,7 +14,8 @@ env's default episode ends (``--count-after-goal``: over the whole horizon).
 
 Per pair: goal rate (within 2 m of the logged goal, at any step), collision rate and the at-fault share
 of the decidable collisions, off-road rate, red-light rate (any violation), progress along the logged
-route (m), ADE to the logged ego trajectory (m) and comfort (max |jerk|, m/s^3). Rates carry Wilson 95%
+route (m), ADE to the logged ego trajectory (m), comfort (max |jerk|, m/s^3) and speeding (max m/s above the
+top speed of the ego's own log). Rates carry Wilson 95%
 intervals, means Student-t 95% intervals. Prints a Markdown table and writes ``OUT/results.csv``,
 ``OUT/results.md`` and ``OUT/results.png``.
 """
@@ -48,7 +49,7 @@ from trafficbots_gym.simulation.state import AgentState
 DEFAULT_CONTROLLERS = BUILTIN_CONTROLLERS
 DEFAULT_BACKGROUNDS = ("log_replay", "trafficbots", "constant_velocity")
 RATES = ("goal_rate", "collision_rate", "at_fault_rate", "offroad_rate", "red_light_rate")
-MEANS = ("progress", "route_completion", "ade", "max_jerk")
+MEANS = ("progress", "route_completion", "ade", "max_jerk", "max_overspeed")
 STOPPED_SPEED = 0.1
 """m/s: an ego slower than this when it collides was hit (not at fault)."""
 CONTACT_CONE = math.radians(45.0)
@@ -133,6 +134,7 @@ class EpisodeResults:
     route_completion: np.ndarray
     ade: np.ndarray                 # m
     max_jerk: np.ndarray            # m/s^3
+    max_overspeed: np.ndarray       # m/s above the ego's top logged speed
     seconds: float                  # wall time of the pair
     env_steps: int                  # rows x steps simulated
 
@@ -140,7 +142,7 @@ class EpisodeResults:
     def concat(parts: Sequence["EpisodeResults"]) -> "EpisodeResults":
         arrays = {k: np.concatenate([getattr(p, k) for p in parts]) for k in
                   ("goal_reached", "collided", "collision_kind", "offroad", "red_light", "progress",
-                   "route_completion", "ade", "max_jerk")}
+                   "route_completion", "ade", "max_jerk", "max_overspeed")}
         return EpisodeResults(scenario_id=[s for p in parts for s in p.scenario_id], **arrays,
                               seconds=sum(p.seconds for p in parts), env_steps=sum(p.env_steps for p in parts))
 
@@ -222,7 +224,8 @@ def run_batch(env: TrafficBotsVecEnv, controller: EgoController, scene_index: li
                           collided=events["collided"].cpu().numpy(), collision_kind=kind.cpu().numpy(),
                           offroad=events["offroad"].cpu().numpy(), red_light=events["red_light"].cpu().numpy(),
                           progress=ep["progress"], route_completion=ep["route_completion"], ade=ep["ade"],
-                          max_jerk=ep["max_jerk"], seconds=time.perf_counter() - start,
+                          max_jerk=ep["max_jerk"], max_overspeed=ep["max_overspeed"],
+                          seconds=time.perf_counter() - start,
                           env_steps=steps * env.num_envs)
 
 
@@ -259,7 +262,8 @@ def _head(r: EpisodeResults, n: int) -> EpisodeResults:
     return EpisodeResults(scenario_id=r.scenario_id[:n], goal_reached=r.goal_reached[:n], collided=r.collided[:n],
                           collision_kind=r.collision_kind[:n], offroad=r.offroad[:n], red_light=r.red_light[:n],
                           progress=r.progress[:n], route_completion=r.route_completion[:n], ade=r.ade[:n],
-                          max_jerk=r.max_jerk[:n], seconds=r.seconds, env_steps=r.env_steps)
+                          max_jerk=r.max_jerk[:n], max_overspeed=r.max_overspeed[:n], seconds=r.seconds,
+                          env_steps=r.env_steps)
 
 
 # ----------------------------------------------------------------------------------------------------

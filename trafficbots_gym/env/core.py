@@ -43,7 +43,7 @@ STEP_INFO_KEYS: tuple[str, ...] = ("step", "speed", "acc", "yaw_rate", "jerk", "
 RESET_OPTIONS: tuple[str, ...] = ("scene_index", "scenario_id", "ego")
 """Keys of ``reset(options=...)`` (the vector env adds ``reset_mask``)."""
 EPISODE_KEYS: tuple[str, ...] = ("r", "l", "t", "goal_reached", "collided", "offroad", "red_light_violations",
-                                 "progress", "route_completion", "ade", "max_jerk")
+                                 "progress", "route_completion", "ade", "max_jerk", "max_overspeed")
 """Keys of ``info["episode"]`` at the end of an episode (r, l, t as SB3 / Gymnasium episode statistics)."""
 
 
@@ -62,6 +62,7 @@ class EpisodeStats:
     log_dev_sum: torch.Tensor    # m
     log_dev_count: torch.Tensor  # long
     max_jerk: torch.Tensor       # m/s^3
+    max_overspeed: torch.Tensor  # m/s above the ego's top logged speed
     ret: torch.Tensor            # episode return
     top_log_speed: torch.Tensor  # m/s: the ego's top logged speed (the ``overspeed`` reference)
 
@@ -72,7 +73,8 @@ class EpisodeStats:
         return EpisodeStats(elapsed=zeros_l, route_s=zeros_f.clone(), prev_acc=prev_acc.clone(),
                             goal_active=goal_active.clone(), goal_reached=zeros_b, collided=zeros_b.clone(), offroad=zeros_b.clone(),
                             red_lights=zeros_l.clone(), log_dev_sum=zeros_f.clone(), log_dev_count=zeros_l.clone(),
-                            max_jerk=zeros_f.clone(), ret=zeros_f.clone(), top_log_speed=top_log_speed.clone())
+                            max_jerk=zeros_f.clone(), max_overspeed=zeros_f.clone(), ret=zeros_f.clone(),
+                            top_log_speed=top_log_speed.clone())
 
     def replace_rows(self, rows: torch.Tensor, other: "EpisodeStats") -> None:
         copy_rows_(self, rows, other)
@@ -408,6 +410,7 @@ class EpisodeBatch:
         stats.log_dev_sum += torch.where(out.ego_log_valid, out.ego_log_distance, torch.zeros_like(acc))
         stats.log_dev_count += out.ego_log_valid.long()
         torch.maximum(stats.max_jerk, events.jerk, out=stats.max_jerk)
+        torch.maximum(stats.max_overspeed, events.overspeed, out=stats.max_overspeed)
         stats.ret += reward
 
     def _completion(self, s: torch.Tensor) -> torch.Tensor:
@@ -420,7 +423,8 @@ class EpisodeBatch:
                 "goal_reached": stats.goal_reached.clone(), "collided": stats.collided.clone(),
                 "offroad": stats.offroad.clone(), "red_light_violations": stats.red_lights.clone(),
                 "progress": stats.route_s.clone(), "route_completion": self._completion(stats.route_s),
-                "ade": stats.log_dev_sum / stats.log_dev_count.clamp_min(1), "max_jerk": stats.max_jerk.clone()}
+                "ade": stats.log_dev_sum / stats.log_dev_count.clamp_min(1), "max_jerk": stats.max_jerk.clone(),
+                "max_overspeed": stats.max_overspeed.clone()}
 
     # -------------------------------------------------------------------------------------- observations
     def observe(self) -> dict[str, torch.Tensor]:

@@ -159,8 +159,9 @@ def training_losses(out: RolloutLike, batch: SceneBatch, cfg: LossConfig = LossC
         dest_valid = out.dest_valid if out.dest_valid is not None else torch.ones_like(predicted)
         known = batch.agent_dest_known.to(predicted.device)[:, None]
         nll = dest_nll(out.dest_logits, batch.agent_dest, dest_valid & predicted & known)
-    future = future_mask(out.pred_valid, cfg.step_start)
     collision = offroad = zero
+    if cfg.w_collision > 0 or cfg.w_offroad > 0:
+        future = future_mask(out.pred_valid, cfg.step_start)
     if cfg.w_collision > 0:
         collision = masked_mean(collision_penalty(out.pred_pos, out.pred_yaw, future, batch.agent_size,
                                                   batch.agent_type), future)

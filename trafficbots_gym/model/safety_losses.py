@@ -26,7 +26,7 @@ from torch import Tensor
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import ROAD_EDGE_TYPES, VEHICLE_LANE_TYPES, AgentType
-from trafficbots_gym.simulation.metrics import MAX_LANE_DISTANCE, PolylineSet, any_class
+from trafficbots_gym.simulation.metrics import MAX_LANE_DISTANCE, PolylineSet, any_class, point_segment_distance
 
 N_DISCS = 3
 """Discs per agent box (centred at the rear, middle and front of the box's length minus its width)."""
@@ -56,11 +56,6 @@ def agent_discs(pos: Tensor, yaw: Tensor, length: Tensor, width: Tensor,
     return centres, 0.5 * width
 
 
-def _distance(diff: Tensor) -> Tensor:
-    """Euclidean norm over the last dimension with a finite gradient at 0."""
-    return torch.sqrt(diff.square().sum(-1) + _EPS)
-
-
 def collision_penalty(pos: Tensor, yaw: Tensor, valid: Tensor, size: Tensor, agent_type: Tensor,
                       k: int = COLLISION_NEIGHBOURS) -> Tensor:
     """[B, T, A] soft overlap of each agent with its ``k`` nearest neighbours (0 when apart).
@@ -87,7 +82,7 @@ def collision_penalty(pos: Tensor, yaw: Tensor, valid: Tensor, size: Tensor, age
     other_centres = torch.gather(centres.reshape(b * t, a, n_discs * 2), 1,
                                  flat.unsqueeze(-1).expand(-1, -1, n_discs * 2)).view(b, t, a, k, n_discs, 2)
     other_radius = torch.gather(radius.reshape(b * t, a), 1, flat).view(b, t, a, k)
-    gap = _distance(centres[:, :, :, None, :, None] - other_centres[:, :, :, :, None])   # [B,T,A,k,D,D]
+    gap = torch.linalg.vector_norm(centres[:, :, :, None, :, None] - other_centres[:, :, :, :, None], dim=-1)
     reach = (radius.unsqueeze(-1) + other_radius).clamp(min=_EPS)
     overlap = torch.relu(1.0 - gap / reach[..., None, None]).amax((-2, -1))              # [B, T, A, k]
     return torch.where(pair_ok, overlap, 0.0).sum(-1) * valid
@@ -130,7 +125,5 @@ def _nearest_segment_distance(points: Tensor, anchor: Tensor, polylines: Polylin
     start = polylines.start[rows, idx].reshape(b, t, a, 1, -1, 2)                        # [B,T,A,1,kN,2]
     vec = polylines.vec[rows, idx].reshape(b, t, a, 1, -1, 2)
     seg_valid = polylines.valid[rows, idx].reshape(b, t, a, 1, -1)
-    rel = points.unsqueeze(-2) - start                                                   # [B,T,A,D,kN,2]
-    along = ((rel * vec).sum(-1) / (vec * vec).sum(-1).clamp(min=1e-12)).clamp(0.0, 1.0)
-    dist = _distance(rel - along.unsqueeze(-1) * vec)
+    dist = point_segment_distance(points, start, vec)                                   # [B,T,A,D,kN]
     return torch.where(seg_valid, dist, _FAR).amin(-1)

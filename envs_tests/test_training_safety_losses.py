@@ -49,6 +49,19 @@ def test_overlapping_vehicles_are_penalised_symmetrically_and_pushed_apart() -> 
     assert grad[0, 1].item() > 0 > grad[1, 1].item()  # descending the loss moves agent 0 down, agent 1 up
 
 
+def test_at_fault_rule_penalises_the_follower_of_a_rear_end_contact_only() -> None:
+    # agent 1 is 3 m ahead of agent 0 in the same lane, both heading along x: their boxes overlap
+    pos = torch.tensor([[[[0.0, 0.0], [3.0, 0.0]]]])
+    agents = dict(pos=pos, yaw=torch.zeros(1, 1, 2), valid=torch.ones(1, 1, 2, dtype=torch.bool),
+                  size=torch.tensor([[[4.5, 2.0, 1.5], [4.5, 2.0, 1.5]]]), agent_type=torch.stack([VEHICLE, VEHICLE])[None])
+    both = collision_penalty(**agents)
+    follower = collision_penalty(**agents, at_fault_only=True)
+    assert both[0, 0, 0].item() > 0 and both[0, 0, 1].item() > 0
+    assert follower[0, 0, 0].item() == pytest.approx(both[0, 0, 0].item()) and follower[0, 0, 1].item() == 0.0
+    head_on = dict(agents, yaw=torch.tensor([[[0.0, math.pi]]]))  # facing each other: both at fault
+    assert (collision_penalty(**head_on, at_fault_only=True) > 0).all()
+
+
 def test_separated_pedestrian_pair_or_invalid_agents_are_not_penalised() -> None:
     assert collision_penalty(**two_agents(gap_y=2.5)).abs().sum().item() == 0.0
     assert collision_penalty(**two_agents(gap_y=0.5, kinds=(PEDESTRIAN, PEDESTRIAN))).sum().item() == 0.0

@@ -63,6 +63,8 @@ class LossConfig:
     step_start: int = STEP_CURRENT + 1
     w_collision: float = 0.0
     """Soft box overlap with the nearest agents (``safety_losses.collision_penalty``); 0 = off."""
+    collision_at_fault_only: bool = False
+    """Count a contact only for the agents that have the other agent ahead (the follower of a rear-end)."""
     w_offroad: float = 0.0
     """Road-edge contact and lane distance of vehicles (``safety_losses.offroad_penalty``); 0 = off."""
 
@@ -164,7 +166,8 @@ def training_losses(out: RolloutLike, batch: SceneBatch, cfg: LossConfig = LossC
         future = future_mask(out.pred_valid, cfg.step_start)
     if cfg.w_collision > 0:
         collision = masked_mean(collision_penalty(out.pred_pos, out.pred_yaw, future, batch.agent_size,
-                                                  batch.agent_type), future)
+                                                  batch.agent_type, at_fault_only=cfg.collision_at_fault_only),
+                                future)
     if cfg.w_offroad > 0:
         offroad = masked_mean(offroad_penalty(out.pred_pos, out.pred_yaw, future, batch), future)
     total = (cfg.w_imitation * imitation + cfg.w_kl * kl + cfg.w_dest * nll + cfg.w_collision * collision

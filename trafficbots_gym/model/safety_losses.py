@@ -10,7 +10,10 @@ synchronisation (capturable in the training CUDA graph).
 * **Collision**: every box is covered by ``N_DISCS`` discs of radius width / 2 along its length; for
   each agent-step and each of its ``COLLISION_NEIGHBOURS`` nearest valid neighbours (pedestrian pairs
   excluded, as the collision metric), the penalty is ``max over disc pairs of relu(1 - d / (r_i + r_j))``:
-  0 once the discs are apart, 1 when two disc centres coincide. Summed over the neighbours.
+  0 once the discs are apart, 1 when two disc centres coincide. Summed over the neighbours. With
+  ``at_fault_only`` a contact counts only for the agents that have the other one ahead of them (centre in
+  front of their heading): the follower of a rear-end contact, both agents of a head-on or side contact,
+  so that stopping does not shield a leader from a follower's mistake.
 * **Off-road** (vehicles only, as the off-road metric): ``relu(1 - d_edge / r)`` averaged over the discs,
   with ``d_edge`` the distance of a disc centre to the nearest road-edge segment (the disc touches the
   edge), plus ``relu(d_lane - LANE_MARGIN)`` (m) with ``d_lane`` the centre's distance to the nearest
@@ -57,11 +60,12 @@ def agent_discs(pos: Tensor, yaw: Tensor, length: Tensor, width: Tensor,
 
 
 def collision_penalty(pos: Tensor, yaw: Tensor, valid: Tensor, size: Tensor, agent_type: Tensor,
-                      k: int = COLLISION_NEIGHBOURS) -> Tensor:
+                      k: int = COLLISION_NEIGHBOURS, at_fault_only: bool = False) -> Tensor:
     """[B, T, A] soft overlap of each agent with its ``k`` nearest neighbours (0 when apart).
 
     ``pos`` [B, T, A, 2], ``yaw`` / ``valid`` [B, T, A], ``size`` [B, A, 3] (length, width, height),
-    ``agent_type`` [B, A, 3] one-hot.
+    ``agent_type`` [B, A, 3] one-hot. ``at_fault_only``: count a neighbour only when its centre is ahead
+    of the agent (see the module docstring).
     """
     b, t, a = valid.shape
     k = min(k, a - 1)
@@ -85,6 +89,12 @@ def collision_penalty(pos: Tensor, yaw: Tensor, valid: Tensor, size: Tensor, age
     gap = torch.linalg.vector_norm(centres[:, :, :, None, :, None] - other_centres[:, :, :, :, None], dim=-1)
     reach = (radius.unsqueeze(-1) + other_radius).clamp(min=_EPS)
     overlap = torch.relu(1.0 - gap / reach[..., None, None]).amax((-2, -1))              # [B, T, A, k]
+    if at_fault_only:
+        with torch.no_grad():
+            other_pos = torch.gather(pos.reshape(b * t, a, 2), 1, flat.unsqueeze(-1).expand(-1, -1, 2))
+            ahead = (other_pos.view(b, t, a, k, 2) - pos.unsqueeze(-2)) * \
+                torch.stack([torch.cos(yaw), torch.sin(yaw)], dim=-1).unsqueeze(-2)
+            pair_ok = pair_ok & (ahead.sum(-1) > 0)
     return torch.where(pair_ok, overlap, 0.0).sum(-1) * valid
 
 

@@ -32,7 +32,8 @@ from gymnasium import spaces
 
 from trafficbots_gym.data.constants import DT, STEP_CURRENT, AgentType, TLState
 from trafficbots_gym.env.vector_env import TrafficBotsVecEnv
-from trafficbots_gym.simulation.dynamics import action_limits, wrap_angle
+from trafficbots_gym.simulation.dynamics import (PURSUIT_LOOKAHEAD_TIME, PURSUIT_MIN_LOOKAHEAD, action_limits,
+                                                 pure_pursuit_yaw_rate, pursuit_lookahead, wrap_angle)
 from trafficbots_gym.simulation.idm import IDMParams, idm_acceleration
 from trafficbots_gym.simulation.metrics import LoggedPath, path_progress
 from trafficbots_gym.simulation.state import AgentState
@@ -155,8 +156,8 @@ class RouteIDMParams:
     """Constants of the IDM route follower."""
 
     idm: IDMParams = field(default_factory=IDMParams)
-    lookahead_time: float = 1.0     # s: pure-pursuit target this far ahead at the current speed ...
-    min_lookahead: float = 4.0      # ... but at least this far (m)
+    lookahead_time: float = PURSUIT_LOOKAHEAD_TIME  # s: pure-pursuit target this far ahead at the current speed ...
+    min_lookahead: float = PURSUIT_MIN_LOOKAHEAD    # ... but at least this far (m)
     route_extension: float = 100.0  # m of straight route after the logged path ends
 
 
@@ -197,11 +198,9 @@ class IDMController:
         acc = torch.where(ego_type[:, AgentType.VEHICLE].bool(), torch.minimum(acc, light_acc), acc)
         acc = torch.minimum(acc, (torch.maximum(self._v0, v) - v) / DT)            # no overshoot of v0
         acc = torch.maximum(acc, -v / DT)                                          # no reversing
-        lookahead = torch.clamp(p.lookahead_time * v, min=p.min_lookahead)
+        lookahead = pursuit_lookahead(v, p.lookahead_time, p.min_lookahead)
         target, _ = self._route.interpolate(s + lookahead.unsqueeze(1))
-        to_target = target.squeeze(1) - pos
-        alpha = wrap_angle(torch.atan2(to_target[:, 1], to_target[:, 0]) - yaw)
-        yaw_rate = 2.0 * v * torch.sin(alpha) / lookahead
+        yaw_rate = pure_pursuit_yaw_rate(pos, yaw, v, target.squeeze(1))
         return normalise(torch.stack([acc, yaw_rate], -1), ego_type)
 
 

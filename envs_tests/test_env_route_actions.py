@@ -1,9 +1,12 @@
 """Route-relative ego actions (``action_mode="route"``): acceleration plus a lateral offset from the logged
-route, steered along it by pure pursuit."""
+route, steered along it by pure pursuit; and the env settings stored with a trained policy."""
 from __future__ import annotations
 
+import importlib.util
 import math
 import warnings
+import zipfile
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -11,18 +14,23 @@ import pytest
 import torch
 from gymnasium import spaces
 from gymnasium.utils.env_checker import check_env
+from stable_baselines3 import PPO
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
+import trafficbots_gym
+from trafficbots_gym.benchmarks.ego_controllers import make_controller
 from trafficbots_gym.data.constants import N_STEP, STEP_CURRENT
 from trafficbots_gym.env.actions import ActionMapper, EgoOnRoute, action_space
 from trafficbots_gym.env.config import EnvConfig
 from trafficbots_gym.env.route import Route
+from trafficbots_gym.env.sb3 import POLICY_ENV_MEMBER, read_policy_env_settings, write_policy_env_settings
 from trafficbots_gym.env.vector_env import TrafficBotsVecEnv
 from trafficbots_gym.simulation.dynamics import unicycle_step
 from trafficbots_gym.simulation.metrics import LoggedPath
 
 from conftest import NO_TERMINATION, REFERENCE_SCENES
 
+ROOT = Path(__file__).resolve().parent.parent
 VEHICLE = torch.tensor([[1.0, 0.0, 0.0]])
 PEDESTRIAN = torch.tensor([[0.0, 1.0, 0.0]])
 
@@ -160,3 +168,52 @@ def test_offset_action_holds_the_ego_that_far_beside_its_route(a1, offset_range,
     info = _hold("route", (0.0, a1), [8, 14, 24], route_offset_range=offset_range)
     steady = info["lateral_offset"][-20:].mean(0)
     np.testing.assert_allclose(steady, target, atol=0.15)
+
+
+# ------------------------------------------------------------------------------- policy settings
+def _train_ppo_module():
+    spec = importlib.util.spec_from_file_location("train_ppo", ROOT / "examples" / "train_ppo.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def route_model():
+    env = trafficbots_gym.make_sb3_vec_env(2, scenes=REFERENCE_SCENES, background="log_replay", device="cpu",
+                                           action_mode="route", horizon=3)
+    yield PPO("MlpPolicy", env, n_steps=8, batch_size=8, device="cpu", seed=0)
+    env.close()
+
+
+def test_sb3_controller_takes_the_action_mode_stored_by_train_ppo(route_model, tmp_path):
+    train_ppo = _train_ppo_module()
+    args = train_ppo.build_parser().parse_args(["--action-mode", "route", "--route-offset-range", "1.5",
+                                                "--device", "cpu"])
+    policy = train_ppo.save_policy(route_model, tmp_path / "policy.zip", train_ppo.policy_settings(args))
+    with zipfile.ZipFile(policy) as archive:
+        assert archive.testzip() is None and archive.namelist().count(POLICY_ENV_MEMBER) == 1
+    PPO.load(policy, device="cpu")                                     # SB3 ignores the extra member
+    controller = make_controller(str(policy), device="cpu")
+    assert controller.env_overrides["action_mode"] == "route"
+    assert controller.env_overrides["route_offset_range"] == 1.5
+    assert controller.env_overrides["obs_mode"] == "flat"
+
+
+def test_archive_without_settings_falls_back_to_the_modes_of_the_models_spaces(route_model, tmp_path):
+    route_model.save(tmp_path / "plain.zip")
+    assert read_policy_env_settings(tmp_path / "plain.zip") is None
+    assert make_controller(str(tmp_path / "plain.zip"), device="cpu").env_overrides == {
+        "obs_mode": "flat", "action_mode": "continuous"}
+
+
+def test_settings_are_replaced_in_place_and_a_failed_write_leaves_the_archive_untouched(route_model, tmp_path):
+    path = tmp_path / "policy.zip"
+    route_model.save(path)
+    write_policy_env_settings(path, {"action_mode": "route"})
+    write_policy_env_settings(path, {"action_mode": "continuous"})
+    assert read_policy_env_settings(path) == {"action_mode": "continuous"}
+    before = path.read_bytes()
+    with pytest.raises(TypeError):
+        write_policy_env_settings(path, {"action_mode": object()})
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["policy.zip"]

@@ -58,6 +58,37 @@ def test_tiny_run_saves_policy_checkpoints_logs_and_benchmarks_it_under_two_back
         rows = list(csv.DictReader(f))
     assert sorted(r["background"] for r in rows) == ["log_replay", "trafficbots"]
     assert all(r["controller"] == "policy.zip" and r["episodes"] == "2" for r in rows)
+    _assert_archives_carry_the_env_settings(out, algo, "continuous")
+
+
+def _assert_archives_carry_the_env_settings(out: Path, algo: str, action_mode: str) -> None:
+    """The policy, the best model and every checkpoint of the run store the env settings they trained with."""
+    from trafficbots_gym.env.sb3 import read_policy_env_settings
+    archives = [out / "policy.zip", out / "best" / "best_model.zip", *(out / "checkpoints").glob(f"{algo}_*.zip")]
+    assert len(archives) >= 3
+    for archive in archives:
+        settings = read_policy_env_settings(archive)
+        assert settings is not None, archive
+        assert (settings["action_mode"], settings["obs_mode"], settings["route_offset_range"]) == (
+            action_mode, "flat", 1.5 if action_mode == "route" else 2.0)
+
+
+def test_tiny_route_action_run_stores_its_action_mode_with_the_policy(tmp_path) -> None:
+    out = tmp_path / "run"
+    policy = _train_ppo_module().main([
+        "--action-mode", "route", "--route-offset-range", "1.5", "--timesteps", "32", "--num-envs", "2",
+        "--n-steps", "16", "--batch-size", "16", "--n-epochs", "1", "--background", "log_replay",
+        "--scenes", str(REFERENCE_SCENES), "--eval-scenes", str(REFERENCE_SCENES), "--horizon", "4",
+        "--eval-episodes", "1", "--eval-num-envs", "1", "--bench-backgrounds", "log_replay", "--bench-episodes", "1",
+        "--device", "cpu", "--out", str(out)])
+    _assert_archives_carry_the_env_settings(out, "ppo", "route")
+    from trafficbots_gym.benchmarks.ego_controllers import make_controller
+    assert make_controller(str(policy), device="cpu").env_overrides["action_mode"] == "route"
+
+
+def test_sac_refuses_discrete_actions_before_training(tmp_path) -> None:
+    with pytest.raises(SystemExit, match="--algo sac needs a Box action space"):
+        _train_ppo_module().main(["--algo", "sac", "--action-mode", "discrete", "--out", str(tmp_path)])
 
 
 def test_sync_episodes_end_training_episodes_only_at_the_horizon(tmp_path) -> None:

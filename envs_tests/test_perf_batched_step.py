@@ -70,9 +70,21 @@ def test_step_and_observation_run_without_host_sync_or_host_data(background, che
     assert ops.found == []
 
 
-@pytest.mark.parametrize("background", BACKGROUNDS)
-def test_steps_and_resets_write_every_buffer_in_place(background, checkpoint):
-    env = _vec_env(background, checkpoint, horizon=3)
+@pytest.mark.parametrize("background", ["trafficbots", "log_replay"])
+def test_route_action_steps_run_without_host_sync_or_host_data(background, checkpoint):
+    env = _vec_env(background, checkpoint, action_mode="route")
+    env.reset(seed=0)
+    actions = torch.tensor([[0.5, 0.5], [-0.5, -1.0]])
+    env.step(actions)
+    with HostOps() as ops:
+        env.core._advance(actions)
+    assert ops.found == []
+
+
+@pytest.mark.parametrize("background,action_mode", [(b, "continuous") for b in BACKGROUNDS]
+                         + [("log_replay", "route")])
+def test_steps_and_resets_write_every_buffer_in_place(background, action_mode, checkpoint):
+    env = _vec_env(background, checkpoint, horizon=3, action_mode=action_mode)
     env.reset(seed=0)
     core, actions = env.core, torch.zeros(2, 2)
     env.step(actions)
@@ -164,11 +176,13 @@ def test_cuda_graphs_need_a_cuda_device(checkpoint):
 
 
 @CUDA
-@pytest.mark.parametrize("background", ["trafficbots", "idm", "log_replay"])
-def test_cuda_graph_replay_equals_eager_across_autoresets(background, checkpoint):
+@pytest.mark.parametrize("background,action_mode", [("trafficbots", "continuous"), ("idm", "continuous"),
+                                                    ("log_replay", "continuous"), ("trafficbots", "route")])
+def test_cuda_graph_replay_equals_eager_across_autoresets(background, action_mode, checkpoint):
     traces = []
     for graphs in (False, True):
-        env = _vec_env(background, checkpoint, num_envs=3, horizon=6, device="cuda", cuda_graphs=graphs)
+        env = _vec_env(background, checkpoint, num_envs=3, horizon=6, device="cuda", cuda_graphs=graphs,
+                       action_mode=action_mode)
         obs, _ = env.reset(seed=5)
         rng = np.random.default_rng(0)
         trace = [obs]

@@ -2,7 +2,8 @@
 
     python examples/train_ppo.py [--algo ppo|sac] [--timesteps 1000000] [--max-minutes M] [--num-envs 16]
         [--seed 0] [--device auto] [--background trafficbots] [--scenes PATH] [--eval-scenes PATH]
-        [--checkpoint PATH] [--reward TERM=WEIGHT ...] [--net-arch 256,256] [--out runs/ppo]
+        [--checkpoint PATH] [--reward TERM=WEIGHT ...] [--action-mode continuous|discrete|route]
+        [--route-offset-range 2.0] [--net-arch 256,256] [--out runs/ppo]
 
     # CPU smoke run (under a minute; add --checkpoint PATH to train / benchmark against learned agents):
     python examples/train_ppo.py --timesteps 2048 --num-envs 4 --background log_replay \
@@ -23,12 +24,17 @@ background then encodes and warm-starts all new scenes in one batch per episode 
 almost every step, which is what bounds the collection speed on a GPU. Evaluation keeps the default
 termination. ``--max-minutes`` stops training after that much wall time (the evaluation and benchmark
 after it are not counted). ``--reward`` overrides reward weights of the training and evaluation envs (e.g.
-``--reward log_deviation=-0.02``). Writes TensorBoard logs (``OUT/tb``; besides SB3's scalars,
-``episodes/goal_rate``, ``collision_rate``, ``offroad_rate``, ``route_completion`` of the training episodes
-finished in each rollout), periodic checkpoints (``OUT/checkpoints``), the final policy
-(``OUT/policy.zip``, without the optimizer's moments and the last collected batch), ``OUT/progress.csv``
-(those episode rates per rollout, with env steps and wall time), then benchmarks the policy with ``trafficbots-bench`` code against the
-``--bench-backgrounds`` (goal, collision, off-road, ... in ``OUT/bench``).
+``--reward log_deviation=-0.02``). ``--action-mode route`` trains route-relative actions (acceleration and
+a lateral offset from the logged route, steered by the env; docs/env.md, "Actions"). Writes TensorBoard
+logs (``OUT/tb``; besides SB3's scalars, ``episodes/goal_rate``, ``collision_rate``, ``offroad_rate``,
+``route_completion`` of the training episodes finished in each rollout), periodic checkpoints
+(``OUT/checkpoints``), the final policy (``OUT/policy.zip``, without the optimizer's moments and the last
+collected batch), ``OUT/progress.csv`` (those episode rates per rollout, with env steps and wall time),
+then benchmarks the policy with ``trafficbots-bench`` code against the ``--bench-backgrounds`` (goal,
+collision, off-road, ... in ``OUT/bench``). The policy, the best model and the checkpoints of the run
+carry the env settings they were trained with (action and observation modes, ``route_offset_range``,
+observation sizes) as the archive member ``trafficbots_env.json``, from which ``trafficbots-bench`` builds
+the env to benchmark them in.
 """
 from __future__ import annotations
 
@@ -48,7 +54,8 @@ from tqdm import tqdm
 
 import trafficbots_gym
 from trafficbots_gym.benchmarks.controllers import display_rows, format_markdown, run_benchmark, write_csv
-from trafficbots_gym.env.config import BACKGROUNDS, LOG_HORIZON, NO_TERMINATION, resolve_device
+from trafficbots_gym.env.config import ACTION_MODES, BACKGROUNDS, LOG_HORIZON, NO_TERMINATION, EnvConfig, resolve_device
+from trafficbots_gym.env.sb3 import policy_env_settings, write_policy_env_settings
 from trafficbots_gym.simulation.background import LEARNED_BACKGROUNDS
 
 
@@ -154,7 +161,8 @@ def env_kwargs(args: argparse.Namespace, scenes: str | None, split: str) -> dict
     """``gym.make("TrafficBots-v0", ...)`` keys shared by the training and evaluation envs."""
     device = resolve_device(args.device)
     kwargs = {"scenes": scenes, "split": split, "background": args.background, "checkpoint": args.checkpoint,
-              "device": str(device), "horizon": args.horizon, "policy_precision": args.policy_precision}
+              "device": str(device), "horizon": args.horizon, "policy_precision": args.policy_precision,
+              "action_mode": args.action_mode, "route_offset_range": args.route_offset_range}
     if args.reward:
         kwargs["reward"] = reward_overrides(args.reward)
     cache_mb = args.encoding_cache_mb
@@ -174,6 +182,12 @@ def training_env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     if args.sync_episodes:
         kwargs["termination"] = NO_TERMINATION
     return kwargs
+
+
+def policy_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The env settings the policy is trained with (``POLICY_ENV_KEYS``), stored in its archives."""
+    kwargs = training_env_kwargs(args)
+    return policy_env_settings(EnvConfig.from_kwargs(**{k: v for k, v in kwargs.items() if k in EnvConfig.keys()}))
 
 
 def build_model(args: argparse.Namespace, env: Any) -> BaseAlgorithm:
@@ -238,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon", type=int, default=LOG_HORIZON, help="controlled steps per episode")
     p.add_argument("--reward", nargs="+", default=[], metavar="TERM=WEIGHT",
                    help="reward weight overrides of the training and evaluation envs (docs/env.md)")
+    p.add_argument("--action-mode", choices=ACTION_MODES, default="continuous",
+                   help="ego action space (docs/env.md, 'Actions'); route: acceleration + offset from the route")
+    p.add_argument("--route-offset-range", type=float, default=EnvConfig.route_offset_range,
+                   help="route actions: lateral offset (m) of a[1] = +-1")
     p.add_argument("--policy-precision", choices=("fp32", "bf16"), default="fp32",
                    help="learned background's network precision (bf16: autocast, for GPUs)")
     p.add_argument("--encoding-cache-mb", type=float, default=None,
@@ -282,15 +300,32 @@ def drop_optimizer_moments(model: BaseAlgorithm) -> None:
         optimizer.state.clear()
 
 
+def save_policy(model: BaseAlgorithm, path: Path, settings: dict[str, Any]) -> Path:
+    """Save ``model`` for inference at ``path`` (no optimizer moments, no collected batch) with the env
+    ``settings`` it was trained with in the archive; returns ``path``."""
+    drop_optimizer_moments(model)
+    model.save(path, exclude=ROLLOUT_STATE)
+    write_policy_env_settings(path, settings)
+    return path
+
+
+def run_archives(out: Path) -> dict[Path, int]:
+    """The best-model and checkpoint archives under ``out``, with their modification times (ns)."""
+    return {p: p.stat().st_mtime_ns for p in [*(out / "best").glob("*.zip"), *(out / "checkpoints").glob("*.zip")]}
+
+
 def main(argv: Sequence[str] | None = None) -> Path:
     """Train, save ``OUT/policy.zip``, benchmark it; returns the policy path."""
     args = build_parser().parse_args(argv)
     if args.timesteps < 1 or args.num_envs < 1:
         raise SystemExit("--timesteps and --num-envs must be >= 1")
+    if args.algo == "sac" and args.action_mode == "discrete":
+        raise SystemExit("--algo sac needs a Box action space: --action-mode continuous or route")
     check_checkpoint(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(args.seed)
+    settings = policy_settings(args)
     env = trafficbots_gym.make_sb3_vec_env(args.num_envs, **training_env_kwargs(args))
     eval_env = trafficbots_gym.make_sb3_vec_env(args.eval_num_envs,
                                                 **env_kwargs(args, args.eval_scenes, args.eval_split))
@@ -299,14 +334,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
     model = build_model(args, env)
     # the SB3 adapter reports episode returns/lengths in info["episode"] itself, as a Monitor would
     warnings.filterwarnings("ignore", message="Evaluation environment is not wrapped with a ``Monitor``")
+    earlier = run_archives(out)
     try:
         model.learn(total_timesteps=args.timesteps, callback=callbacks(args, eval_env), tb_log_name=args.algo)
     finally:
         env.close()
         eval_env.close()
-    policy = out / "policy.zip"
-    drop_optimizer_moments(model)
-    model.save(policy, exclude=ROLLOUT_STATE)
+    policy = save_policy(model, out / "policy.zip", settings)
+    for archive, mtime in sorted(run_archives(out).items()):
+        if earlier.get(archive) != mtime:          # written by this run
+            write_policy_env_settings(archive, settings)
     print(f"saved {policy}; TensorBoard: tensorboard --logdir {out / 'tb'}")
     rows = run_benchmark([str(policy)], args.bench_backgrounds, episodes=args.bench_episodes, seed=args.seed,
                          out=out / "bench", scenes=args.eval_scenes, split=args.eval_split, device=args.device,

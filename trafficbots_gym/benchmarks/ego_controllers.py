@@ -13,7 +13,8 @@
 * ``random``: uniform normalised actions from a seeded generator.
 * ``ppo``: the shipped PPO ego policy (``assets/policies/ppo_ego.zip``, trained for 7 minutes on one H100
   80GB against the learned background; its card is ``assets/policies/POLICY_CARD.md``).
-* ``PATH.zip``: a trained Stable-Baselines3 policy (deterministic actions) on the env's observations.
+* ``PATH.zip``: a trained Stable-Baselines3 policy (deterministic actions) on the env's observations, in
+  an env with the settings stored in the archive (or inferred from the model's spaces).
 
 A controller exposes ``env_overrides`` (the env keys it needs, e.g. the action mode), ``reset(env, seed)``
 at the start of a batch of episodes and ``act(env, obs)`` returning the env actions of every row.
@@ -32,7 +33,8 @@ from gymnasium import spaces
 
 from trafficbots_gym.data.constants import DT, STEP_CURRENT, AgentType, TLState
 from trafficbots_gym.env.vector_env import TrafficBotsVecEnv
-from trafficbots_gym.simulation.dynamics import action_limits, wrap_angle
+from trafficbots_gym.simulation.dynamics import (PURSUIT_LOOKAHEAD_TIME, PURSUIT_MIN_LOOKAHEAD, action_limits,
+                                                 pure_pursuit_yaw_rate, pursuit_lookahead, wrap_angle)
 from trafficbots_gym.simulation.idm import IDMParams, idm_acceleration
 from trafficbots_gym.simulation.metrics import LoggedPath, path_progress
 from trafficbots_gym.simulation.state import AgentState
@@ -155,8 +157,8 @@ class RouteIDMParams:
     """Constants of the IDM route follower."""
 
     idm: IDMParams = field(default_factory=IDMParams)
-    lookahead_time: float = 1.0     # s: pure-pursuit target this far ahead at the current speed ...
-    min_lookahead: float = 4.0      # ... but at least this far (m)
+    lookahead_time: float = PURSUIT_LOOKAHEAD_TIME  # s: pure-pursuit target this far ahead at the current speed ...
+    min_lookahead: float = PURSUIT_MIN_LOOKAHEAD    # ... but at least this far (m)
     route_extension: float = 100.0  # m of straight route after the logged path ends
 
 
@@ -197,11 +199,9 @@ class IDMController:
         acc = torch.where(ego_type[:, AgentType.VEHICLE].bool(), torch.minimum(acc, light_acc), acc)
         acc = torch.minimum(acc, (torch.maximum(self._v0, v) - v) / DT)            # no overshoot of v0
         acc = torch.maximum(acc, -v / DT)                                          # no reversing
-        lookahead = torch.clamp(p.lookahead_time * v, min=p.min_lookahead)
+        lookahead = pursuit_lookahead(v, p.lookahead_time, p.min_lookahead)
         target, _ = self._route.interpolate(s + lookahead.unsqueeze(1))
-        to_target = target.squeeze(1) - pos
-        alpha = wrap_angle(torch.atan2(to_target[:, 1], to_target[:, 0]) - yaw)
-        yaw_rate = 2.0 * v * torch.sin(alpha) / lookahead
+        yaw_rate = pure_pursuit_yaw_rate(pos, yaw, v, target.squeeze(1))
         return normalise(torch.stack([acc, yaw_rate], -1), ego_type)
 
 
@@ -248,11 +248,15 @@ class SB3Controller:
     """A saved Stable-Baselines3 model (``.zip``) acting deterministically on the env observations.
 
     The algorithm is read from the saved policy class (SAC, TD3, DQN; the on-policy actor-critic policy
-    loads through PPO, which also predicts for A2C models). The env is built with the observation and
-    action modes of the model's spaces; other observation settings must be the env defaults.
+    loads through PPO, which also predicts for A2C models). The env is built with the settings stored in
+    the archive (``trafficbots_env.json``, written by ``examples/train_ppo.py``: observation and action
+    modes, ``route_offset_range``, observation sizes). Without them the observation and action modes are
+    inferred from the model's spaces (a ``Box`` action space is taken as ``continuous``: ``route`` policies
+    need the stored settings) and other observation settings must be the env defaults.
     """
 
     def __init__(self, path: str | Path, device: str | torch.device = "auto", name: str | None = None) -> None:
+        from trafficbots_gym.env.sb3 import POLICY_ENV_KEYS, read_policy_env_settings
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"no Stable-Baselines3 model at {self.path}")
@@ -260,7 +264,9 @@ class SB3Controller:
         self.model = sb3_algorithm(self.path).load(self.path, device=str(device))
         obs_mode = "dict" if isinstance(self.model.observation_space, spaces.Dict) else "flat"
         action_mode = "discrete" if isinstance(self.model.action_space, spaces.Discrete) else "continuous"
-        self.env_overrides = {"obs_mode": obs_mode, "action_mode": action_mode}
+        stored = read_policy_env_settings(self.path) or {}
+        self.env_overrides: dict[str, Any] = {"obs_mode": obs_mode, "action_mode": action_mode,
+                                              **{key: stored[key] for key in POLICY_ENV_KEYS if key in stored}}
 
     def reset(self, env: TrafficBotsVecEnv, seed: int) -> None:
         """Check that the env's spaces are the model's."""

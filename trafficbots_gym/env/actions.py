@@ -4,18 +4,28 @@
   clipped, NaN/inf raise ``ValueError``.
 * ``discrete``: ``Discrete(n_acc * n_yaw_rate)``; action k selects normalised acceleration
   ``linspace(-1, 1, n_acc)[k // n_yaw_rate]`` and yaw rate ``linspace(-1, 1, n_yaw_rate)[k % n_yaw_rate]``.
+* ``route``: ``Box(-1, 1, (2,))`` = normalised (acceleration, target lateral offset from the ego's logged
+  route); the offset is ``a[1] * route_offset_range`` m, positive = left of the route. A built-in pure
+  pursuit steers: it aims at the route point ``max(4 m, 1 s * |speed|)`` of arc length ahead of the ego's
+  projection on its route (that far behind it while reversing), shifted sideways by the target offset
+  (beyond its ends the route runs on straight along its first / last heading), with yaw rate
+  ``speed * 2 sin(alpha) / distance`` to that point (alpha = the point's bearing relative to the ego's
+  heading), clipped to the type's yaw-rate limit. Clipping and checks as ``continuous``.
 
-Normalised actions are scaled by the limits of the ego's agent type (vehicle: 5 m/s^2, 1.5 rad/s), the
-same limits the learned agents use.
+Normalised accelerations (and yaw rates) are scaled by the limits of the ego's agent type (vehicle:
+5 m/s^2, 1.5 rad/s), the same limits the learned agents use.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from gymnasium import spaces
 
 from trafficbots_gym.env.config import EnvConfig
-from trafficbots_gym.simulation.dynamics import scale_action
+from trafficbots_gym.env.route import Route, RoutePosition
+from trafficbots_gym.simulation.dynamics import action_limits, pure_pursuit_yaw_rate, pursuit_lookahead, scale_action
 
 
 def action_space(config: EnvConfig) -> spaces.Space:
@@ -32,16 +42,38 @@ def discrete_grid(n_acc: int, n_yaw_rate: int) -> torch.Tensor:
     return torch.cartesian_prod(acc, yaw)
 
 
+@dataclass
+class EgoOnRoute:
+    """What route-relative actions need of each row before the step: the ego's state and its route."""
+
+    pos: torch.Tensor      # [B, 2] m
+    yaw: torch.Tensor      # [B] rad
+    spd: torch.Tensor      # [B] m/s (signed)
+    route: Route
+    where: RoutePosition   # the ego's projection on ``route``
+
+    def steering_yaw_rate(self, offset: torch.Tensor) -> torch.Tensor:
+        """[B] pure-pursuit yaw rate (rad/s, unclipped) along the route shifted ``offset`` [B] m to the left
+        (aiming behind the ego while it reverses)."""
+        lookahead = pursuit_lookahead(self.spd)
+        ahead = torch.where(self.spd < 0, -lookahead, lookahead)
+        target = self.route.point_ahead(self.pos, self.where.s, ahead, offset)
+        return pure_pursuit_yaw_rate(self.pos, self.yaw, self.spd, target)
+
+
 class ActionMapper:
-    """Batched env actions -> physical ego actions [B, 2] on the simulation device."""
+    """Batched env actions -> physical ego actions [B, 2] on the simulation device (``route_relative``:
+    :meth:`physical` needs the ego's state and route)."""
 
     def __init__(self, config: EnvConfig, device: torch.device) -> None:
         self.discrete = config.action_mode == "discrete"
+        self.route_relative = config.action_mode == "route"
+        self.route_offset_range = config.route_offset_range
         self.grid = discrete_grid(config.n_acc, config.n_yaw_rate).to(device)
         self.device = device
 
     def normalised(self, actions: np.ndarray | torch.Tensor, num_envs: int) -> torch.Tensor:
-        """[B, 2] normalised actions in [-1, 1] from ``actions`` ([B, 2] continuous or [B] discrete)."""
+        """[B, 2] normalised actions in [-1, 1] from ``actions`` ([B, 2] continuous / route or [B] discrete)."""
         a = torch.as_tensor(actions, device=self.device)
         if self.discrete:
             a = a.reshape(-1)
@@ -59,6 +91,16 @@ class ActionMapper:
             raise ValueError(f"actions must be finite, got {actions!r}")
         return a.clamp(-1.0, 1.0)
 
-    def physical(self, normalised: torch.Tensor, ego_type: torch.Tensor) -> torch.Tensor:
-        """[B, 2] (m/s^2, rad/s) for the ego agent types ``ego_type`` [B, 3] one-hot."""
-        return scale_action(normalised, ego_type)
+    def physical(self, normalised: torch.Tensor, ego_type: torch.Tensor,
+                 ego: EgoOnRoute | None = None) -> torch.Tensor:
+        """[B, 2] (m/s^2, rad/s) for the ego agent types ``ego_type`` [B, 3] one-hot; route-relative actions
+        also need ``ego``. Pure tensor ops (no host synchronisation)."""
+        scaled = scale_action(normalised, ego_type)
+        if not self.route_relative:
+            return scaled
+        if ego is None:
+            raise ValueError("route actions need the ego's state and route (ego=EgoOnRoute(...))")
+        max_yaw_rate = action_limits(ego_type)[:, 1].to(normalised.dtype)
+        yaw_rate = ego.steering_yaw_rate(normalised[:, 1] * self.route_offset_range).to(normalised.dtype)
+        yaw_rate = torch.maximum(torch.minimum(yaw_rate, max_yaw_rate), -max_yaw_rate)
+        return torch.stack([scaled[:, 0], yaw_rate], dim=-1)

@@ -8,6 +8,8 @@ docs/env.md documents every key.
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,7 +24,8 @@ BACKGROUNDS: tuple[str, ...] = ("trafficbots", "log_replay", "constant_velocity"
 REACTIVE_BACKGROUNDS: tuple[str, ...] = ("trafficbots", "constant_velocity", "idm")
 """Modes that need no logged future, so the horizon may run past the end of the log."""
 OBS_MODES: tuple[str, ...] = ("flat", "dict")
-ACTION_MODES: tuple[str, ...] = ("continuous", "discrete")
+ACTION_MODES: tuple[str, ...] = ("continuous", "discrete", "route")
+"""Ego action modes (docs/env.md, "Actions"; ``trafficbots_gym.env.actions``)."""
 LOG_HORIZON: int = N_STEP - 1 - STEP_CURRENT
 """Controlled steps until the log ends (80: steps 11..90)."""
 
@@ -117,6 +120,8 @@ class EnvConfig:
     """Discrete action grid: number of accelerations."""
     n_yaw_rate: int = 7
     """Discrete action grid: number of yaw rates."""
+    route_offset_range: float = 2.0
+    """"route" actions: the target lateral offset from the logged route (m) of ``a[1] = +-1``."""
     mixed_radius: float = 30.0
     """"mixed" background: agents within this distance (m) of the ego are learned, the rest replay."""
     seed: int | None = None
@@ -167,6 +172,9 @@ class EnvConfig:
             value = getattr(self, name)
             if not value > 0:
                 raise ValueError(f"{name} must be > 0, got {value!r}")
+        offset = self.route_offset_range
+        if isinstance(offset, bool) or not isinstance(offset, numbers.Real) or not 0 < offset < math.inf:
+            raise ValueError(f"route_offset_range must be a finite number of metres > 0, got {offset!r}")
         ego_spec(self.ego)
 
     @staticmethod

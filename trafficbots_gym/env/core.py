@@ -24,7 +24,7 @@ import torch
 
 from trafficbots_gym.data.batch import SceneBatch, collate_arrays
 from trafficbots_gym.data.constants import DT, STEP_CURRENT, AgentRole
-from trafficbots_gym.env.actions import ActionMapper
+from trafficbots_gym.env.actions import ActionMapper, EgoOnRoute
 from trafficbots_gym.env.config import EnvConfig, ego_spec, resolve_device
 from trafficbots_gym.env.observation import EgoView, ObservationBuilder
 from trafficbots_gym.env.reward import StepEvents, terminated, total_reward, weighted_terms
@@ -333,7 +333,7 @@ class EpisodeBatch:
 
     # ---------------------------------------------------------------------------------------------- steps
     def step(self, actions: np.ndarray | torch.Tensor) -> StepResult:
-        """Advance every row with the env actions ([B, 2] continuous or [B] discrete); new tensors."""
+        """Advance every row with the env actions ([B, 2] continuous / route or [B] discrete); new tensors."""
         self._require_started()
         normalised = self.actions.normalised(actions, self.num_envs)
         if self._use_graphs():
@@ -368,7 +368,8 @@ class EpisodeBatch:
         (captured in the step graph). ``episode["t"]`` is added by :meth:`step`."""
         stats, route = self._require_started()
         assert self._where is not None
-        physical = self.actions.physical(normalised, self._ego_type)
+        physical = self.actions.physical(normalised, self._ego_type,
+                                         self._ego_on_route(route) if self.actions.route_relative else None)
         out = self.sim.step(physical)
         rows = self.sim.row_index
         ego = self.sim.ego_index
@@ -397,6 +398,13 @@ class EpisodeBatch:
                 "time_to_collision": out.ego_time_to_collision}
         return StepResult(reward=reward, terminated=done_terminated, truncated=truncated, info=info,
                           rewards=rewards, episode=self._episode(stats))
+
+    def _ego_on_route(self, route: Route) -> EgoOnRoute:
+        """The ego's current state (before the step) and route, for route-relative actions."""
+        assert self._where is not None
+        state, rows, ego = self.sim.state, self.sim.row_index, self.sim.ego_index
+        return EgoOnRoute(pos=state.pos[rows, ego], yaw=state.yaw[rows, ego], spd=state.spd[rows, ego],
+                          route=route, where=self._where)
 
     def _accumulate(self, stats: EpisodeStats, out: StepOutput, events: StepEvents, acc: torch.Tensor,
                     reward: torch.Tensor) -> None:

@@ -2,7 +2,9 @@
 
 A thin per-ego view of ``simulation.metrics.LoggedPath`` (the metric definition of progress), adding
 what the environment needs each step: where the ego projects on its route (arc length, signed lateral
-offset, route heading) and waypoints ahead of it. Batched over ``[B]`` rows, on the batch's device.
+offset, route heading), waypoints ahead of it, and the steering targets of the ``route`` action mode
+(:meth:`Route.point_ahead`, which runs on straight beyond the route ends). Batched over ``[B]`` rows, on the
+batch's device.
 """
 from __future__ import annotations
 
@@ -65,10 +67,41 @@ class Route:
         points, _ = repeated.interpolate(ahead)
         return points, valid
 
+    def point_ahead(self, pos: torch.Tensor, s: torch.Tensor, ahead: torch.Tensor,
+                    lateral: torch.Tensor) -> torch.Tensor:
+        """[B, 2] the route point ``ahead`` [B] m of arc length beyond the ego at ``pos`` [B, 2] (projected at
+        arc length ``s`` [B]; negative ``ahead``: behind it), shifted ``lateral`` [B] m to the left of the route.
+
+        Beyond either end the route runs on straight along its first / last logged heading; an ego beyond
+        an end (where its projection stops) is placed on that extension by its distance along it.
+        """
+        length = self.length
+        first_pos, first_dir = self.path.points[:, 0, 0], _unit(self.path.yaw[:, 0, 0])
+        last_pos, last_dir = self.path.points[:, 0, -1], _unit(self.path.yaw[:, 0, -1])
+        zero = torch.zeros_like(s)
+        past_end = ((pos - last_pos) * last_dir).sum(-1).clamp(min=0.0)
+        before_start = ((pos - first_pos) * first_dir).sum(-1).clamp(max=0.0)
+        s = (s + torch.where(s >= length - _END_TOLERANCE, past_end, zero)
+             + torch.where(s <= _END_TOLERANCE, before_start, zero))
+        target_s = s + ahead
+        point, yaw = self.path.interpolate(torch.minimum(target_s.clamp(min=0.0), length).unsqueeze(1))
+        point, yaw = point[:, 0], yaw[:, 0]
+        point = (point + (target_s - length).clamp(min=0.0).unsqueeze(-1) * last_dir
+                 + target_s.clamp(max=0.0).unsqueeze(-1) * first_dir)
+        return point + lateral.unsqueeze(-1) * torch.stack([-torch.sin(yaw), torch.cos(yaw)], dim=-1)
+
     def replace_rows(self, rows: torch.Tensor, other: "Route") -> None:
         """Overwrite rows ``rows`` with the rows of ``other`` (one per entry of ``rows``), in place."""
         for f in fields(LoggedPath):
             getattr(self.path, f.name)[rows] = getattr(other.path, f.name)
+
+
+_END_TOLERANCE = 1e-2
+"""m: a projection this close to a route end counts as at (or beyond) that end."""
+
+
+def _unit(yaw: torch.Tensor) -> torch.Tensor:
+    return torch.stack([torch.cos(yaw), torch.sin(yaw)], dim=-1)
 
 
 def _repeat_agent(value: torch.Tensor, count: int) -> torch.Tensor:

@@ -6,10 +6,21 @@ Finished rows reset in the same step (SB3 autoreset): the returned observation i
 ``reset_infos[i]``. ``infos[i]["episode"]`` carries the episode summary (incl. SB3's
 ``r`` / ``l`` / ``t``), so PPO logs returns without a ``VecMonitor``. All rows share one simulator:
 ``get_attr`` / ``set_attr`` / ``env_method`` act on it and return one entry per requested row.
+
+A saved SB3 model archive (``.zip``) can carry the env settings its policy was trained with, as the
+member ``trafficbots_env.json`` (:func:`write_policy_env_settings`; ``examples/train_ppo.py`` writes it);
+the benchmark's SB3 controller builds its env with them (:func:`read_policy_env_settings`). SB3's
+``load`` reads only the members ``data``, ``*.pth`` and ``system_info.txt`` and ignores this one.
 """
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
+import zipfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -95,6 +106,58 @@ class TrafficBotsSB3VecEnv(VecEnv):
 def make_sb3_vec_env(num_envs: int = 1, **env_kwargs: Any) -> TrafficBotsSB3VecEnv:
     """An SB3 ``VecEnv`` of ``num_envs`` TrafficBots envs in one batched simulator (keys as ``gym.make``)."""
     return TrafficBotsSB3VecEnv(num_envs, **env_kwargs)
+
+
+POLICY_ENV_MEMBER = "trafficbots_env.json"
+"""Member of a saved SB3 model archive holding the env settings its policy was trained with."""
+POLICY_ENV_KEYS: tuple[str, ...] = ("obs_mode", "action_mode", "route_offset_range", "n_acc", "n_yaw_rate",
+                                    "num_agents_obs", "num_map_points", "map_point_stride", "num_tl_obs",
+                                    "num_route_points", "route_spacing", "obs_range")
+"""The ``EnvConfig`` keys that shape a policy's observations and actions (stored with the policy)."""
+
+
+def policy_env_settings(config: EnvConfig) -> dict[str, Any]:
+    """The ``POLICY_ENV_KEYS`` of ``config``: what a policy trained on it needs of an env."""
+    return {key: getattr(config, key) for key in POLICY_ENV_KEYS}
+
+
+def write_policy_env_settings(path: str | os.PathLike, settings: Mapping[str, Any]) -> None:
+    """Store ``settings`` (JSON) as the member ``trafficbots_env.json`` of the SB3 model archive at ``path``,
+    replacing one already there. The archive is rewritten into a temporary file beside it, which is then
+    renamed over it: ``path`` is never left half written."""
+    path = Path(path)
+    payload = json.dumps(dict(settings), indent=2, sort_keys=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            with zipfile.ZipFile(path) as src, zipfile.ZipFile(f, "w") as dst:
+                for info in src.infolist():
+                    if info.filename != POLICY_ENV_MEMBER:
+                        dst.writestr(info, src.read(info))
+                dst.writestr(POLICY_ENV_MEMBER, payload, compress_type=zipfile.ZIP_DEFLATED)
+            f.flush()
+            os.fsync(f.fileno())
+        shutil.copymode(path, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_policy_env_settings(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The env settings stored in the SB3 model archive at ``path`` (``trafficbots_env.json``); None when it
+    has none. A member that is not a JSON object raises ``ValueError``."""
+    with zipfile.ZipFile(path) as archive:
+        if POLICY_ENV_MEMBER not in archive.namelist():
+            return None
+        raw = archive.read(POLICY_ENV_MEMBER)
+    try:
+        settings = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: member {POLICY_ENV_MEMBER} is not valid JSON ({e})") from e
+    if not isinstance(settings, dict):
+        raise ValueError(f"{path}: member {POLICY_ENV_MEMBER} must hold a JSON object, got {type(settings).__name__}")
+    return settings
 
 
 def row_dicts(infos: Mapping[str, Any], num_envs: int) -> list[dict[str, Any]]:

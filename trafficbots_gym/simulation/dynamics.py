@@ -3,6 +3,9 @@
 State s = (x, y, yaw, v); action = (acceleration m/s^2, yaw rate rad/s) in physical units.
 A normalised action a in [-1, 1]^2 maps to physical units by the per-type limits below; the policy's
 unbounded Gaussian output u maps through ``a = tanh(u)``. Yaw is never wrapped here.
+
+Also the pure-pursuit steering law shared by the route-following ego controllers (the ``route`` action
+mode of the env and the ``idm`` benchmark controller).
 """
 from __future__ import annotations
 
@@ -51,3 +54,25 @@ def unicycle_step(pos: torch.Tensor, yaw: torch.Tensor, spd: torch.Tensor, acc: 
     yaw_mid = yaw + 0.5 * dt * yaw_rate
     disp = torch.stack([torch.cos(yaw_mid), torch.sin(yaw_mid)], dim=-1) * (dt * spd_mid).unsqueeze(-1)
     return pos + disp, yaw + dt * yaw_rate, spd + dt * acc, disp / dt
+
+
+PURSUIT_LOOKAHEAD_TIME: float = 1.0
+"""s: pure pursuit aims at the path point this far ahead at the current speed ..."""
+PURSUIT_MIN_LOOKAHEAD: float = 4.0
+"""... but at least this far (m) along the path."""
+
+
+def pursuit_lookahead(speed: torch.Tensor, lookahead_time: float = PURSUIT_LOOKAHEAD_TIME,
+                      min_lookahead: float = PURSUIT_MIN_LOOKAHEAD) -> torch.Tensor:
+    """Arc length (m) ahead on the path of the pure-pursuit target: ``max(min_lookahead, |speed| * lookahead_time)``."""
+    return torch.clamp(speed.abs() * lookahead_time, min=min_lookahead)
+
+
+def pure_pursuit_yaw_rate(pos: torch.Tensor, yaw: torch.Tensor, speed: torch.Tensor,
+                          target: torch.Tensor) -> torch.Tensor:
+    """Yaw rate [...] that keeps the unicycle (``pos`` [..., 2], ``yaw``, ``speed``) on the circular arc
+    tangent to its heading through ``target`` [..., 2]: ``speed * 2 sin(alpha) / distance``, alpha = the
+    target's bearing relative to the heading. Zero at zero speed; reversing moves back along the same arc."""
+    d = target - pos
+    alpha = wrap_angle(torch.atan2(d[..., 1], d[..., 0]) - yaw)
+    return speed * 2.0 * torch.sin(alpha) / d.norm(dim=-1).clamp(min=1e-3)

@@ -155,6 +155,14 @@ def test_shipped_ppo_policy_is_a_builtin_controller_that_reaches_most_held_out_g
     assert result.progress.mean() > 20.0
 
 
+def test_shipped_route_mode_policy_carries_its_action_mode_and_stays_on_the_road():
+    controller = make_controller("ppo_route", device="cpu")
+    assert controller.name == "ppo_route" and controller.env_overrides["action_mode"] == "route"
+    result = run_pair(controller, "log_replay", episodes=8, seed=0, num_envs=8)  # embedded held-out scenes
+    assert result.goal_reached.mean() >= 0.375                       # 4 of these 8 (0.72 of 100 held-out)
+    assert result.offroad.mean() <= 0.125                            # 0 of these 8 (the ppo policy: 1)
+
+
 # ------------------------------------------------------------------------------------ episodes
 @pytest.fixture(scope="module")
 def womd_runs(womd_scene) -> dict:

@@ -1,5 +1,5 @@
 """Smoke specification of examples/run_episode.py and examples/render_episode.py: an ego (route follower,
-the shipped PPO policy or a model file) drives a rendered episode and the metrics are printed."""
+a shipped PPO policy or a model file) drives a rendered episode and the metrics are printed."""
 from __future__ import annotations
 
 import sys
@@ -16,7 +16,7 @@ import run_episode  # noqa: E402
 GIF_MAGIC = b"GIF89a"
 
 
-@pytest.mark.parametrize("ego", ["route", "ppo"])
+@pytest.mark.parametrize("ego", ["route", "ppo", "ppo_route"])
 def test_run_episode_renders_the_ego_and_prints_its_metrics(tmp_path, capsys, ego) -> None:
     out = tmp_path / "episode.gif"
     run_episode.main(["--ego", ego, "--background", "log_replay", "--steps", "4", "--device", "cpu",

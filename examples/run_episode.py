@@ -1,15 +1,15 @@
 """Drive one TrafficBots-v0 episode with a route follower or a trained policy, render it, print its metrics.
 
-    python examples/run_episode.py --out episode.gif [--ego route|ppo|PATH.zip] [--scene-index 0]
+    python examples/run_episode.py --out episode.gif [--ego route|ppo|ppo_route|PATH.zip] [--scene-index 0]
                                    [--background trafficbots] [--device auto] [--seed 0] [--steps 80]
                                    [--camera ego]
 
 ``--ego route`` (the default) follows the logged route: pure pursuit on the route waypoints of the
 observation for steering, and an IDM car-follower for speed, whose leader is the nearest agent on the
 route ahead or a red light across it, cruising at the pace that reaches the logged goal when the log
-does. ``--ego ppo`` drives with the shipped PPO policy (``trafficbots_gym/assets/policies``), ``--ego
-PATH.zip`` with any Stable-Baselines3 model trained on TrafficBots-v0 (e.g. by ``train_ppo.py``;
-deterministic actions). Every step is rendered (``render_mode="rgb_array"``) into the MP4 / GIF ``--out``.
+does. ``--ego ppo`` / ``--ego ppo_route`` drive with the shipped PPO policies (``trafficbots_gym/assets/
+policies``), ``--ego PATH.zip`` with any Stable-Baselines3 model trained on TrafficBots-v0 (e.g. by
+``train_ppo.py``; deterministic actions, in an env with the settings stored in the archive). Every step is rendered (``render_mode="rgb_array"``) into the MP4 / GIF ``--out``.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 import trafficbots_gym  # noqa: F401  (registers TrafficBots-v0)
-from trafficbots_gym.benchmarks.ego_controllers import SHIPPED_PPO_POLICY, sb3_algorithm
+from trafficbots_gym.benchmarks.ego_controllers import SHIPPED_POLICIES, SB3Controller
 from trafficbots_gym.env.config import BACKGROUNDS, LOG_HORIZON
 from trafficbots_gym.env.observation import (
     AGENT_FEATURES, EGO_FEATURES, GOAL_DISTANCE_SCALE, GOAL_FEATURES, LENGTH_SCALE, ROUTE_FEATURES,
@@ -179,21 +179,24 @@ Controller = Callable[[Any], np.ndarray]
 """Maps one observation of the env to its action."""
 
 
-def load_policy(ego: str) -> Any | None:
-    """The Stable-Baselines3 model of ``--ego`` (``ppo`` = the shipped policy, or a .zip path); None for route."""
+def load_policy(ego: str) -> SB3Controller | None:
+    """The Stable-Baselines3 policy of ``--ego`` (a shipped one by name, or a .zip path) with the env settings
+    it needs; None for the route follower."""
     if ego == "route":
         return None
-    path = SHIPPED_PPO_POLICY if ego == "ppo" else Path(ego)
+    path = SHIPPED_POLICIES.get(ego, Path(ego))
     if path.suffix != ".zip" or not path.is_file():
-        raise SystemExit(f"--ego {ego!r}: expected 'route', 'ppo' or an existing Stable-Baselines3 model .zip")
-    return sb3_algorithm(path).load(path, device="cpu")
+        raise SystemExit(f"--ego {ego!r}: expected 'route', one of {', '.join(SHIPPED_POLICIES)} or an existing "
+                         "Stable-Baselines3 model .zip")
+    return SB3Controller(path, device="cpu", name=ego)
 
 
 def make_env(background: str, device: str, camera: str, steps: int | None, scenes: str | None,
-             checkpoint: str | None, obs_mode: str = "dict") -> gym.Env:
-    """``TrafficBots-v0`` with rgb_array rendering (dict observations, as the route follower reads them)."""
-    kwargs: dict[str, Any] = {"background": background, "device": device, "obs_mode": obs_mode,
-                              "render_camera": camera}
+             checkpoint: str | None, overrides: Mapping[str, Any] | None = None) -> gym.Env:
+    """``TrafficBots-v0`` with rgb_array rendering; ``overrides``: env keys a policy needs (default: the dict
+    observations that the route follower reads)."""
+    kwargs: dict[str, Any] = {"background": background, "device": device, "render_camera": camera,
+                              **(overrides or {"obs_mode": "dict"})}
     if steps is not None:
         kwargs["horizon"] = steps
     if scenes is not None:
@@ -203,21 +206,23 @@ def make_env(background: str, device: str, camera: str, steps: int | None, scene
     return gym.make("TrafficBots-v0", render_mode="rgb_array", **kwargs)
 
 
-def make_env_for(policy: Any | None, args: argparse.Namespace, background: str) -> gym.Env:
-    """The env of ``args`` for ``policy`` (its observation mode; dict observations for the route follower)."""
-    obs_mode = "dict" if policy is None or isinstance(policy.observation_space, gym.spaces.Dict) else "flat"
-    return make_env(background, args.device, args.camera, args.steps, args.scenes, args.checkpoint, obs_mode)
+def make_env_for(policy: SB3Controller | None, args: argparse.Namespace, background: str) -> gym.Env:
+    """The env of ``args`` for ``policy`` (the settings it was trained with; dict observations for the route
+    follower)."""
+    overrides = None if policy is None else policy.env_overrides
+    return make_env(background, args.device, args.camera, args.steps, args.scenes, args.checkpoint, overrides)
 
 
-def make_controller(env: gym.Env, policy: Any | None) -> Controller:
+def make_controller(env: gym.Env, policy: SB3Controller | None) -> Controller:
     """The route follower for ``env`` (``policy`` None), or the policy's deterministic action."""
     if policy is None:
         config = env.unwrapped.config  # type: ignore[attr-defined]
         return RouteFollower(config.obs_range, config.horizon)
-    if policy.observation_space != env.observation_space:
-        raise SystemExit(f"the policy's observation space {policy.observation_space} differs from the env's "
+    model = policy.model
+    if model.observation_space != env.observation_space:
+        raise SystemExit(f"the policy's observation space {model.observation_space} differs from the env's "
                          f"{env.observation_space}: run it with the env settings it was trained with")
-    return lambda obs: policy.predict(obs, deterministic=True)[0]
+    return lambda obs: model.predict(obs, deterministic=True)[0]
 
 
 def drive(env: gym.Env, scene_index: int, seed: int, render: bool = True, desc: str = "episode",
@@ -278,7 +283,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", default=None, help="H5 file or folder (default: the embedded scenes)")
     parser.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: the shipped one)")
     parser.add_argument("--ego", default="route",
-                        help="route (route follower), ppo (the shipped PPO policy) or a Stable-Baselines3 .zip")
+                        help="route (route follower), ppo / ppo_route (the shipped PPO policies) or a "
+                             "Stable-Baselines3 .zip")
 
 
 def main(argv: list[str] | None = None) -> None:

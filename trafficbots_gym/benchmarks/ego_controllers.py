@@ -11,8 +11,11 @@
   (or a red/yellow stop point it can still stop for), desired speed = the ego's top logged speed, and
   pure-pursuit steering towards a route point one second ahead (at least 4 m).
 * ``random``: uniform normalised actions from a seeded generator.
-* ``ppo``: the shipped PPO ego policy (``assets/policies/ppo_ego.zip``, trained for 7 minutes on one H100
-  80GB against the learned background; its card is ``assets/policies/POLICY_CARD.md``).
+* ``ppo``: the shipped PPO ego policy with raw (acceleration, yaw rate) actions (``assets/policies/ppo_ego.zip``,
+  trained for 7 minutes on one H100 80GB against the learned background): reaches more goals.
+* ``ppo_route``: the shipped PPO ego policy of the ``route`` action mode (``assets/policies/ppo_route_ego.zip``,
+  7.5 minutes on one H200): far fewer collisions and off-road events. Both are described in
+  ``assets/policies/POLICY_CARD.md``.
 * ``PATH.zip``: a trained Stable-Baselines3 policy (deterministic actions) on the env's observations, in
   an env with the settings stored in the archive (or inferred from the model's spaces).
 
@@ -39,10 +42,11 @@ from trafficbots_gym.simulation.idm import IDMParams, idm_acceleration
 from trafficbots_gym.simulation.metrics import LoggedPath, path_progress
 from trafficbots_gym.simulation.state import AgentState
 
-BUILTIN_CONTROLLERS: tuple[str, ...] = ("expert", "constant_velocity", "idm", "random", "ppo")
+_POLICY_DIR = Path(__file__).resolve().parent.parent / "assets" / "policies"
+SHIPPED_POLICIES: dict[str, Path] = {"ppo": _POLICY_DIR / "ppo_ego.zip", "ppo_route": _POLICY_DIR / "ppo_route_ego.zip"}
+"""The shipped Stable-Baselines3 ego policies by controller name."""
+BUILTIN_CONTROLLERS: tuple[str, ...] = ("expert", "constant_velocity", "idm", "random", *SHIPPED_POLICIES)
 """Controller names; any path ending in ``.zip`` is a Stable-Baselines3 policy."""
-SHIPPED_PPO_POLICY = Path(__file__).resolve().parent.parent / "assets" / "policies" / "ppo_ego.zip"
-"""The Stable-Baselines3 PPO ego policy behind the controller name ``ppo``."""
 EXPERT_LOOKAHEAD = 5
 """Steps ahead (0.5 s) on the log that the expert aims at."""
 
@@ -304,8 +308,8 @@ def make_controller(spec: str, device: str | torch.device = "auto") -> EgoContro
                                  "idm": IDMController, "random": RandomController}
     if spec in builtins:
         return builtins[spec]()
-    if spec == "ppo":
-        return SB3Controller(SHIPPED_PPO_POLICY, device, name="ppo")
+    if spec in SHIPPED_POLICIES:
+        return SB3Controller(SHIPPED_POLICIES[spec], device, name=spec)
     if spec.endswith(".zip"):
         return SB3Controller(spec, device)
     raise ValueError(f"unknown controller {spec!r}; valid: {', '.join(BUILTIN_CONTROLLERS)} or a path to an "

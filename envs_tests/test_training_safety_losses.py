@@ -153,6 +153,15 @@ def test_weighted_penalties_enter_the_total_loss_with_a_finite_gradient(referenc
     assert torch.isfinite(out.pred_pos.grad).all() and out.pred_pos.grad.abs().sum() > 0
 
 
+def test_at_fault_flag_of_the_loss_config_keeps_only_part_of_the_collision_term(reference_batch: SceneBatch) -> None:
+    out = log_replay(reference_batch)
+    out.pred_pos = out.pred_pos + torch.randn(out.pred_pos.shape, generator=torch.Generator().manual_seed(0)) * 3.0
+    both = training_losses(out, reference_batch, replace(LossConfig(), w_collision=1.0))["collision"]
+    at_fault = training_losses(out, reference_batch,
+                               replace(LossConfig(), w_collision=1.0, collision_at_fault_only=True))["collision"]
+    assert 0.0 < at_fault.item() < both.item()
+
+
 def test_loss_config_rejects_negative_safety_weights() -> None:
     with pytest.raises(ValueError, match="w_collision"):
         LossConfig(w_collision=-1.0)

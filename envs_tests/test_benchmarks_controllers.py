@@ -163,6 +163,13 @@ def test_shipped_route_mode_policy_carries_its_action_mode_and_stays_on_the_road
     assert result.offroad.mean() <= 0.125                            # 0 of these 8 (the ppo policy: 1)
 
 
+def test_shipped_time_to_collision_policy_reaches_the_held_out_goals():
+    controller = make_controller("ppo_route_ttc", device="cpu")
+    assert controller.env_overrides["action_mode"] == "route"
+    result = run_pair(controller, "log_replay", episodes=8, seed=0, num_envs=8)  # embedded held-out scenes
+    assert result.goal_reached.mean() >= 0.75                        # all 8 here (0.90 of 100 held-out)
+
+
 # ------------------------------------------------------------------------------------ episodes
 @pytest.fixture(scope="module")
 def womd_runs(womd_scene) -> dict:

@@ -14,8 +14,9 @@
 * ``ppo``: the shipped PPO ego policy with raw (acceleration, yaw rate) actions (``assets/policies/ppo_ego.zip``,
   trained for 7 minutes on one H100 80GB against the learned background): reaches more goals.
 * ``ppo_route``: the shipped PPO ego policy of the ``route`` action mode (``assets/policies/ppo_route_ego.zip``,
-  7.5 minutes on one H200): far fewer collisions and off-road events. Both are described in
-  ``assets/policies/POLICY_CARD.md``.
+  7.5 minutes on one H200): far fewer collisions and off-road events.
+* ``ppo_route_ttc``: route action mode with a time-to-collision penalty (``assets/policies/ppo_route_ttc_ego.zip``,
+  24 minutes on a 2-core CPU): the most goals. The three are described in ``assets/policies/POLICY_CARD.md``.
 * ``PATH.zip``: a trained Stable-Baselines3 policy (deterministic actions) on the env's observations, in
   an env with the settings stored in the archive (or inferred from the model's spaces).
 
@@ -43,7 +44,8 @@ from trafficbots_gym.simulation.metrics import LoggedPath, path_progress
 from trafficbots_gym.simulation.state import AgentState
 
 _POLICY_DIR = Path(__file__).resolve().parent.parent / "assets" / "policies"
-SHIPPED_POLICIES: dict[str, Path] = {"ppo": _POLICY_DIR / "ppo_ego.zip", "ppo_route": _POLICY_DIR / "ppo_route_ego.zip"}
+SHIPPED_POLICIES: dict[str, Path] = {"ppo": _POLICY_DIR / "ppo_ego.zip", "ppo_route": _POLICY_DIR / "ppo_route_ego.zip",
+                                     "ppo_route_ttc": _POLICY_DIR / "ppo_route_ttc_ego.zip"}
 """The shipped Stable-Baselines3 ego policies by controller name."""
 BUILTIN_CONTROLLERS: tuple[str, ...] = ("expert", "constant_velocity", "idm", "random", *SHIPPED_POLICIES)
 """Controller names; any path ending in ``.zip`` is a Stable-Baselines3 policy."""

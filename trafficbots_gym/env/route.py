@@ -76,8 +76,8 @@ class Route:
         an end (where its projection stops) is placed on that extension by its distance along it.
         """
         length = self.length
-        first_pos, first_dir = self.path.points[:, 0, 0], _unit(self.path.yaw[:, 0, 0])
-        last_pos, last_dir = self.path.points[:, 0, -1], _unit(self.path.yaw[:, 0, -1])
+        first_pos, first_dir = self.path.points[:, 0, 0], _heading(self.path.yaw[:, 0, 0])
+        last_pos, last_dir = self.path.points[:, 0, -1], _heading(self.path.yaw[:, 0, -1])
         zero = torch.zeros_like(s)
         past_end = ((pos - last_pos) * last_dir).sum(-1).clamp(min=0.0)
         before_start = ((pos - first_pos) * first_dir).sum(-1).clamp(max=0.0)
@@ -100,7 +100,8 @@ _END_TOLERANCE = 1e-2
 """m: a projection this close to a route end counts as at (or beyond) that end."""
 
 
-def _unit(yaw: torch.Tensor) -> torch.Tensor:
+def _heading(yaw: torch.Tensor) -> torch.Tensor:
+    """[..., 2] unit vectors of the headings ``yaw`` [...]."""
     return torch.stack([torch.cos(yaw), torch.sin(yaw)], dim=-1)
 
 

@@ -107,7 +107,7 @@ def test_sync_episodes_end_training_episodes_only_at_the_horizon(tmp_path) -> No
     assert lengths == [5, 5, 5, 5]
 
 
-def test_encoding_cache_is_sized_for_the_training_split_on_a_gpu_only_by_default(monkeypatch) -> None:
+def test_caches_and_reset_pool_reach_the_training_env_and_the_encoding_cache_defaults_up_on_a_gpu_only(monkeypatch) -> None:
     module = _train_ppo_module()
     parse = module.build_parser().parse_args
     assert "encoding_cache_mb" not in module.env_kwargs(parse(["--device", "cpu"]), None, "training")
@@ -115,6 +115,8 @@ def test_encoding_cache_is_sized_for_the_training_split_on_a_gpu_only_by_default
         "encoding_cache_mb"] == 8.0
     assert module.training_env_kwargs(parse(["--device", "cpu", "--reset-pool", "4"]))["reset_pool"] == 4
     assert "reset_pool" not in module.training_env_kwargs(parse(["--device", "cpu"]))
+    assert module.training_env_kwargs(parse(["--device", "cpu", "--scene-cache-mb", "4000"]))["scene_cache_mb"] == 4000
+    assert "scene_cache_mb" not in module.training_env_kwargs(parse(["--device", "cpu"]))
     monkeypatch.setattr(module, "resolve_device", lambda name: torch.device("cuda"))  # no GPU needed to check
     assert module.env_kwargs(parse(["--device", "cuda"]), None, "training")["encoding_cache_mb"] == 1024.0
 

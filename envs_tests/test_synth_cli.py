@@ -1,4 +1,4 @@
-"""``trafficbots-synth``: sharded scene output with an index, single files, corpus, argument errors."""
+"""``trafficbots-synth``: sharded scene output with an index, single files, corpus, cut, argument errors."""
 from __future__ import annotations
 
 import json
@@ -43,9 +43,23 @@ def test_corpus_subcommand_reports_runs_windows_and_size(tmp_path: Path, capsys:
     assert "1 runs" in capsys.readouterr().out
 
 
+def test_cut_subcommand_writes_corpus_windows_as_env_scenes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "corpus"
+    assert main(["corpus", "--out", str(corpus), "--seed", "4", "--runs", "1", "--val-runs", "0",
+                 "--duration", "25"]) == 0
+    out = tmp_path / "cut"
+    assert main(["cut", "--corpus", str(corpus), "--num-scenes", "5", "--out", str(out), "--seed", "0",
+                 "--shard-size", "3"]) == 0
+    assert "5 training scenes cut from" in capsys.readouterr().out
+    reader = SceneReader(out)
+    assert len(reader) == 5 and len(set(reader.scenario_ids)) == 5
+    assert sorted(p.name for p in out.iterdir()) == ["index.json", "training-00000.h5", "training-00001.h5"]
+
+
 @pytest.mark.parametrize("argv", [["--num-scenes", "0", "--out", "x", "--seed", "1"],
                                   ["--num-scenes", "2", "--out", "x", "--seed", "1", "--split", "train"],
                                   ["corpus", "--out", "x", "--seed", "-1"],
+                                  ["cut", "--corpus", "c", "--num-scenes", "0", "--out", "x", "--seed", "1"],
                                   ["--num-scenes", "2", "--out", "x", "--seed", "1", "--duration", "5"]])
 def test_bad_arguments_exit_with_a_usage_error(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as err:

@@ -9,8 +9,8 @@ import torch
 
 from trafficbots_gym.data.batch import collate_arrays
 from trafficbots_gym.data.constants import N_STEP
-from trafficbots_gym.synth.corpus import (CorpusFormatError, SyntheticWindowDataset, build_corpus, load_run,
-                                          save_run)
+from trafficbots_gym.synth.corpus import (CorpusFormatError, SyntheticWindowDataset, build_corpus, corpus_scenes,
+                                          load_run, save_run)
 from trafficbots_gym.synth.generate import run_seeds
 from trafficbots_gym.synth.runs import execute_run, sample_run_spec
 
@@ -73,3 +73,12 @@ def test_missing_split_and_bad_files_raise_clear_errors(corpus: Path, tmp_path: 
     (tmp_path / "training-0000.npz").write_bytes(b"not a corpus")
     with pytest.raises(CorpusFormatError, match="training-0000.npz"):
         SyntheticWindowDataset(tmp_path, "training")
+
+
+def test_corpus_scenes_are_distinct_windows_fixed_by_the_seed_not_the_workers(corpus: Path) -> None:
+    one = [scene.scenario_id for scene in corpus_scenes(corpus, "training", 20, seed=5)]
+    two = [scene.scenario_id for scene in corpus_scenes(corpus, "training", 20, seed=5, workers=2)]
+    assert one == two and len(set(one)) == 20
+    assert one != [scene.scenario_id for scene in corpus_scenes(corpus, "training", 20, seed=6)]
+    with pytest.raises(ValueError, match=r"num_scenes must be in \[1, \d+\].*got 1000000"):
+        next(corpus_scenes(corpus, "training", 1_000_000, seed=5))

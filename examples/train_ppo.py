@@ -183,6 +183,8 @@ def training_env_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     kwargs = env_kwargs(args, args.scenes, "training")
     if args.reset_pool:
         kwargs["reset_pool"] = args.reset_pool
+    if args.scene_cache_mb is not None:
+        kwargs["scene_cache_mb"] = args.scene_cache_mb
     if args.sync_episodes:
         kwargs["termination"] = NO_TERMINATION
     return kwargs
@@ -262,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="route actions: lateral offset (m) of a[1] = +-1")
     p.add_argument("--policy-precision", choices=("fp32", "bf16"), default="fp32",
                    help="learned background's network precision (bf16: autocast, for GPUs)")
+    p.add_argument("--scene-cache-mb", type=float, default=None,
+                   help="training envs' cache of read scenes (env key scene_cache_mb; default 128, about 200 "
+                        "full-size scenes): raise it to hold a larger --scenes set in memory")
     p.add_argument("--encoding-cache-mb", type=float, default=None,
                    help="learned background's per-scene encoding cache (default: 1024 on a GPU, the env's on a CPU)")
     p.add_argument("--reset-pool", type=int, default=0,

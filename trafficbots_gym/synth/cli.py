@@ -4,6 +4,11 @@
                       [--workers K] [--scenes-per-run 8] [--duration 120] [--shard-size 500]
     trafficbots-synth corpus --out DIR --seed S [--runs 20] [--val-runs 1] [--test-runs 0]
                       [--duration 600] [--workers K]
+    trafficbots-synth cut --corpus DIR --num-scenes N --out DIR_OR_FILE.h5 --seed S [--split training]
+                      [--shard-size 500] [--workers K]
+
+``cut`` writes N distinct windows of a corpus (drawn at random) as scenes: the cheap way to many scenes
+(a 16 MB corpus of 10 runs holds about 100,000 windows), e.g. to train an ego policy on.
 
 Scenes: an ``--out`` ending in ``.h5`` gets one file; otherwise ``DIR/<split>-NNNNN.h5`` shards plus
 ``index.json``, written with gzip level :data:`GZIP_LEVEL` (+ shuffle). Output depends only on the seed
@@ -95,6 +100,19 @@ def write_scene_output(out: Path, scenes: Iterator[Scene], total: int, split: st
     return files
 
 
+def cut_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="trafficbots-synth cut",
+                                description="Write distinct windows of a corpus, drawn at random, as scenes.")
+    p.add_argument("--corpus", type=Path, required=True, help="corpus folder (trafficbots-synth corpus)")
+    p.add_argument("--num-scenes", type=_positive, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder of shards, or a single .h5 file")
+    p.add_argument("--seed", type=_non_negative, required=True)
+    p.add_argument("--split", choices=SPLITS, default="training")
+    p.add_argument("--shard-size", type=_positive, default=500, help="scenes per shard (folder output)")
+    p.add_argument("--workers", type=_positive, default=1)
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -106,6 +124,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = build_corpus(a.out, {k: v for k, v in runs.items() if v > 0}, a.seed, a.duration, a.workers)
         size = sum(Path(f).stat().st_size for f, _ in results)
         print(f"{len(results)} runs, {sum(n for _, n in results)} distinct windows, {size / 1e6:.1f} MB in {a.out}")
+        return 0
+    if argv[:1] == ["cut"]:
+        from trafficbots_gym.synth.corpus import corpus_scenes
+
+        a = cut_parser().parse_args(argv[1:])
+        scenes = corpus_scenes(a.corpus, a.split, a.num_scenes, a.seed, a.workers)
+        files = write_scene_output(a.out, scenes, a.num_scenes, a.split, a.shard_size)
+        print(f"{a.num_scenes} {a.split} scenes cut from {a.corpus} in {len(files)} file(s) under {a.out}")
         return 0
     a = scenes_parser().parse_args(argv)
     config = GenerationConfig(split=a.split, scenes_per_run=a.scenes_per_run, duration=a.duration)

@@ -11,7 +11,8 @@ A corpus is a folder of ``<split>-NNNN.npz`` files, one per run, each holding
 
 :class:`SyntheticWindowDataset` serves ``scene_to_arrays(pack_scenario(...))`` dicts of fresh windows
 (random first step within the 1 s grid cell, the indexed SDC, random frame shift / rotation for
-training) so it plugs into a DataLoader with ``collate_arrays``.
+training) so it plugs into a DataLoader with ``collate_arrays``; :func:`corpus_scenes` writes a random
+draw of distinct windows as scenes for the env.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,7 @@ from trafficbots_gym.data.constants import N_STEP, SPLITS
 from trafficbots_gym.data.h5io import atomic_path
 from trafficbots_gym.data.packing import pack_scenario
 from trafficbots_gym.data.raw import RawPolyline
+from trafficbots_gym.data.scene import Scene
 from trafficbots_gym.synth.generate import process_pool, run_seeds
 from trafficbots_gym.synth.roadmap import RoadMap, TlLinks
 from trafficbots_gym.synth.runs import RunSpec, execute_run, sample_run_spec
@@ -313,10 +316,42 @@ class SyntheticWindowDataset(Dataset):
         shift = int(np.random.default_rng([self.seed, self.epoch, index, 1]).integers(0, WINDOW_STRIDE))
         return k, track, min(t0 + shift, last_start)
 
-    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    def scene(self, index: int) -> Scene:
+        """Item ``index`` of this epoch as a packed :class:`Scene`."""
         k, track, t0 = self.window(index)
         run = self.run(k)
         sid = f"{run.tag}-t{t0:05d}-sdc{int(run.log.tracks.object_id[track]):05d}"
         raw = cut_window(run.log, run.road_map, track, t0, sid)
-        scene = pack_scenario(raw, self.split, rng=np.random.default_rng([self.seed, self.epoch, index]))
-        return scene_to_arrays(scene)
+        return pack_scenario(raw, self.split, rng=np.random.default_rng([self.seed, self.epoch, index]))
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return scene_to_arrays(self.scene(index))
+
+
+def corpus_scenes(corpus_dir: str | os.PathLike, split: str, num_scenes: int, seed: int,
+                  workers: int = 1) -> Iterator[Scene]:
+    """``num_scenes`` distinct windows of a corpus split, drawn at random by ``seed``, as packed scenes.
+
+    This is how a corpus becomes env scenes: many more distinct situations than a scene file generated
+    directly (e.g. for training an ego policy without over-fitting to a few hundred scenes). Scenes come
+    in window order and depend only on the seed, not on ``workers`` (processes that cut them).
+    """
+    total = len(SyntheticWindowDataset(corpus_dir, split, seed))
+    if not 1 <= num_scenes <= total:
+        raise ValueError(f"num_scenes must be in [1, {total}] (the windows of split {split!r} in "
+                         f"{corpus_dir}), got {num_scenes}")
+    picked = np.sort(np.random.default_rng([seed, 2]).choice(total, size=num_scenes, replace=False))
+    chunks = [(str(corpus_dir), split, seed, c.tolist()) for c in np.array_split(picked, -(-num_scenes // 16))]
+    pool = process_pool(workers)
+    try:
+        for scenes in (pool.map(_cut_scenes, chunks) if pool is not None else map(_cut_scenes, chunks)):
+            yield from scenes
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _cut_scenes(job: tuple[str, str, int, list[int]]) -> list[Scene]:
+    corpus_dir, split, seed, indices = job
+    dataset = SyntheticWindowDataset(corpus_dir, split, seed)
+    return [dataset.scene(i) for i in indices]

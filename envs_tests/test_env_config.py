@@ -104,6 +104,7 @@ def _events(n: int = 2, **overrides) -> StepEvents:
     base = {name: torch.zeros(n) for name in ("progress", "acc_magnitude", "jerk", "log_deviation")}
     base["time_to_collision"] = torch.full((n,), 5.0)
     base["overspeed"] = torch.zeros(n)
+    base["ahead_of_log"] = torch.zeros(n)
     base.update({name: torch.zeros(n, dtype=torch.bool)
                  for name in ("goal_reached", "collided", "offroad", "red_light", "outside_map", "log_valid")})
     base.update(overrides)
@@ -118,7 +119,8 @@ def test_reward_is_the_weighted_sum_of_terms():
     expected = torch.tensor([2.0 * cfg.progress + cfg.comfort_acc, cfg.collision])
     assert torch.allclose(total_reward(terms), expected)
     assert set(terms) == {"progress", "goal_reached", "collision", "offroad", "red_light", "comfort_acc",
-                          "comfort_jerk", "log_deviation", "log_tracking", "time_to_collision", "overspeed"}
+                          "comfort_jerk", "log_deviation", "log_tracking", "time_to_collision", "overspeed",
+                          "ahead_of_log"}
 
 
 def test_log_tracking_bonus_falls_linearly_to_zero_at_five_metres_and_is_zero_without_a_log():
@@ -134,6 +136,13 @@ def test_time_to_collision_penalty_grows_as_the_leader_gets_closer_in_time_and_i
     terms = weighted_terms(events, RewardConfig(time_to_collision=-1.0, comfort_acc=0.0, comfort_jerk=0.0))
     assert terms["time_to_collision"].tolist() == pytest.approx([0.0, 0.0, -0.5, -1.0])
     assert weighted_terms(events, RewardConfig())["time_to_collision"].abs().sum() == 0
+
+
+def test_ahead_of_log_penalty_is_per_metre_ahead_of_the_logged_driver_and_off_by_default():
+    events = _events(3, ahead_of_log=torch.tensor([0.0, 2.0, 10.0]))
+    terms = weighted_terms(events, RewardConfig(ahead_of_log=-0.05))
+    assert terms["ahead_of_log"].tolist() == pytest.approx([0.0, -0.1, -0.5])
+    assert weighted_terms(events, RewardConfig())["ahead_of_log"].abs().sum() == 0
 
 
 def test_overspeed_penalty_is_per_metre_per_second_above_the_logged_top_speed_and_off_by_default():

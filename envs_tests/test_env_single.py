@@ -107,6 +107,32 @@ def test_overspeed_counts_the_speed_above_the_egos_top_logged_speed(womd_scene):
     assert info["episode"]["max_overspeed"] == pytest.approx(max(penalties), abs=1e-4)
 
 
+def test_ahead_of_log_is_the_route_the_ego_gained_on_its_logged_driver(womd_scene):
+    env = TrafficBotsEnv(scenes=womd_scene, background="log_replay", ego=WOMD_EGO, termination=NO_TERMINATION,
+                         reward={"ahead_of_log": -1.0}, action_mode="route")
+    env.reset(seed=0)
+    sim = env.unwrapped.core.sim
+    e = int(sim.ego_index[0])
+    pos, valid = sim.batch.agent_pos[0, :, e], sim.batch.agent_valid[0, :, e]
+    assert valid[10:].all()  # the logged arc length below is then the plain path length
+    logged_arc = torch.cat([torch.zeros(1), (pos[11:] - pos[10:-1]).norm(dim=-1).cumsum(0)])
+    done, gains = False, []
+    while not done:  # full throttle along the route: soon ahead of the log
+        _, _, terminated, truncated, info = env.step(np.array([1.0, 0.0], np.float32))
+        expected = max(0.0, float(info["progress"]) - float(logged_arc[info["step"] - 10]))
+        assert info["ahead_of_log"] == pytest.approx(expected, abs=1e-3)
+        assert -info["rewards"]["ahead_of_log"] == pytest.approx(expected, abs=1e-3)
+        gains.append(expected)
+        done = terminated or truncated
+    assert max(gains) > 5.0
+    replay = TrafficBotsEnv(scenes=womd_scene, background="log_replay", ego=WOMD_EGO, termination=NO_TERMINATION,
+                            reward={"ahead_of_log": -1.0})
+    replay.reset(seed=0)
+    for t in range(11, 40):  # replaying its logged controls, the ego stays level with its log
+        _, _, _, _, info = replay.step(_logged_action(replay, t))
+        assert -info["rewards"]["ahead_of_log"] < 0.5
+
+
 def test_collision_terminates_and_can_be_switched_off():
     # in scene 0 of the reference vectors the SDC overlaps another agent at step 11
     env = TrafficBotsEnv(scenes=REFERENCE_SCENES, background="log_replay")

@@ -15,7 +15,8 @@ env's default episode ends (``--count-after-goal``: over the whole horizon).
 Per pair: goal rate (within 2 m of the logged goal, at any step), collision rate and the at-fault share
 of the decidable collisions, off-road rate, red-light rate (any violation), progress along the logged
 route (m), ADE to the logged ego trajectory (m), comfort (max |jerk|, m/s^3) and speeding (max m/s above the
-top speed of the ego's own log). Rates carry Wilson 95%
+top speed of the ego's own log), and how far the ego was ahead of its logged driver at its first
+collision (``ahead_at_collision``, m, over the episodes with one). Rates carry Wilson 95%
 intervals, means Student-t 95% intervals. Prints a Markdown table and writes ``OUT/results.csv``,
 ``OUT/results.md`` and ``OUT/results.png``.
 """
@@ -135,6 +136,7 @@ class EpisodeResults:
     ade: np.ndarray                 # m
     max_jerk: np.ndarray            # m/s^3
     max_overspeed: np.ndarray       # m/s above the ego's top logged speed
+    ahead_at_collision: np.ndarray  # m ahead of its logged driver at the first collision (NaN: none)
     seconds: float                  # wall time of the pair
     env_steps: int                  # rows x steps simulated
 
@@ -142,7 +144,7 @@ class EpisodeResults:
     def concat(parts: Sequence["EpisodeResults"]) -> "EpisodeResults":
         arrays = {k: np.concatenate([getattr(p, k) for p in parts]) for k in
                   ("goal_reached", "collided", "collision_kind", "offroad", "red_light", "progress",
-                   "route_completion", "ade", "max_jerk", "max_overspeed")}
+                   "route_completion", "ade", "max_jerk", "max_overspeed", "ahead_at_collision")}
         return EpisodeResults(scenario_id=[s for p in parts for s in p.scenario_id], **arrays,
                               seconds=sum(p.seconds for p in parts), env_steps=sum(p.env_steps for p in parts))
 
@@ -207,6 +209,7 @@ def run_batch(env: TrafficBotsVecEnv, controller: EgoController, scene_index: li
     controller.reset(env, seed)
     sim = env.core.sim
     kind = torch.zeros(env.num_envs, dtype=torch.long, device=env.core.device)
+    ahead = torch.full((env.num_envs,), math.nan, device=env.core.device)
     events = {k: torch.zeros(env.num_envs, dtype=torch.bool, device=env.core.device) for k in SAFETY_EVENTS}
     goal_before = torch.zeros(env.num_envs, dtype=torch.bool, device=env.core.device)
     info: dict[str, Any] = {}
@@ -217,6 +220,7 @@ def run_batch(env: TrafficBotsVecEnv, controller: EgoController, scene_index: li
         counting = count_events_(events, info, goal_before, count_after_goal)
         first = info["collided"] & counting & (kind == CollisionKind.NONE)
         kind = torch.where(first, collision_kind(sim.state, sim.batch.agent_size, sim.ego_index), kind)
+        ahead = torch.where(first, info["ahead_of_log"], ahead)
         if bool((terminated | truncated).all()):
             break
     ep = {k: v.cpu().numpy() for k, v in info["episode"].items() if not k.startswith("_")}
@@ -225,7 +229,7 @@ def run_batch(env: TrafficBotsVecEnv, controller: EgoController, scene_index: li
                           offroad=events["offroad"].cpu().numpy(), red_light=events["red_light"].cpu().numpy(),
                           progress=ep["progress"], route_completion=ep["route_completion"], ade=ep["ade"],
                           max_jerk=ep["max_jerk"], max_overspeed=ep["max_overspeed"],
-                          seconds=time.perf_counter() - start,
+                          ahead_at_collision=ahead.cpu().numpy(), seconds=time.perf_counter() - start,
                           env_steps=steps * env.num_envs)
 
 
@@ -262,7 +266,8 @@ def _head(r: EpisodeResults, n: int) -> EpisodeResults:
     return EpisodeResults(scenario_id=r.scenario_id[:n], goal_reached=r.goal_reached[:n], collided=r.collided[:n],
                           collision_kind=r.collision_kind[:n], offroad=r.offroad[:n], red_light=r.red_light[:n],
                           progress=r.progress[:n], route_completion=r.route_completion[:n], ade=r.ade[:n],
-                          max_jerk=r.max_jerk[:n], max_overspeed=r.max_overspeed[:n], seconds=r.seconds,
+                          max_jerk=r.max_jerk[:n], max_overspeed=r.max_overspeed[:n],
+                          ahead_at_collision=r.ahead_at_collision[:n], seconds=r.seconds,
                           env_steps=r.env_steps)
 
 
@@ -288,6 +293,8 @@ def summarize(controller: str, background: str, r: EpisodeResults) -> dict[str, 
     for name in MEANS:
         mean, lo, hi = t_interval(getattr(r, name))
         row[name], row[f"{name}_lo"], row[f"{name}_hi"] = mean, lo, hi
+    mean, lo, hi = t_interval(r.ahead_at_collision[~np.isnan(r.ahead_at_collision)])
+    row["ahead_at_collision"], row["ahead_at_collision_lo"], row["ahead_at_collision_hi"] = mean, lo, hi
     row["steps_per_s"] = r.env_steps / r.seconds if r.seconds > 0 else math.nan
     return row
 
@@ -314,7 +321,7 @@ def display_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
     out = []
     for row in rows:
         cells = {"controller": row["controller"], "background": row["background"], "episodes": str(row["episodes"])}
-        for name in (*RATES, "at_fault_share", *MEANS):
+        for name in (*RATES, "at_fault_share", *MEANS, "ahead_at_collision"):
             cells[name] = f"{_cell(row[name])} [{_cell(row[name + '_lo'])}, {_cell(row[name + '_hi'])}]"
         cells["steps/s"] = _cell(row["steps_per_s"])
         out.append(cells)

@@ -65,6 +65,10 @@ class RewardConfig:
     overspeed: float = 0.0
     """Per step, times the ego's speed above the top speed of its own log (m/s): a speed limit for a
     penalty (negative weight), since the scenes carry none; 0 = off."""
+    ahead_of_log: float = 0.0
+    """Per step, times how far the ego is ahead of its logged driver along the route (m; 0 when level or
+    behind): with a negative weight, a penalty for outrunning the log into the gap the logged driver kept
+    to its leader; 0 = off."""
 
 
 @dataclass(frozen=True)

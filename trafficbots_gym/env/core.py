@@ -38,7 +38,8 @@ from trafficbots_gym.simulation.simulator import BatchedSimulator, StepOutput
 
 STEP_INFO_KEYS: tuple[str, ...] = ("step", "speed", "acc", "yaw_rate", "jerk", "progress", "route_completion",
                                    "lateral_offset", "dist_to_goal", "log_deviation", "collided", "offroad",
-                                   "red_light", "outside_map", "goal_reached", "dest_reached", "time_to_collision")
+                                   "red_light", "outside_map", "goal_reached", "dest_reached", "time_to_collision",
+                                   "ahead_of_log")
 """Per-step metric keys of ``info`` (docs/env.md gives units)."""
 RESET_OPTIONS: tuple[str, ...] = ("scene_index", "scenario_id", "ego")
 """Keys of ``reset(options=...)`` (the vector env adds ``reset_mask``)."""
@@ -382,7 +383,8 @@ class EpisodeBatch:
                             outside_map=out.ego_outside_map, acc_magnitude=torch.hypot(acc, spd * yaw_rate),
                             jerk=jerk, log_deviation=out.ego_log_distance, log_valid=out.ego_log_valid,
                             time_to_collision=out.ego_time_to_collision,
-                            overspeed=(spd - stats.top_log_speed).clamp(min=0.0))
+                            overspeed=(spd - stats.top_log_speed).clamp(min=0.0),
+                            ahead_of_log=(out.ego_progress - route.logged_arc(out.step)).clamp(min=0.0))
         rewards = weighted_terms(events, self.config.reward)
         reward = total_reward(rewards)
         self._accumulate(stats, out, events, acc, reward)
@@ -395,7 +397,7 @@ class EpisodeBatch:
                 "log_deviation": out.ego_log_distance, "collided": out.ego_collided, "offroad": out.ego_offroad,
                 "red_light": out.ego_red_light, "outside_map": out.ego_outside_map,
                 "goal_reached": stats.goal_reached.clone(), "dest_reached": out.ego_dest_reached,
-                "time_to_collision": out.ego_time_to_collision}
+                "time_to_collision": out.ego_time_to_collision, "ahead_of_log": events.ahead_of_log}
         return StepResult(reward=reward, terminated=done_terminated, truncated=truncated, info=info,
                           rewards=rewards, episode=self._episode(stats))
 

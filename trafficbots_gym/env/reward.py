@@ -15,6 +15,7 @@ reward = sum over terms of ``RewardConfig.<term> * term value``. Term values (pe
   or one at least ``TTC_SCALE`` away, 1 at contact (the time to collision follows WOSAC's leader rule,
   :func:`~trafficbots_gym.simulation.metrics.time_to_collision`)
 * ``overspeed``: max(0, ego speed - the top speed of the ego's log) in m/s
+* ``ahead_of_log``: max(0, ego arc length - the logged ego's arc length at this step) along the route, in m
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ class StepEvents:
     log_valid: torch.Tensor      # bool: the log has the ego's position at this step
     time_to_collision: torch.Tensor  # s to the box the ego follows (capped at 5 s)
     overspeed: torch.Tensor      # m/s above the top speed of the ego's log (0 below it)
+    ahead_of_log: torch.Tensor   # m of route the ego is ahead of its logged driver (0 when level or behind)
 
 
 def term_values(events: StepEvents) -> dict[str, torch.Tensor]:
@@ -64,6 +66,7 @@ def term_values(events: StepEvents) -> dict[str, torch.Tensor]:
         "log_tracking": (1.0 - events.log_deviation / LOG_TRACKING_SCALE).clamp(min=0.0) * events.log_valid,
         "time_to_collision": (1.0 - events.time_to_collision / TTC_SCALE).clamp(min=0.0),
         "overspeed": events.overspeed,
+        "ahead_of_log": events.ahead_of_log,
     }
     return {k: v.float() for k, v in values.items()}
 

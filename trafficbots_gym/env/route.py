@@ -46,6 +46,12 @@ class Route:
         """[B] logged route length (m)."""
         return self.path.length[:, 0]
 
+    def logged_arc(self, step: torch.Tensor) -> torch.Tensor:
+        """[B] arc length the logged ego had covered at absolute log steps ``step`` [B] (from step 10; held
+        over steps where the log lacks the ego, and at the route length past the log end)."""
+        k = (step - STEP_CURRENT).clamp(0, self.path.arc.shape[-1] - 1)
+        return self.path.arc[:, 0].gather(-1, k.unsqueeze(-1)).squeeze(-1)
+
     def locate(self, pos: torch.Tensor, s: torch.Tensor | None = None) -> RoutePosition:
         """Project ego positions ``pos`` [B, 2] onto the route (``s`` [B]: their known arc lengths)."""
         s = self.path.project(pos[:, None, None, :])[0][:, :, 0] if s is None else s.unsqueeze(1)  # [B, 1]

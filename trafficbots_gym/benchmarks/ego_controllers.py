@@ -15,8 +15,8 @@
   trained for 7 minutes on one H100 80GB against the learned background): reaches more goals.
 * ``ppo_route``: the shipped PPO ego policy of the ``route`` action mode (``assets/policies/ppo_route_ego.zip``,
   7.5 minutes on one H200): far fewer collisions and off-road events.
-* ``ppo_route_ttc``: route action mode with a time-to-collision penalty (``assets/policies/ppo_route_ttc_ego.zip``,
-  24 minutes on a 2-core CPU): the most goals. The three are described in ``assets/policies/POLICY_CARD.md``.
+* ``ppo_route_ttc``: route action mode with a time-to-collision penalty, trained on 2,160 scenes
+  (``assets/policies/ppo_route_ttc_ego.zip``, 6.5 minutes on one H200): the most goals. The three are described in ``assets/policies/POLICY_CARD.md``.
 * ``PATH.zip``: a trained Stable-Baselines3 policy (deterministic actions) on the env's observations, in
   an env with the settings stored in the archive (or inferred from the model's spaces).
 

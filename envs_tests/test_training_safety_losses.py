@@ -62,6 +62,19 @@ def test_at_fault_rule_penalises_the_follower_of_a_rear_end_contact_only() -> No
     assert (collision_penalty(**head_on, at_fault_only=True) > 0).all()
 
 
+def test_a_margin_starts_the_penalty_before_contact_and_pushes_the_pair_apart() -> None:
+    assert collision_penalty(**two_agents(gap_y=2.5)).abs().sum().item() == 0.0     # 0.5 m apart
+    agents = two_agents(gap_y=2.5)
+    near = collision_penalty(**agents, margin=1.0)
+    assert near[0, 0, 0].item() == pytest.approx(1.0 - 2.5 / 3.0)                  # relu(1 - d / (r_i + r_j + m))
+    near.sum().backward()
+    grad = agents["pos"].grad[0, 0]
+    assert grad[0, 1].item() > 0 > grad[1, 1].item()
+    assert collision_penalty(**two_agents(gap_y=3.5), margin=1.0).abs().sum().item() == 0.0  # 1.5 m apart
+    with pytest.raises(ValueError, match="margin"):
+        collision_penalty(**two_agents(gap_y=2.5), margin=-0.5)
+
+
 def test_separated_pedestrian_pair_or_invalid_agents_are_not_penalised() -> None:
     assert collision_penalty(**two_agents(gap_y=2.5)).abs().sum().item() == 0.0
     assert collision_penalty(**two_agents(gap_y=0.5, kinds=(PEDESTRIAN, PEDESTRIAN))).sum().item() == 0.0
@@ -160,6 +173,17 @@ def test_at_fault_flag_of_the_loss_config_keeps_only_part_of_the_collision_term(
     at_fault = training_losses(out, reference_batch,
                                replace(LossConfig(), w_collision=1.0, collision_at_fault_only=True))["collision"]
     assert 0.0 < at_fault.item() < both.item()
+
+
+def test_collision_margin_of_the_loss_config_enlarges_the_collision_term(reference_batch: SceneBatch) -> None:
+    out = log_replay(reference_batch)
+    out.pred_pos = out.pred_pos + torch.randn(out.pred_pos.shape, generator=torch.Generator().manual_seed(0)) * 3.0
+    contact = training_losses(out, reference_batch, replace(LossConfig(), w_collision=1.0))["collision"]
+    margin = training_losses(out, reference_batch,
+                             replace(LossConfig(), w_collision=1.0, collision_margin=1.0))["collision"]
+    assert margin.item() > contact.item() > 0.0
+    with pytest.raises(ValueError, match="collision_margin"):
+        LossConfig(collision_margin=-1.0)
 
 
 def test_loss_config_rejects_negative_safety_weights() -> None:

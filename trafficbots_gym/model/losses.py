@@ -65,11 +65,14 @@ class LossConfig:
     """Soft box overlap with the nearest agents (``safety_losses.collision_penalty``); 0 = off."""
     collision_at_fault_only: bool = False
     """Count a contact only for the agents that have the other agent ahead (the follower of a rear-end)."""
+    collision_margin: float = 0.0
+    """m: the collision term starts this far before two boxes touch (0 = at contact)."""
     w_offroad: float = 0.0
     """Road-edge contact and lane distance of vehicles (``safety_losses.offroad_penalty``); 0 = off."""
 
     def __post_init__(self) -> None:
-        for name in ("w_imitation", "w_kl", "w_dest", "w_pos", "w_yaw", "w_spd", "w_collision", "w_offroad"):
+        for name in ("w_imitation", "w_kl", "w_dest", "w_pos", "w_yaw", "w_spd", "w_collision", "w_offroad",
+                     "collision_margin"):
             if getattr(self, name) < 0:
                 raise ValueError(f"LossConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.step_start < 1:
@@ -166,7 +169,8 @@ def training_losses(out: RolloutLike, batch: SceneBatch, cfg: LossConfig = LossC
         future = future_mask(out.pred_valid, cfg.step_start)
     if cfg.w_collision > 0:
         collision = masked_mean(collision_penalty(out.pred_pos, out.pred_yaw, future, batch.agent_size,
-                                                  batch.agent_type, at_fault_only=cfg.collision_at_fault_only),
+                                                  batch.agent_type, at_fault_only=cfg.collision_at_fault_only,
+                                                  margin=cfg.collision_margin),
                                 future)
     if cfg.w_offroad > 0:
         offroad = masked_mean(offroad_penalty(out.pred_pos, out.pred_yaw, future, batch), future)

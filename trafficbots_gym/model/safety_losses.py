@@ -10,7 +10,9 @@ synchronisation (capturable in the training CUDA graph).
 * **Collision**: every box is covered by ``N_DISCS`` discs of radius width / 2 along its length; for
   each agent-step and each of its ``COLLISION_NEIGHBOURS`` nearest valid neighbours (pedestrian pairs
   excluded, as the collision metric), the penalty is ``max over disc pairs of relu(1 - d / (r_i + r_j))``:
-  0 once the discs are apart, 1 when two disc centres coincide. Summed over the neighbours. With
+  0 once the discs are apart, 1 when two disc centres coincide. Summed over the neighbours. A
+  ``margin`` (m) widens the contact distance to ``r_i + r_j + margin``: the penalty then starts that far
+  before the boxes touch, a gradient for keeping a gap rather than only for leaving a contact. With
   ``at_fault_only`` a contact counts only for the agents that have the other one ahead of them (centre in
   front of their heading): the follower of a rear-end contact, both agents of a head-on or side contact,
   so that stopping does not shield a leader from a follower's mistake.
@@ -60,13 +62,16 @@ def agent_discs(pos: Tensor, yaw: Tensor, length: Tensor, width: Tensor,
 
 
 def collision_penalty(pos: Tensor, yaw: Tensor, valid: Tensor, size: Tensor, agent_type: Tensor,
-                      k: int = COLLISION_NEIGHBOURS, at_fault_only: bool = False) -> Tensor:
-    """[B, T, A] soft overlap of each agent with its ``k`` nearest neighbours (0 when apart).
+                      k: int = COLLISION_NEIGHBOURS, at_fault_only: bool = False, margin: float = 0.0) -> Tensor:
+    """[B, T, A] soft overlap of each agent with its ``k`` nearest neighbours (0 when more than ``margin``
+    metres apart).
 
     ``pos`` [B, T, A, 2], ``yaw`` / ``valid`` [B, T, A], ``size`` [B, A, 3] (length, width, height),
     ``agent_type`` [B, A, 3] one-hot. ``at_fault_only``: count a neighbour only when its centre is ahead
-    of the agent (see the module docstring).
+    of the agent; ``margin`` (m, >= 0): the gap below which the penalty starts (see the module docstring).
     """
+    if not margin >= 0.0:
+        raise ValueError(f"collision margin must be >= 0 m, got {margin}")
     b, t, a = valid.shape
     k = min(k, a - 1)
     if k < 1:
@@ -87,7 +92,7 @@ def collision_penalty(pos: Tensor, yaw: Tensor, valid: Tensor, size: Tensor, age
                                  flat.unsqueeze(-1).expand(-1, -1, n_discs * 2)).view(b, t, a, k, n_discs, 2)
     other_radius = torch.gather(radius.reshape(b * t, a), 1, flat).view(b, t, a, k)
     gap = torch.linalg.vector_norm(centres[:, :, :, None, :, None] - other_centres[:, :, :, :, None], dim=-1)
-    reach = (radius.unsqueeze(-1) + other_radius).clamp(min=_EPS)
+    reach = (radius.unsqueeze(-1) + other_radius + margin).clamp(min=_EPS)
     overlap = torch.relu(1.0 - gap / reach[..., None, None]).amax((-2, -1))              # [B, T, A, k]
     if at_fault_only:
         with torch.no_grad():

@@ -32,15 +32,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from trafficbots_gym.benchmarks.controllers import format_markdown, write_csv, write_text
+from trafficbots_gym.benchmarks.controllers import bearing_of, format_markdown, write_csv, write_text
 from trafficbots_gym.benchmarks.realism import Trajectories, box_separation, evaluated_objects
-from trafficbots_gym.benchmarks.realism_report import rollout
+from trafficbots_gym.benchmarks.realism_report import background_simulator, rollout
 from trafficbots_gym.data.batch import SceneBatch, collate_arrays
 from trafficbots_gym.data.constants import DT, STEP_CURRENT
 from trafficbots_gym.env.config import resolve_device
 from trafficbots_gym.env.scenes import SceneSource
-from trafficbots_gym.simulation import BatchedSimulator
-from trafficbots_gym.simulation.background import BACKGROUNDS, LEARNED_BACKGROUNDS
+from trafficbots_gym.simulation.background import BACKGROUNDS
 from trafficbots_gym.simulation.metrics import box_overlap_matrix
 
 SAME_HEADING = math.radians(30.0)
@@ -110,9 +109,7 @@ def first_contacts(traj: Trajectories, batch: SceneBatch) -> FirstContacts:
         ~traj.valid[rows, STEP_CURRENT + step, partner], math.nan)
     heading = yaw[rows, step, agent]
     heading_diff = torch.remainder(yaw[rows, step, partner] - heading + math.pi, 2 * math.pi) - math.pi
-    d = there - here
-    bearing = torch.atan2(-d[:, 0] * torch.sin(heading) + d[:, 1] * torch.cos(heading),
-                          d[:, 0] * torch.cos(heading) + d[:, 1] * torch.sin(heading))
+    bearing = bearing_of(there - here, heading)
     s = STEP_CURRENT + 1 + step
     log_i, log_j = batch.agent_valid[rows, s, agent], batch.agent_valid[rows, s, partner]
     log_pos_i, log_pos_j = batch.agent_pos[rows, s, agent], batch.agent_pos[rows, s, partner]
@@ -152,14 +149,7 @@ def breakdown(background: str, source: SceneSource, indices: Sequence[int], *, d
               scenes_per_batch: int, checkpoint: str | None = None) -> FirstContacts:
     """One rollout of ``background`` on the scenes ``indices`` of ``source``, and its first contacts (``row``
     numbers the position in ``indices``)."""
-    if background not in BACKGROUNDS:
-        raise ValueError(f"unknown background {background!r}; valid choices: {', '.join(BACKGROUNDS)}")
-    policy = None
-    if background in LEARNED_BACKGROUNDS:
-        from trafficbots_gym.model.checkpoint import load_model
-        from trafficbots_gym.model.policy import TrafficBotsPolicy
-        policy = TrafficBotsPolicy(load_model(checkpoint), device=device)
-    sim = BatchedSimulator(background=background, policy=policy, device=device)
+    sim = background_simulator(background, device, checkpoint)
     generator = torch.Generator(device=device).manual_seed(seed)
     parts = []
     for start in tqdm(range(0, len(indices), scenes_per_batch), desc=f"contacts {background}", unit="batch"):

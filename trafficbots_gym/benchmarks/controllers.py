@@ -162,15 +162,18 @@ def collision_kind(state: AgentState, size: torch.Tensor, ego: torch.Tensor) -> 
     rel = state.pos - state.pos[rows, ego].unsqueeze(1)
     dist = rel.norm(dim=-1).masked_fill(~touching, float("inf"))
     partner = dist.argmin(-1)
-    d = rel[rows, partner]
-    yaw = state.yaw[rows, ego]
-    bearing = torch.atan2(-d[:, 0] * torch.sin(yaw) + d[:, 1] * torch.cos(yaw),
-                          d[:, 0] * torch.cos(yaw) + d[:, 1] * torch.sin(yaw)).abs()
+    bearing = bearing_of(rel[rows, partner], state.yaw[rows, ego]).abs()
     kind = torch.full_like(ego, int(CollisionKind.LATERAL))
     kind = torch.where(bearing <= CONTACT_CONE, int(CollisionKind.FRONT), kind)
     kind = torch.where(bearing >= math.pi - CONTACT_CONE, int(CollisionKind.REAR), kind)
     kind = torch.where(state.spd[rows, ego].abs() < STOPPED_SPEED, int(CollisionKind.STOPPED), kind)
     return torch.where(touching.any(-1), kind, int(CollisionKind.NONE))
+
+
+def bearing_of(offset: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
+    """Signed angle (rad, left positive) of ``offset`` [..., 2] seen from heading ``yaw`` [...]."""
+    c, s = torch.cos(yaw), torch.sin(yaw)
+    return torch.atan2(-offset[..., 0] * s + offset[..., 1] * c, offset[..., 0] * c + offset[..., 1] * s)
 
 
 def make_env(controller: EgoController, background: str, num_envs: int, *, scenes: Any, split: str,

@@ -123,10 +123,9 @@ def evaluate_batch(sim: BatchedSimulator, batch: SceneBatch, rollouts: int, stoc
     return values, t1 - t0, _now(device) - t1
 
 
-def evaluate_background(background: str, source: SceneSource, indices: Sequence[int], *, rollouts: int,
-                        device: torch.device, seed: int, scenes_per_batch: int, checkpoint: str | None = None,
-                        sample_actions: bool = False) -> BackgroundReport:
-    """Simulate and score ``background`` on the scenes ``indices`` of ``source``."""
+def background_simulator(background: str, device: torch.device, checkpoint: str | None = None,
+                         sample_actions: bool = False) -> BatchedSimulator:
+    """A simulator of ``background`` with no external ego (the learned one loads ``checkpoint``)."""
     if background not in BACKGROUNDS:
         raise ValueError(f"unknown background {background!r}; valid choices: {', '.join(BACKGROUNDS)}")
     policy = None
@@ -134,8 +133,15 @@ def evaluate_background(background: str, source: SceneSource, indices: Sequence[
         from trafficbots_gym.model.checkpoint import load_model
         from trafficbots_gym.model.policy import TrafficBotsPolicy
         policy = TrafficBotsPolicy(load_model(checkpoint), device=device)
-    sim = BatchedSimulator(background=background, policy=policy, device=device,
-                           deterministic_action=not sample_actions)
+    return BatchedSimulator(background=background, policy=policy, device=device,
+                            deterministic_action=not sample_actions)
+
+
+def evaluate_background(background: str, source: SceneSource, indices: Sequence[int], *, rollouts: int,
+                        device: torch.device, seed: int, scenes_per_batch: int, checkpoint: str | None = None,
+                        sample_actions: bool = False) -> BackgroundReport:
+    """Simulate and score ``background`` on the scenes ``indices`` of ``source``."""
+    sim = background_simulator(background, device, checkpoint, sample_actions)
     generator = torch.Generator(device=device).manual_seed(seed)
     stochastic = background in STOCHASTIC_BACKGROUNDS
     parts: list[dict[str, torch.Tensor]] = []

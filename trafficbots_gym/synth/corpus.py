@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -347,11 +347,19 @@ def corpus_scenes(corpus_dir: str | os.PathLike, split: str, num_scenes: int, se
         for scenes in (pool.map(_cut_scenes, chunks) if pool is not None else map(_cut_scenes, chunks)):
             yield from scenes
     finally:
+        _CUT_DATASETS.pop((str(corpus_dir), split, seed), None)  # this process's decoded runs
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+_CUT_DATASETS: dict[tuple[str, str, int], SyntheticWindowDataset] = {}
+"""Per process: the dataset of each (corpus, split, seed) cut from, kept so that its decoded runs serve
+every chunk instead of being decoded again per chunk."""
+
+
 def _cut_scenes(job: tuple[str, str, int, list[int]]) -> list[Scene]:
     corpus_dir, split, seed, indices = job
-    dataset = SyntheticWindowDataset(corpus_dir, split, seed)
-    return [dataset.scene(i) for i in indices]
+    key = (corpus_dir, split, seed)
+    if key not in _CUT_DATASETS:
+        _CUT_DATASETS[key] = SyntheticWindowDataset(corpus_dir, split, seed)
+    return [_CUT_DATASETS[key].scene(i) for i in indices]

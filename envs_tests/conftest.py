@@ -14,10 +14,12 @@ import pytest
 import torch
 
 from trafficbots_gym.data.batch import SceneBatch
+from trafficbots_gym.data.constants import N_STEP, MapType
 from trafficbots_gym.data.h5io import SceneReader, write_scenes
 from trafficbots_gym.data.scene import Scene
 from trafficbots_gym.model.config import TrafficBotsConfig
 from trafficbots_gym.model.traffic_bots import TrafficBots
+from trafficbots_gym.simulation.dynamics import unicycle_step
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REFERENCE_VECTORS = FIXTURES / "reference_vectors"
@@ -94,3 +96,53 @@ def womd_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("womd") / "womd.h5"
     write_scenes(path, [pack_scenario(raw, "validation", rng=np.random.default_rng(0))])
     return path
+
+
+def road_batch(agents: list[tuple[float, float, float, float]], *, sizes: list[tuple[float, float]] | None = None,
+                light: tuple[float, int] | None = None) -> SceneBatch:
+    """One synthetic 91-step scene: a straight vehicle lane along y = 0 and one along y = 50 (x in
+    [-40, 360]), road edges 2 m either side of each, agents (x, y, yaw, speed) driving at constant speed
+    in the log, and optionally one traffic light (stop point at x on the y = 0 lane, constant state)."""
+    T, A, P, N = N_STEP, len(agents), 8, 20
+    pos = torch.zeros(1, T, A, 2)
+    yaw = torch.zeros(1, T, A)
+    spd = torch.zeros(1, T, A)
+    vel = torch.zeros(1, T, A, 2)
+    for a, (x, y, heading, speed) in enumerate(agents):
+        p, h, v = torch.tensor([x, y]), torch.tensor(heading), torch.tensor(speed)
+        for t in range(T):
+            pos[0, t, a], yaw[0, t, a], spd[0, t, a] = p, h, v
+            vel[0, t, a] = torch.stack([torch.cos(h), torch.sin(h)]) * v
+            p, h, v, _ = unicycle_step(p, h, v, torch.tensor(0.0), torch.tensor(0.0))
+    map_pos = torch.zeros(1, P, N, 2)
+    map_dir = torch.zeros(1, P, N, 2)
+    map_valid = torch.zeros(1, P, N, dtype=torch.bool)
+    map_type = torch.zeros(1, P, 11, dtype=torch.bool)
+    lines = [(0.0, MapType.SURFACE_STREET), (2.0, MapType.ROAD_EDGE_BOUNDARY), (-2.0, MapType.ROAD_EDGE_BOUNDARY),
+             (50.0, MapType.SURFACE_STREET), (52.0, MapType.ROAD_EDGE_BOUNDARY), (48.0, MapType.ROAD_EDGE_BOUNDARY)]
+    for p, (y, cls) in enumerate(lines):
+        map_pos[0, p, :, 0] = -40.0 + torch.arange(N) * 20.0
+        map_pos[0, p, :, 1] = y
+        map_dir[0, p, :, 0] = 20.0
+        map_valid[0, p] = True
+        map_type[0, p, cls] = True
+    tl_valid = torch.zeros(1, T, 1, dtype=torch.bool)
+    tl_state = torch.zeros(1, T, 1, 5, dtype=torch.bool)
+    tl_pos = torch.zeros(1, T, 1, 2)
+    tl_dir = torch.zeros(1, T, 1, 2)
+    if light is not None:
+        tl_valid[:] = True
+        tl_state[..., light[1]] = True
+        tl_pos[..., 0] = light[0]
+        tl_dir[..., 0] = 1.0
+    size = torch.tensor([[[*(s if sizes else (4.5, 2.0)), 1.5] for s in (sizes or [None] * A)]])
+    return SceneBatch(
+        agent_valid=torch.ones(1, T, A, dtype=torch.bool), agent_pos=pos, agent_vel=vel, agent_spd=spd,
+        agent_acc=torch.zeros(1, T, A), agent_yaw=yaw, agent_yaw_rate=torch.zeros(1, T, A),
+        agent_type=torch.tensor([[[True, False, False]] * A]), agent_role=torch.zeros(1, A, 3, dtype=torch.bool),
+        agent_size=size, agent_object_id=torch.arange(A).unsqueeze(0), agent_goal=torch.cat(
+            [pos[:, -1], yaw[:, -1, :, None], spd[:, -1, :, None]], -1),
+        agent_dest=torch.zeros(1, A, dtype=torch.long), agent_dest_known=torch.tensor([True]),
+        map_valid=map_valid, map_type=map_type, map_pos=map_pos, map_dir=map_dir,
+        map_boundary=torch.tensor([[-40.0, 360.0, -10.0, 60.0]]), tl_valid=tl_valid, tl_state=tl_state,
+        tl_pos=tl_pos, tl_dir=tl_dir)

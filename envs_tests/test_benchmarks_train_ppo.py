@@ -73,17 +73,18 @@ def _assert_archives_carry_the_env_settings(out: Path, algo: str, action_mode: s
             action_mode, "flat", 1.5 if action_mode == "route" else 2.0)
 
 
-def test_tiny_route_action_run_stores_its_action_mode_with_the_policy(tmp_path) -> None:
+def test_tiny_route_action_run_stores_its_action_mode_and_ego_guard_with_the_policy(tmp_path) -> None:
     out = tmp_path / "run"
     policy = _train_ppo_module().main([
-        "--action-mode", "route", "--route-offset-range", "1.5", "--timesteps", "32", "--num-envs", "2",
+        "--action-mode", "route", "--route-offset-range", "1.5", "--ego-guard", "--timesteps", "32", "--num-envs", "2",
         "--n-steps", "16", "--batch-size", "16", "--n-epochs", "1", "--background", "log_replay",
         "--scenes", str(REFERENCE_SCENES), "--eval-scenes", str(REFERENCE_SCENES), "--horizon", "4",
         "--eval-episodes", "1", "--eval-num-envs", "1", "--bench-backgrounds", "log_replay", "--bench-episodes", "1",
         "--device", "cpu", "--out", str(out)])
     _assert_archives_carry_the_env_settings(out, "ppo", "route")
     from trafficbots_gym.benchmarks.ego_controllers import make_controller
-    assert make_controller(str(policy), device="cpu").env_overrides["action_mode"] == "route"
+    overrides = make_controller(str(policy), device="cpu").env_overrides
+    assert (overrides["action_mode"], overrides["ego_guard"]) == ("route", True)   # benchmarked as trained
 
 
 def test_sac_refuses_discrete_actions_before_training(tmp_path) -> None:

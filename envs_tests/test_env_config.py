@@ -15,6 +15,13 @@ def test_defaults_match_the_documented_episode():
     assert (cfg.background, cfg.ego, cfg.obs_mode, cfg.action_mode, cfg.horizon) == (
         "trafficbots", "sdc", "flat", "continuous", 80)
     assert cfg.termination == TerminationConfig()
+    assert (cfg.background_guard, cfg.ego_guard) == (True, False)   # learned traffic guarded, the ego free
+
+
+@pytest.mark.parametrize("key", ["background_guard", "ego_guard"])
+def test_guard_switches_must_be_booleans(key):
+    with pytest.raises(ValueError, match=f"{key} must be True or False, got 'yes'"):
+        EnvConfig.from_kwargs(**{key: "yes"})
 
 
 def test_reward_dict_overrides_only_the_given_weights():

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from trafficbots_gym.data.batch import SceneBatch
-from trafficbots_gym.data.constants import N_STEP, STEP_CURRENT, MapType, TLState
+from trafficbots_gym.data.constants import STEP_CURRENT, TLState
 from trafficbots_gym.simulation import BACKGROUNDS, BatchedSimulator
-from trafficbots_gym.simulation.dynamics import unicycle_step
+
+from conftest import road_batch
 
 NON_LEARNED = ("log_replay", "constant_velocity", "idm")
 
@@ -22,56 +23,6 @@ def _expert_action(batch: SceneBatch, ego: torch.Tensor, step: int) -> torch.Ten
 def _rollout(sim: BatchedSimulator, batch: SceneBatch, ego: torch.Tensor, n: int = 80) -> list:
     sim.reset(batch, ego)
     return [sim.step(_expert_action(batch, ego, min(STEP_CURRENT + i + 1, batch.num_steps - 1))) for i in range(n)]
-
-
-def _road_batch(agents: list[tuple[float, float, float, float]], *, sizes: list[tuple[float, float]] | None = None,
-                light: tuple[float, int] | None = None) -> SceneBatch:
-    """One synthetic 91-step scene: a straight vehicle lane along y = 0 and one along y = 50 (x in
-    [-40, 360]), road edges 2 m either side of each, agents (x, y, yaw, speed) driving at constant speed
-    in the log, and optionally one traffic light (stop point at x on the y = 0 lane, constant state)."""
-    T, A, P, N = N_STEP, len(agents), 8, 20
-    pos = torch.zeros(1, T, A, 2)
-    yaw = torch.zeros(1, T, A)
-    spd = torch.zeros(1, T, A)
-    vel = torch.zeros(1, T, A, 2)
-    for a, (x, y, heading, speed) in enumerate(agents):
-        p, h, v = torch.tensor([x, y]), torch.tensor(heading), torch.tensor(speed)
-        for t in range(T):
-            pos[0, t, a], yaw[0, t, a], spd[0, t, a] = p, h, v
-            vel[0, t, a] = torch.stack([torch.cos(h), torch.sin(h)]) * v
-            p, h, v, _ = unicycle_step(p, h, v, torch.tensor(0.0), torch.tensor(0.0))
-    map_pos = torch.zeros(1, P, N, 2)
-    map_dir = torch.zeros(1, P, N, 2)
-    map_valid = torch.zeros(1, P, N, dtype=torch.bool)
-    map_type = torch.zeros(1, P, 11, dtype=torch.bool)
-    lines = [(0.0, MapType.SURFACE_STREET), (2.0, MapType.ROAD_EDGE_BOUNDARY), (-2.0, MapType.ROAD_EDGE_BOUNDARY),
-             (50.0, MapType.SURFACE_STREET), (52.0, MapType.ROAD_EDGE_BOUNDARY), (48.0, MapType.ROAD_EDGE_BOUNDARY)]
-    for p, (y, cls) in enumerate(lines):
-        map_pos[0, p, :, 0] = -40.0 + torch.arange(N) * 20.0
-        map_pos[0, p, :, 1] = y
-        map_dir[0, p, :, 0] = 20.0
-        map_valid[0, p] = True
-        map_type[0, p, cls] = True
-    tl_valid = torch.zeros(1, T, 1, dtype=torch.bool)
-    tl_state = torch.zeros(1, T, 1, 5, dtype=torch.bool)
-    tl_pos = torch.zeros(1, T, 1, 2)
-    tl_dir = torch.zeros(1, T, 1, 2)
-    if light is not None:
-        tl_valid[:] = True
-        tl_state[..., light[1]] = True
-        tl_pos[..., 0] = light[0]
-        tl_dir[..., 0] = 1.0
-    size = torch.tensor([[[*(s if sizes else (4.5, 2.0)), 1.5] for s in (sizes or [None] * A)]])
-    return SceneBatch(
-        agent_valid=torch.ones(1, T, A, dtype=torch.bool), agent_pos=pos, agent_vel=vel, agent_spd=spd,
-        agent_acc=torch.zeros(1, T, A), agent_yaw=yaw, agent_yaw_rate=torch.zeros(1, T, A),
-        agent_type=torch.tensor([[[True, False, False]] * A]), agent_role=torch.zeros(1, A, 3, dtype=torch.bool),
-        agent_size=size, agent_object_id=torch.arange(A).unsqueeze(0), agent_goal=torch.cat(
-            [pos[:, -1], yaw[:, -1, :, None], spd[:, -1, :, None]], -1),
-        agent_dest=torch.zeros(1, A, dtype=torch.long), agent_dest_known=torch.tensor([True]),
-        map_valid=map_valid, map_type=map_type, map_pos=map_pos, map_dir=map_dir,
-        map_boundary=torch.tensor([[-40.0, 360.0, -10.0, 60.0]]), tl_valid=tl_valid, tl_state=tl_state,
-        tl_pos=tl_pos, tl_dir=tl_dir)
 
 
 def _truncate(batch: SceneBatch, n_step: int) -> SceneBatch:
@@ -183,7 +134,7 @@ def test_reactive_agents_keep_driving_after_the_log_ends(reference_batch, name):
 
 def test_idm_follower_stops_behind_a_stopped_leader_without_collision():
     # ego parked on the other lane; follower at 15 m/s, 60 m behind a car stopped in its lane
-    batch = _road_batch([(0.0, 50.0, 0.0, 0.0), (0.0, 0.0, 0.0, 15.0), (60.0, 0.0, 0.0, 0.0)])
+    batch = road_batch([(0.0, 50.0, 0.0, 0.0), (0.0, 0.0, 0.0, 15.0), (60.0, 0.0, 0.0, 0.0)])
     sim = BatchedSimulator(background="idm")
     sim.reset(batch, torch.tensor([0]))
     gaps = []
@@ -198,7 +149,7 @@ def test_idm_follower_stops_behind_a_stopped_leader_without_collision():
 
 def test_idm_follower_brakes_for_the_ego_cutting_in():
     # the ego stands still in the follower's lane 40 m ahead: the ego counts as a leader
-    batch = _road_batch([(40.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 10.0)])
+    batch = road_batch([(40.0, 0.0, 0.0, 0.0), (0.0, 0.0, 0.0, 10.0)])
     sim = BatchedSimulator(background="idm")
     sim.reset(batch, torch.tensor([0]))
     for _ in range(100):
@@ -211,7 +162,7 @@ def test_idm_follower_brakes_for_the_ego_cutting_in():
 def test_ego_time_to_collision_is_the_gap_to_the_stopped_leader_over_the_closing_speed(leader_x, ttc):
     # the ego drives at 10 m/s towards a parked 4.5 m car in its lane; a car in the other lane and one behind
     # are not followed. After one step from step 10 the ego is at x = 11: gap = leader_x - 11 - 2 * 2.25 m
-    batch = _road_batch([(0.0, 0.0, 0.0, 10.0), (leader_x, 0.0, 0.0, 0.0), (10.0, 50.0, 0.0, 0.0),
+    batch = road_batch([(0.0, 0.0, 0.0, 10.0), (leader_x, 0.0, 0.0, 0.0), (10.0, 50.0, 0.0, 0.0),
                          (-20.0, 0.0, 0.0, 0.0)])
     sim = BatchedSimulator(background="log_replay")
     sim.reset(batch, torch.tensor([0]))
@@ -224,7 +175,7 @@ def test_idm_vehicle_stops_at_a_red_light_and_passes_a_green_one():
     final_x = {}
     for state in (TLState.STOP, TLState.GO):
         sim = BatchedSimulator(background="idm")
-        sim.reset(_road_batch(agents, light=(50.0, state)), torch.tensor([0]))
+        sim.reset(road_batch(agents, light=(50.0, state)), torch.tensor([0]))
         red = False
         for _ in range(80):
             out = sim.step(torch.zeros(1, 2))
@@ -236,7 +187,7 @@ def test_idm_vehicle_stops_at_a_red_light_and_passes_a_green_one():
 
 
 def test_ego_running_a_red_light_is_flagged_once():
-    batch = _road_batch([(30.0, 0.0, 0.0, 10.0), (0.0, 50.0, 0.0, 0.0)], light=(50.0, TLState.STOP))
+    batch = road_batch([(30.0, 0.0, 0.0, 10.0), (0.0, 50.0, 0.0, 0.0)], light=(50.0, TLState.STOP))
     sim = BatchedSimulator(background="log_replay")
     sim.reset(batch, torch.tensor([0]))
     flags = [bool(sim.step(torch.zeros(1, 2)).ego_red_light[0]) for _ in range(40)]
@@ -244,7 +195,7 @@ def test_ego_running_a_red_light_is_flagged_once():
 
 
 def test_ego_actions_are_clipped_to_the_vehicle_limits():
-    batch = _road_batch([(0.0, 0.0, 0.0, 10.0)])
+    batch = road_batch([(0.0, 0.0, 0.0, 10.0)])
     sim = BatchedSimulator(background="log_replay")
     sim.reset(batch, torch.tensor([0]))
     out = sim.step(torch.tensor([[100.0, -100.0]]))

@@ -63,7 +63,7 @@ import trafficbots_gym
 from trafficbots_gym.benchmarks.controllers import display_rows, format_markdown, run_benchmark, write_csv
 from trafficbots_gym.env.config import ACTION_MODES, BACKGROUNDS, LOG_HORIZON, NO_TERMINATION, EnvConfig, resolve_device
 from trafficbots_gym.env.sb3 import policy_env_settings, write_policy_env_settings
-from trafficbots_gym.simulation.background import LEARNED_BACKGROUNDS
+from trafficbots_gym.simulation.background import BACKGROUND_SPECS, LEARNED_BACKGROUNDS, split_guard
 
 
 class TqdmCallback(BaseCallback):
@@ -169,7 +169,8 @@ def env_kwargs(args: argparse.Namespace, scenes: str | None, split: str) -> dict
     device = resolve_device(args.device)
     kwargs = {"scenes": scenes, "split": split, "background": args.background, "checkpoint": args.checkpoint,
               "device": str(device), "horizon": args.horizon, "policy_precision": args.policy_precision,
-              "action_mode": args.action_mode, "route_offset_range": args.route_offset_range}
+              "action_mode": args.action_mode, "route_offset_range": args.route_offset_range,
+              "background_guard": not args.no_background_guard, "ego_guard": args.ego_guard}
     if args.reward:
         kwargs["reward"] = reward_overrides(args.reward)
     cache_mb = args.encoding_cache_mb
@@ -236,7 +237,8 @@ def callbacks(args: argparse.Namespace, eval_env: Any) -> CallbackList:
 def check_checkpoint(args: argparse.Namespace) -> None:
     """Fail before training, not after it, when a learned background has no checkpoint to load."""
     from trafficbots_gym.model.checkpoint import DEFAULT_CHECKPOINT
-    learned = sorted({bg for bg in (args.background, *args.bench_backgrounds) if bg in LEARNED_BACKGROUNDS})
+    learned = sorted({bg for bg in (args.background, *(split_guard(b)[0] for b in args.bench_backgrounds))
+                      if bg in LEARNED_BACKGROUNDS})
     if learned and args.checkpoint is None and not DEFAULT_CHECKPOINT.is_file():
         raise SystemExit(f"backgrounds {learned} need a TrafficBots checkpoint and none is shipped at "
                          f"{DEFAULT_CHECKPOINT}: pass --checkpoint PATH, or train and benchmark without them "
@@ -265,6 +267,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ego action space (docs/env.md, 'Actions'); route: acceleration + offset from the route")
     p.add_argument("--route-offset-range", type=float, default=EnvConfig.route_offset_range,
                    help="route actions: lateral offset (m) of a[1] = +-1")
+    p.add_argument("--ego-guard", action="store_true",
+                   help="train (and benchmark) the ego under the collision guard (env key ego_guard)")
+    p.add_argument("--no-background-guard", action="store_true",
+                   help="train against the raw learned background (env key background_guard=False)")
     p.add_argument("--policy-precision", choices=("fp32", "bf16"), default="fp32",
                    help="learned background's network precision (bf16: autocast, for GPUs)")
     p.add_argument("--scene-cache-mb", type=float, default=None,
@@ -291,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-starts", type=int, default=5000, help="SAC: random steps before learning")
     p.add_argument("--buffer-size", type=int, default=50_000,
                    help="SAC: replay buffer size (flat observations are ~9.5 KB: ~1 GB per 50k transitions)")
-    p.add_argument("--bench-backgrounds", nargs="+", choices=BACKGROUNDS, default=["trafficbots", "log_replay"])
+    p.add_argument("--bench-backgrounds", nargs="+", choices=BACKGROUND_SPECS,
+                   default=["trafficbots+guard", "trafficbots", "log_replay"])
     p.add_argument("--bench-episodes", type=int, default=64)
     return p
 

@@ -39,7 +39,7 @@ from trafficbots_gym.data.batch import SceneBatch, collate_arrays
 from trafficbots_gym.data.constants import DT, STEP_CURRENT
 from trafficbots_gym.env.config import resolve_device
 from trafficbots_gym.env.scenes import SceneSource
-from trafficbots_gym.simulation.background import BACKGROUNDS
+from trafficbots_gym.simulation.background import BACKGROUND_SPECS
 from trafficbots_gym.simulation.metrics import box_overlap_matrix
 
 SAME_HEADING = math.radians(30.0)
@@ -161,7 +161,7 @@ def breakdown(background: str, source: SceneSource, indices: Sequence[int], *, d
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Where simulated agents collide (first contact of each agent).")
-    p.add_argument("--backgrounds", nargs="+", default=["trafficbots", "log_replay"], choices=BACKGROUNDS)
+    p.add_argument("--backgrounds", nargs="+", default=["trafficbots", "log_replay"], choices=BACKGROUND_SPECS)
     p.add_argument("--num-scenes", type=int, default=40)
     p.add_argument("--scenes", default=None, help="H5 file or folder of shards (default: embedded --split)")
     p.add_argument("--split", default="validation")

@@ -1,14 +1,16 @@
 """``trafficbots-bench``: ego controllers x background agents, batched, with 95% confidence intervals.
 
     trafficbots-bench --controller expert constant_velocity idm random ppo [PATH.zip ...]
-                      --background log_replay trafficbots constant_velocity [idm mixed]
+                      --background log_replay trafficbots trafficbots+guard constant_velocity [idm mixed]
                       [--scenes PATH | --split validation] [--episodes 100] [--seed 0] [--out bench_results]
                       [--device auto] [--checkpoint PATH] [--num-envs 64] [--horizon 80] [--count-after-goal]
 
 Each (controller, background) pair runs the same episodes: episode i is scene ``i mod n_scenes`` with
 seed ``seed + i``, so the pairs are compared on identical scenes. Episodes run in batches of
 ``--num-envs`` rows of one ``TrafficBotsVecEnv`` (one ``BatchedSimulator``, on the GPU when present) for
-the full horizon with no early termination, so every metric covers the same steps. The safety events
+the full horizon with no early termination, so every metric covers the same steps. ``trafficbots`` is the
+raw learned background, ``trafficbots+guard`` the same under the collision guard (the env's default,
+``background_guard=True``); an SB3 policy trained with ``ego_guard=True`` is benchmarked with it. The safety events
 (collision, off-road, red light) count up to the step on which the ego reaches its goal, where the
 env's default episode ends (``--count-after-goal``: over the whole horizon).
 
@@ -42,13 +44,14 @@ from tqdm import tqdm
 
 from trafficbots_gym.benchmarks.ego_controllers import BUILTIN_CONTROLLERS, EgoController, make_controller
 from trafficbots_gym.data.h5io import atomic_path
-from trafficbots_gym.env.config import BACKGROUNDS, LOG_HORIZON, NO_TERMINATION, resolve_device
+from trafficbots_gym.env.config import LOG_HORIZON, NO_TERMINATION, resolve_device
 from trafficbots_gym.env.vector_env import TrafficBotsVecEnv
+from trafficbots_gym.simulation.background import BACKGROUND_SPECS, env_background_keys, split_guard
 from trafficbots_gym.simulation.metrics import box_overlap_matrix
 from trafficbots_gym.simulation.state import AgentState
 
 DEFAULT_CONTROLLERS = BUILTIN_CONTROLLERS
-DEFAULT_BACKGROUNDS = ("log_replay", "trafficbots", "constant_velocity")
+DEFAULT_BACKGROUNDS = ("log_replay", "trafficbots", "trafficbots+guard", "constant_velocity")
 RATES = ("goal_rate", "collision_rate", "at_fault_rate", "offroad_rate", "red_light_rate")
 MEANS = ("progress", "route_completion", "ade", "max_jerk", "max_overspeed")
 STOPPED_SPEED = 0.1
@@ -179,10 +182,12 @@ def bearing_of(offset: torch.Tensor, yaw: torch.Tensor) -> torch.Tensor:
 def make_env(controller: EgoController, background: str, num_envs: int, *, scenes: Any, split: str,
              device: torch.device, checkpoint: str | None, horizon: int,
              env_kwargs: Mapping[str, Any] | None = None) -> TrafficBotsVecEnv:
-    """The batched env of one pair: torch outputs, no autoreset and no early termination; ``env_kwargs``
-    adds env keys (e.g. ``ego``)."""
+    """The batched env of one pair: torch outputs, no autoreset and no early termination; ``background`` is a
+    name of ``BACKGROUND_SPECS`` (``trafficbots`` = the raw model, ``trafficbots+guard`` = under the collision
+    guard); ``env_kwargs`` adds env keys (e.g. ``ego``)."""
     return TrafficBotsVecEnv(num_envs, autoreset_mode=AutoresetMode.DISABLED, torch_output=True, scenes=scenes,
-                             split=split, background=background, checkpoint=checkpoint, device=str(device),
+                             split=split, **env_background_keys(background), checkpoint=checkpoint,
+                             device=str(device),
                              horizon=horizon, termination=NO_TERMINATION, prefetch=False,
                              **{**(env_kwargs or {}), **controller.env_overrides})
 
@@ -403,8 +408,7 @@ def run_benchmark(controllers: Iterable[str], backgrounds: Iterable[str], *, epi
     dev = resolve_device(device)
     pairs = [(c, b) for c in controllers for b in backgrounds]
     for _, b in pairs:
-        if b not in BACKGROUNDS:
-            raise ValueError(f"unknown background {b!r}; valid: {', '.join(BACKGROUNDS)}")
+        split_guard(b)
     rows = []
     with tqdm(total=len(pairs) * episodes, desc="benchmark episodes", unit="episode") as bar:
         for spec, background in pairs:
@@ -426,7 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--controller", nargs="+", default=list(DEFAULT_CONTROLLERS),
                    help=f"{', '.join(BUILTIN_CONTROLLERS)} or a Stable-Baselines3 model .zip")
-    p.add_argument("--background", nargs="+", default=list(DEFAULT_BACKGROUNDS), choices=BACKGROUNDS)
+    p.add_argument("--background", nargs="+", default=list(DEFAULT_BACKGROUNDS), choices=BACKGROUND_SPECS,
+                   help="trafficbots = the raw learned model, trafficbots+guard = under the collision guard "
+                        "(the env's default)")
     p.add_argument("--scenes", default=None, help="H5 file or folder of shards (default: embedded --split scenes)")
     p.add_argument("--split", default="validation",
                    help="embedded held-out split (default: validation; testing-split files hold only the "

@@ -35,7 +35,8 @@ from trafficbots_gym.data.constants import STEP_CURRENT, AgentRole, AgentType
 from trafficbots_gym.env.config import resolve_device
 from trafficbots_gym.env.scenes import SceneSource
 from trafficbots_gym.simulation import BatchedSimulator
-from trafficbots_gym.simulation.background import BACKGROUNDS, LEARNED_BACKGROUNDS
+from trafficbots_gym.simulation.background import BACKGROUND_SPECS, LEARNED_BACKGROUNDS, split_guard
+from trafficbots_gym.simulation.guard import GuardParams
 from trafficbots_gym.simulation.metrics import MapGeometry
 
 STOCHASTIC_BACKGROUNDS = LEARNED_BACKGROUNDS
@@ -125,16 +126,16 @@ def evaluate_batch(sim: BatchedSimulator, batch: SceneBatch, rollouts: int, stoc
 
 def background_simulator(background: str, device: torch.device, checkpoint: str | None = None,
                          sample_actions: bool = False) -> BatchedSimulator:
-    """A simulator of ``background`` with no external ego (the learned one loads ``checkpoint``)."""
-    if background not in BACKGROUNDS:
-        raise ValueError(f"unknown background {background!r}; valid choices: {', '.join(BACKGROUNDS)}")
+    """A simulator of ``background`` (a name of ``BACKGROUND_SPECS``: ``"trafficbots+guard"`` adds the collision
+    guard) with no external ego (the learned one loads ``checkpoint``)."""
+    background, guarded = split_guard(background)
     policy = None
     if background in LEARNED_BACKGROUNDS:
         from trafficbots_gym.model.checkpoint import load_model
         from trafficbots_gym.model.policy import TrafficBotsPolicy
         policy = TrafficBotsPolicy(load_model(checkpoint), device=device)
     return BatchedSimulator(background=background, policy=policy, device=device,
-                            deterministic_action=not sample_actions)
+                            deterministic_action=not sample_actions, guard=GuardParams() if guarded else None)
 
 
 def evaluate_background(background: str, source: SceneSource, indices: Sequence[int], *, rollouts: int,
@@ -143,7 +144,7 @@ def evaluate_background(background: str, source: SceneSource, indices: Sequence[
     """Simulate and score ``background`` on the scenes ``indices`` of ``source``."""
     sim = background_simulator(background, device, checkpoint, sample_actions)
     generator = torch.Generator(device=device).manual_seed(seed)
-    stochastic = background in STOCHASTIC_BACKGROUNDS
+    stochastic = split_guard(background)[0] in STOCHASTIC_BACKGROUNDS
     parts: list[dict[str, torch.Tensor]] = []
     rollout_s = metrics_s = 0.0
     for start in tqdm(range(0, len(indices), scenes_per_batch), desc=f"realism {background}", unit="batch"):
@@ -194,7 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "11-step history, the benchmark needs the logged future)")
     p.add_argument("--num-scenes", type=int, default=100, help="first N scenes of the source (default 100)")
     p.add_argument("--rollouts", type=int, default=32, help="rollouts per scene (default 32, as WOSAC)")
-    p.add_argument("--backgrounds", nargs="+", default=list(DEFAULT_BACKGROUNDS), choices=BACKGROUNDS)
+    p.add_argument("--backgrounds", nargs="+", default=list(DEFAULT_BACKGROUNDS), choices=BACKGROUND_SPECS,
+                   help="background models (a learned one + '+guard': under the collision guard)")
     p.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: the shipped one)")
     p.add_argument("--device", default="auto", help="torch device; auto = CUDA when available")
     p.add_argument("--seed", type=int, default=0)

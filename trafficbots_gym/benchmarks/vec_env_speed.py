@@ -39,11 +39,13 @@ import torch
 from trafficbots_gym.benchmarks.env_speed import resolve_checkpoint, resolve_scenes
 from trafficbots_gym.data.constants import N_AGENT
 from trafficbots_gym.env.config import LOG_HORIZON, resolve_device
+from trafficbots_gym.simulation.background import env_background_keys
 
-BACKGROUNDS = ("trafficbots", "log_replay", "constant_velocity", "idm", "mixed")
+BACKGROUNDS = ("trafficbots", "trafficbots+guard", "log_replay", "constant_velocity", "idm", "mixed")
+"""Background specs (``BACKGROUND_SPECS``; ``trafficbots`` = the raw model, ``+guard`` = under the collision guard)."""
 MODES = ("eager", "graph")
 PRECISIONS = ("fp32", "bf16")
-LEARNED = ("trafficbots", "mixed")
+LEARNED = ("trafficbots", "trafficbots+guard", "mixed")
 NO_TERMINATION = {"collision": False, "offroad": False, "goal_reached": False, "outside_map": False}
 
 
@@ -115,8 +117,9 @@ def vector_rows(background: str, precision: str, num_envs: int, modes: list[str]
     env = None
     try:
         peak_memory_start(device)
-        env = TrafficBotsVecEnv(num_envs, background=background, termination=NO_TERMINATION, torch_output=True,
-                                prefetch=False, cuda_graphs="graph" in modes, policy_precision=precision, **common)
+        env = TrafficBotsVecEnv(num_envs, **env_background_keys(background), termination=NO_TERMINATION,
+                                torch_output=True, prefetch=False, cuda_graphs="graph" in modes,
+                                policy_precision=precision, **common)
         env.reset(seed=0)
         actions = torch.tensor([[0.1, 0.0]], device=device).expand(num_envs, 2).contiguous()
         for row in rows:
@@ -160,7 +163,7 @@ def naive_row(background: str, graphs: bool, n_envs: int, common: dict[str, Any]
     device = resolve_device(common["device"])
     row = Row(background, "naive-graph" if graphs else "naive-eager", "fp32", n_envs)
     peak_memory_start(device)
-    envs = [TrafficBotsEnv(background=background, termination=NO_TERMINATION, prefetch=False, **common)
+    envs = [TrafficBotsEnv(**env_background_keys(background), termination=NO_TERMINATION, prefetch=False, **common)
             for _ in range(n_envs)]
     try:
         for i, env in enumerate(envs):
@@ -191,8 +194,8 @@ def graph_vs_eager(background: str, num_envs: int, steps: int, common: dict[str,
     from trafficbots_gym.env.vector_env import TrafficBotsVecEnv
     runs = []
     for graphs in (False, True):
-        env = TrafficBotsVecEnv(num_envs, background=background, torch_output=True, horizon=20, prefetch=False,
-                                cuda_graphs=graphs, **common)
+        env = TrafficBotsVecEnv(num_envs, **env_background_keys(background), torch_output=True, horizon=20,
+                                prefetch=False, cuda_graphs=graphs, **common)
         obs, _ = env.reset(seed=3)
         generator = torch.Generator().manual_seed(0)
         trace_obs, trace_reward = [obs], []
@@ -270,7 +273,7 @@ def plot(path: Path, rows: list[Row], title: str) -> None:
     for r in rows:
         if r.status in ("ok",) or r.status.startswith("graph not active"):
             series.setdefault((r.background, r.mode, r.precision), []).append(r)
-    colors = dict(zip(BACKGROUNDS, ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:orange")))
+    colors = dict(zip(BACKGROUNDS, ("tab:red", "tab:brown", "tab:blue", "tab:green", "tab:purple", "tab:orange")))
     for (background, mode, precision), points in series.items():
         color = colors.get(background, "black")
         if mode.startswith("naive"):

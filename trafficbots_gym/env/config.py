@@ -128,6 +128,11 @@ class EnvConfig:
     """"route" actions: the target lateral offset from the logged route (m) of ``a[1] = +-1``."""
     mixed_radius: float = 30.0
     """"mixed" background: agents within this distance (m) of the ego are learned, the rest replay."""
+    background_guard: bool = True
+    """Cap the learned background's accelerations with the collision guard (``simulation.guard``): the
+    policy still drives, but brakes for what is in its lane ahead."""
+    ego_guard: bool = False
+    """Cap the ego's acceleration with the same guard (a safety shield around the ego's controller)."""
     seed: int | None = None
     """Seed used by the first ``reset()`` when it gets none."""
     validate_scenes: bool = True
@@ -166,6 +171,9 @@ class EnvConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        for name in ("background_guard", "ego_guard"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if isinstance(self.reset_pool, bool) or not isinstance(self.reset_pool, int) or self.reset_pool < 0:
             raise ValueError(f"reset_pool must be an int >= 0, got {self.reset_pool!r}")
         for name in ("encoding_cache_mb", "scene_cache_mb"):

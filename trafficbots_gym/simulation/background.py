@@ -4,7 +4,8 @@
 * ``"constant_velocity"``: every non-ego agent keeps the speed and heading of its last logged state
   (step 10, or its spawn step).
 * ``"idm"``: longitudinal IDM along each agent's logged path (:mod:`trafficbots_gym.simulation.idm`).
-* ``"trafficbots"``: the learned TrafficBots policy drives every non-ego agent.
+* ``"trafficbots"``: the learned TrafficBots policy drives every non-ego agent (optionally under the
+  collision guard of :mod:`trafficbots_gym.simulation.guard`, which caps its accelerations).
 * ``"mixed"``: agents within ``mixed_radius`` m of the ego at reset are TrafficBots-driven; the rest
   (including agents that appear later) replay the log.
 
@@ -23,6 +24,7 @@ import torch
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import STEP_CURRENT
+from trafficbots_gym.simulation.guard import GuardParams, guard_acceleration
 from trafficbots_gym.simulation.idm import IDMBackground, IDMParams
 from trafficbots_gym.simulation.state import AgentState
 
@@ -32,6 +34,27 @@ if TYPE_CHECKING:
 BACKGROUNDS: tuple[str, ...] = ("log_replay", "constant_velocity", "idm", "trafficbots", "mixed")
 """Valid background names."""
 LEARNED_BACKGROUNDS: tuple[str, ...] = ("trafficbots", "mixed")
+GUARD_SUFFIX = "+guard"
+"""Appended to a learned background's name (``"trafficbots+guard"``) in the benchmark CLIs: the same model
+under the collision guard."""
+BACKGROUND_SPECS: tuple[str, ...] = BACKGROUNDS + tuple(name + GUARD_SUFFIX for name in LEARNED_BACKGROUNDS)
+"""Background names the benchmark CLIs accept."""
+
+
+def split_guard(spec: str) -> tuple[str, bool]:
+    """``"trafficbots+guard"`` -> ``("trafficbots", True)``; a plain name -> ``(name, False)``."""
+    if spec not in BACKGROUND_SPECS:
+        raise ValueError(f"unknown background {spec!r}; valid choices: {', '.join(BACKGROUND_SPECS)}")
+    if spec.endswith(GUARD_SUFFIX):
+        return spec[:-len(GUARD_SUFFIX)], True
+    return spec, False
+
+
+def env_background_keys(spec: str) -> dict[str, object]:
+    """The env keys of a background spec: ``"trafficbots+guard"`` -> ``background="trafficbots",
+    background_guard=True``; a plain name -> that background with ``background_guard=False`` (the raw model)."""
+    name, guarded = split_guard(spec)
+    return {"background": name, "background_guard": guarded}
 
 
 class Background(Protocol):
@@ -76,13 +99,17 @@ class ConstantVelocity:
 
 class LearnedBackground:
     """The TrafficBots policy: encodes the scenes at reset (warm start on logged steps 0..10), then
-    integrates its physical (acc, yaw rate) actions with the unicycle dynamics every step."""
+    integrates its physical (acc, yaw rate) actions with the unicycle dynamics every step; with ``guard``
+    the accelerations are first capped by the collision guard."""
 
     name = "trafficbots"
 
     def __init__(self, policy: "TrafficBotsPolicy", *, latent: str = "prior", destination: str = "sample",
-                 deterministic_action: bool = True, deterministic_latent: bool = False) -> None:
+                 deterministic_action: bool = True, deterministic_latent: bool = False,
+                 guard: GuardParams | None = None) -> None:
         self.policy = policy
+        self.guard = guard
+        self._batch: SceneBatch | None = None
         self.latent, self.destination = latent, destination
         self.deterministic_action, self.deterministic_latent = deterministic_action, deterministic_latent
 
@@ -92,6 +119,7 @@ class LearnedBackground:
         """(Re-)encode ``batch`` (only its rows ``env_ids``, when given; encodings of scenes with a cached
         ``scene_keys`` entry are reused) and warm-start on steps 0..10. The simulator only ever holds the ego
         and agents of the log from step 10 on, so only those are active for the policy."""
+        self._batch = batch
         scenes = batch if env_ids is None else batch.index(env_ids)
         egos = ego_index if env_ids is None else ego_index[env_ids]
         n_agent = scenes.agent_valid.shape[-1]
@@ -103,21 +131,27 @@ class LearnedBackground:
 
     def propose(self, state: AgentState, step: torch.Tensor) -> AgentState:
         action = self.policy.act(state, step)
-        return state.step(action[..., 0], action[..., 1])
+        acc = action[..., 0]
+        if self.guard is not None:
+            assert self._batch is not None
+            acc = guard_acceleration(acc, state, self._batch.agent_size, self._batch.agent_type, self.guard)
+        return state.step(acc, action[..., 1])
 
 
 def make_background(name: str, policy: "TrafficBotsPolicy | None" = None, *, idm_params: IDMParams | None = None,
                     latent: str = "prior", destination: str = "sample", deterministic_action: bool = True,
-                    deterministic_latent: bool = False) -> Background:
+                    deterministic_latent: bool = False, guard: GuardParams | None = None) -> Background:
     """The background model called ``name`` (one of :data:`BACKGROUNDS`); ``latent``, ``destination`` and
-    the ``deterministic_*`` flags configure the policy's reset (see ``TrafficBotsPolicy.reset``)."""
+    the ``deterministic_*`` flags configure the policy's reset (see ``TrafficBotsPolicy.reset``); ``guard``
+    caps the learned policy's accelerations (ignored by the scripted models)."""
     if name not in BACKGROUNDS:
         raise ValueError(f"unknown background {name!r}; valid choices: {', '.join(BACKGROUNDS)}")
     if name in LEARNED_BACKGROUNDS:
         if policy is None:
             raise ValueError(f"background {name!r} needs a TrafficBotsPolicy (policy=None given)")
         return LearnedBackground(policy, latent=latent, destination=destination,
-                                 deterministic_action=deterministic_action, deterministic_latent=deterministic_latent)
+                                 deterministic_action=deterministic_action, deterministic_latent=deterministic_latent,
+                                 guard=guard)
     if name == "idm":
         return IDMBackground(idm_params)
     return ConstantVelocity() if name == "constant_velocity" else LogReplay()

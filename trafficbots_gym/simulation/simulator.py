@@ -32,6 +32,7 @@ from trafficbots_gym.simulation import metrics
 from trafficbots_gym.simulation.background import BACKGROUNDS, make_background, reactive_mask
 from trafficbots_gym.simulation.buffers import assign, copy_rows_
 from trafficbots_gym.simulation.dynamics import action_limits, unicycle_step
+from trafficbots_gym.simulation.guard import GuardParams, guard_acceleration
 from trafficbots_gym.simulation.idm import IDMParams
 from trafficbots_gym.simulation.metrics import DestinationNodes, LoggedPath, MapGeometry, PathSegments
 from trafficbots_gym.simulation.state import AgentState
@@ -76,14 +77,17 @@ class BatchedSimulator:
     ``idm_params``: IDM constants; ``latent``, ``destination``, ``deterministic_action`` and
     ``deterministic_latent``: how the policy draws its latents, destinations and actions at reset;
     ``agent_metrics``: compute collision / off-road / red-light flags for every agent (else only the ego's,
-    with the same values, and the per-agent fields of :class:`StepOutput` are None).
+    with the same values, and the per-agent fields of :class:`StepOutput` are None); ``guard``: the collision
+    guard (:mod:`~trafficbots_gym.simulation.guard`) capping the learned background's accelerations;
+    ``ego_guard``: the same guard on the ego's action.
     """
 
     def __init__(self, *, background: str, policy: "TrafficBotsPolicy | None" = None,
                  device: torch.device | str = "cpu", mixed_radius: float = 30.0,
                  idm_params: IDMParams | None = None, latent: str = "prior", destination: str = "sample",
                  deterministic_action: bool = True, deterministic_latent: bool = False,
-                 agent_metrics: bool = True) -> None:
+                 agent_metrics: bool = True, guard: GuardParams | None = None,
+                 ego_guard: GuardParams | None = None) -> None:
         if background not in BACKGROUNDS:
             raise ValueError(f"unknown background {background!r}; valid choices: {', '.join(BACKGROUNDS)}")
         if mixed_radius <= 0:
@@ -92,9 +96,10 @@ class BatchedSimulator:
         self.device = torch.device(device)
         self.mixed_radius = float(mixed_radius)
         self.agent_metrics = agent_metrics
+        self.ego_guard = ego_guard
         self._background = make_background(background, policy, idm_params=idm_params, latent=latent,
                                            destination=destination, deterministic_action=deterministic_action,
-                                           deterministic_latent=deterministic_latent)
+                                           deterministic_latent=deterministic_latent, guard=guard)
         self._batch: SceneBatch | None = None
         self._state: AgentState | None = None
         self._step: torch.Tensor | None = None
@@ -141,6 +146,11 @@ class BatchedSimulator:
     def policy(self) -> Any:
         """The learned background's ``TrafficBotsPolicy`` (None for scripted backgrounds)."""
         return getattr(self._background, "policy", None)
+
+    @property
+    def guard(self) -> GuardParams | None:
+        """The collision guard of the learned background (None: unguarded or a scripted background)."""
+        return getattr(self._background, "guard", None)
 
     @property
     def geometry(self) -> MapGeometry:
@@ -285,11 +295,16 @@ class BatchedSimulator:
 
     def _move_ego(self, state: AgentState, prev: AgentState, ego_action: torch.Tensor) -> None:
         """Write the ego slot of the new ``state`` (tensors of this step, not buffers): the ego of ``prev``
-        moved by its physical action [B, 2] clipped to its type's limits."""
+        moved by its physical action [B, 2] clipped to its type's limits (and capped by the ego guard)."""
         rows, e = _require(self._rows), self.ego_index
         action = ego_action.to(self.device, prev.pos.dtype).reshape(rows.shape[0], 2)
         limit = _require(self._ego_limits).to(action.dtype)
         action = torch.maximum(torch.minimum(action, limit), -limit)
+        if self.ego_guard is not None:
+            batch = self.batch
+            acc = guard_acceleration(action[:, :1], prev, batch.agent_size, batch.agent_type, self.ego_guard,
+                                     agents=e.unsqueeze(1))
+            action = torch.cat([acc, action[:, 1:]], dim=1)
         pos, yaw, spd, vel = unicycle_step(prev.pos[rows, e], prev.yaw[rows, e], prev.spd[rows, e],
                                            action[:, 0], action[:, 1], DT)
         slot = (rows, e)

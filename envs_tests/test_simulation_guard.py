@@ -1,0 +1,125 @@
+"""Specification of the collision guard: an acceleration cap against what lies ahead of an agent."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trafficbots_gym.data.constants import STEP_CURRENT
+from trafficbots_gym.env.traffic_bots_env import TrafficBotsEnv
+from trafficbots_gym.simulation import BatchedSimulator
+from trafficbots_gym.simulation.background import split_guard
+from trafficbots_gym.simulation.guard import GuardParams, acceleration_cap, guard_acceleration, obstacle_gaps
+from trafficbots_gym.simulation.metrics import collisions
+from trafficbots_gym.simulation.state import AgentState
+
+from conftest import REFERENCE_SCENES, road_batch
+
+VEHICLE = torch.tensor([True, False, False])
+
+
+def _state(agents: list[tuple[float, float, float, float]]) -> tuple[AgentState, torch.Tensor, torch.Tensor]:
+    """One scene of vehicles (x, y, yaw, speed), 4.5 x 2 m; returns (state, size, agent_type)."""
+    a = torch.tensor(agents, dtype=torch.float32).unsqueeze(0)
+    heading = torch.stack([torch.cos(a[..., 2]), torch.sin(a[..., 2])], -1)
+    state = AgentState(valid=torch.ones(1, len(agents), dtype=torch.bool), pos=a[..., :2], yaw=a[..., 2],
+                       spd=a[..., 3], vel=heading * a[..., 3:4], acc=torch.zeros(1, len(agents)),
+                       yaw_rate=torch.zeros(1, len(agents)))
+    size = torch.tensor([[[4.5, 2.0, 1.5]] * len(agents)])
+    return state, size, VEHICLE.expand(1, len(agents), 3)
+
+
+def test_a_standing_car_ahead_in_the_corridor_is_the_obstacle_at_its_bumper_gap():
+    state, size, _ = _state([(0, 0, 0, 10), (20, 0.5, 0, 0), (-15, 0, 0, 10), (20, 6, 0, 0)])
+    gap, lead_speed = obstacle_gaps(state, size, GuardParams(lookahead=(0.0,)))
+    assert gap[0, 0].item() == pytest.approx(15.5)    # 20 m between centres minus two half lengths
+    assert lead_speed[0, 0].item() == 0.0
+    assert math.isinf(gap[0, 1].item()) and math.isinf(gap[0, 3].item())   # nothing ahead of them
+    assert gap[0, 2].item() == pytest.approx(10.5)    # the car behind sees the first one
+
+
+def test_a_car_in_the_next_lane_or_behind_is_not_an_obstacle():
+    state, size, agent_type = _state([(0, 0, 0, 10), (10, 3.8, 0, 0), (-8, 0, 0, 0)])
+    assert math.isinf(obstacle_gaps(state, size, GuardParams())[0][0, 0].item())
+    assert torch.isinf(acceleration_cap(state, size, agent_type, GuardParams())[0, 0])
+
+
+def test_a_crossing_car_counts_only_when_it_will_be_in_the_corridor_by_the_time_the_agent_gets_there():
+    params = GuardParams(lookahead=(0.0, 1.0, 2.0))
+    entering, size, _ = _state([(0, 0, 0, 10), (15, -10, math.pi / 2, 8)])      # crosses y = 0 in ~1.2 s
+    gap, _ = obstacle_gaps(entering, size, params)
+    assert gap[0, 0].item() < 15.0
+    leaving, size, _ = _state([(0, 0, 0, 10), (15, 6, math.pi / 2, 8)])          # already past the lane
+    assert math.isinf(obstacle_gaps(leaving, size, params)[0][0, 0].item())
+    far, size, _ = _state([(0, 0, 0, 2), (60, -10, math.pi / 2, 8)])             # the agent is 30 s away
+    assert math.isinf(obstacle_gaps(far, size, params)[0][0, 0].item())
+
+
+def test_the_cap_brakes_for_a_close_obstacle_and_only_lowers_the_drivers_acceleration():
+    state, size, agent_type = _state([(0, 0, 0, 10), (15, 0, 0, 0), (100, 0, 0, 10)])
+    cap = acceleration_cap(state, size, agent_type, GuardParams())
+    assert cap[0, 0].item() == pytest.approx(-5.0)        # hard braking, bounded by the type's limit
+    acc = torch.tensor([[2.0, -3.0, 1.0]])
+    guarded = guard_acceleration(acc, state, size, agent_type, GuardParams())
+    assert guarded.tolist() == [[-5.0, -3.0, 1.0]]        # the free agents keep their own choice
+
+
+def test_a_standing_agent_behind_an_obstacle_is_held_but_never_reversed():
+    state, size, agent_type = _state([(0, 0, 0, 0), (5.0, 0, 0, 0)])              # 0.5 m bumper gap
+    guarded = guard_acceleration(torch.tensor([[2.0, 0.0]]), state, size, agent_type, GuardParams())
+    assert guarded[0, 0].item() == 0.0
+    driver_reverses = guard_acceleration(torch.tensor([[-1.0, 0.0]]), state, size, agent_type, GuardParams())
+    assert driver_reverses[0, 0].item() == -1.0          # the driver's own choice, not the guard's
+
+
+def test_examining_a_subset_of_agents_gives_their_rows_of_the_full_cap():
+    state, size, agent_type = _state([(0, 0, 0, 10), (15, 0, 0, 3), (40, 0, 0, 0), (0, 30, 1.0, 5)])
+    full = acceleration_cap(state, size, agent_type, GuardParams())
+    subset = acceleration_cap(state, size, agent_type, GuardParams(), agents=torch.tensor([[1, 0]]))
+    assert torch.equal(subset, full[:, [1, 0]])
+
+
+def test_guarded_full_throttle_stops_behind_a_standing_car_without_touching_it():
+    state, size, agent_type = _state([(0, 0, 0, 12), (60, 0, 0, 0)])
+    for _ in range(100):
+        acc = guard_acceleration(torch.tensor([[5.0, 0.0]]), state, size, agent_type, GuardParams())
+        state = state.step(acc, torch.zeros_like(acc))
+        assert not collisions(state, size, agent_type).any()
+    gap = state.pos[0, 1, 0] - state.pos[0, 0, 0] - 4.5
+    assert 0.5 < gap.item() < 3.0 and abs(state.spd[0, 0].item()) < 0.1
+
+
+def test_the_ego_guard_keeps_a_full_throttle_ego_off_a_standing_logged_car():
+    batch = road_batch([(0.0, 0.0, 0.0, 8.0), (60.0, 0.0, 0.0, 0.0)])
+    full_throttle = torch.tensor([[5.0, 0.0]])
+    for guard, expect_collision in ((None, True), (GuardParams(), False)):
+        sim = BatchedSimulator(background="log_replay", ego_guard=guard)
+        sim.reset(batch, torch.tensor([0]))
+        hit = [bool(sim.step(full_throttle).ego_collided) for _ in range(80)]
+        assert any(hit) == expect_collision
+    assert sim.step_index.item() == STEP_CURRENT + 80
+
+
+def test_the_env_guards_learned_traffic_by_default_and_the_ego_on_request(small_checkpoint):
+    default = TrafficBotsEnv(scenes=REFERENCE_SCENES, checkpoint=small_checkpoint, device="cpu")
+    raw = TrafficBotsEnv(scenes=REFERENCE_SCENES, checkpoint=small_checkpoint, device="cpu",
+                         background_guard=False, ego_guard=True)
+    assert default.core.sim.guard == GuardParams() and default.core.sim.ego_guard is None
+    assert raw.core.sim.guard is None and raw.core.sim.ego_guard == GuardParams()
+    default.close()
+    raw.close()
+
+
+def test_guarded_background_names_parse_and_bad_names_are_refused():
+    assert split_guard("trafficbots+guard") == ("trafficbots", True)
+    assert split_guard("idm") == ("idm", False)
+    with pytest.raises(ValueError, match="idm\\+guard"):
+        split_guard("idm+guard")
+
+
+@pytest.mark.parametrize("kwargs", [dict(min_gap=0.0), dict(time_headway=-1.0), dict(lookahead=()),
+                                    dict(lookahead=(-1.0,)), dict(timing_tolerance=-0.1)])
+def test_invalid_guard_constants_are_refused(kwargs):
+    with pytest.raises(ValueError, match="GuardParams"):
+        GuardParams(**kwargs)

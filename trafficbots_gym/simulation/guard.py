@@ -1,0 +1,106 @@
+"""Collision guard: an acceleration cap that keeps an agent from driving into what is ahead of it.
+
+A *shield* on top of any driver (the learned background, an RL ego): the driver chooses its
+(acceleration, yaw rate); the guard only lowers the acceleration, never raises it or touches the steering.
+
+For agent i, an *obstacle* is another valid agent j whose box, at one of the look-ahead times
+tau in ``GuardParams.lookahead`` (j moved at constant velocity, i not moved), lies in i's straight
+corridor ahead: laterally within i's half width + j's lateral extent + ``lateral_margin`` of i's heading
+line, with a positive bumper-to-bumper gap along it. For tau > 0 the obstacle counts only if i, at its
+current speed, would close that gap by tau + ``timing_tolerance`` (j is then about where i is going to be). Each obstacle gives the
+IDM interaction cap (the free-road term left out, so the guard never asks for speed):
+
+    cap = a * (1 - (s* / gap)^2),   s* = s0 + v T + v (v - v_lead) / (2 sqrt(a b))
+
+with a = the agent type's acceleration limit, v_lead = j's speed along i's heading. The guarded
+acceleration is ``min(driver's, cap)``, bounded below by the type's braking limit and by ``-v / dt``
+(the guard brakes to a standstill, it never reverses an agent).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from trafficbots_gym.data.constants import DT
+from trafficbots_gym.simulation.dynamics import action_limits
+from trafficbots_gym.simulation.state import AgentState
+
+
+@dataclass(frozen=True)
+class GuardParams:
+    """Constants of the collision guard (module docstring)."""
+
+    time_headway: float = 1.0          # T (s)
+    min_gap: float = 1.5               # s0 (m): standstill gap kept to an obstacle
+    comfort_decel: float = 2.0         # b (m/s^2)
+    lateral_margin: float = 0.3        # m added to the corridor's half width
+    lookahead: tuple[float, ...] = (0.0, 1.0, 2.0)  # s: constant-velocity predictions of the others
+    timing_tolerance: float = 0.5      # s: a predicted obstacle counts if reached by its time + this
+
+    def __post_init__(self) -> None:
+        if (self.time_headway < 0 or self.min_gap <= 0 or self.comfort_decel <= 0 or self.lateral_margin < 0
+                or self.timing_tolerance < 0):
+            raise ValueError(f"GuardParams need time_headway >= 0, min_gap > 0, comfort_decel > 0, "
+                             f"lateral_margin >= 0 and timing_tolerance >= 0, got {self}")
+        if not self.lookahead or any(t < 0 for t in self.lookahead):
+            raise ValueError(f"GuardParams.lookahead must be non-empty times >= 0 s, got {self.lookahead}")
+
+
+def obstacle_gaps(state: AgentState, size: torch.Tensor, params: GuardParams,
+                  agents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gap (m, inf if none) to, and speed along the heading of, the nearest obstacle of each agent.
+
+    ``state`` [B, A], ``size`` [B, A, >=2] (length, width); ``agents`` [B, E] long: only these agents are
+    examined (default: all). Returns ([B, E], [B, E]).
+    """
+    n = state.valid.shape[-1]
+    rows = torch.arange(state.valid.shape[0], device=state.valid.device).unsqueeze(-1)
+    if agents is None:
+        agents = torch.arange(n, device=state.valid.device).expand(state.valid.shape[0], n)
+    pos_i, yaw_i, spd_i = state.pos[rows, agents], state.yaw[rows, agents], state.spd[rows, agents]
+    half_l, half_w = 0.5 * size[rows, agents, 0], 0.5 * size[rows, agents, 1]
+    ci, si = torch.cos(yaw_i).unsqueeze(-1), torch.sin(yaw_i).unsqueeze(-1)       # [B, E, 1]
+    rel_yaw = state.yaw.unsqueeze(1) - yaw_i.unsqueeze(-1)                         # [B, E, A]
+    c, s = torch.cos(rel_yaw), torch.sin(rel_yaw)
+    lj, wj = 0.5 * size[..., 0].unsqueeze(1), 0.5 * size[..., 1].unsqueeze(1)
+    along_extent = lj * c.abs() + wj * s.abs()
+    across_extent = lj * s.abs() + wj * c.abs()
+    heading_j = torch.stack([torch.cos(state.yaw), torch.sin(state.yaw)], -1) * state.spd.unsqueeze(-1)
+    others = state.valid.unsqueeze(1) & (agents.unsqueeze(-1) != torch.arange(n, device=agents.device))
+    reach = spd_i.clamp(min=0.0).unsqueeze(-1)
+    best = torch.full_like(pos_i[..., 0], float("inf")).unsqueeze(-1).expand_as(c).clone()
+    for tau in params.lookahead:
+        d = (state.pos + tau * heading_j).unsqueeze(1) - pos_i.unsqueeze(2)       # [B, E, A, 2]
+        rel_x = d[..., 0] * ci + d[..., 1] * si
+        rel_y = -d[..., 0] * si + d[..., 1] * ci
+        gap = rel_x - half_l.unsqueeze(-1) - along_extent
+        in_corridor = (rel_y.abs() < half_w.unsqueeze(-1) + across_extent + params.lateral_margin) & (rel_x > 0)
+        if tau > 0:
+            in_corridor = in_corridor & (gap <= reach * (tau + params.timing_tolerance) + params.min_gap)
+        best = torch.minimum(best, gap.clamp(min=0.0).masked_fill(~(in_corridor & others), float("inf")))
+    gap, j = best.min(-1)
+    lead_speed = torch.gather(state.spd.unsqueeze(1) * c, -1, j.unsqueeze(-1)).squeeze(-1)
+    return gap, lead_speed
+
+
+def acceleration_cap(state: AgentState, size: torch.Tensor, agent_type: torch.Tensor, params: GuardParams,
+                     agents: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, E] the highest acceleration (m/s^2) the guard allows each agent (+inf with no obstacle)."""
+    rows = torch.arange(state.valid.shape[0], device=state.valid.device).unsqueeze(-1)
+    speed = state.spd if agents is None else state.spd[rows, agents]
+    types = agent_type if agents is None else agent_type[rows, agents]
+    limit = action_limits(types)[..., 0].to(speed.dtype)
+    gap, lead_speed = obstacle_gaps(state, size, params, agents)
+    v = speed.clamp(min=0.0)
+    s_star = params.min_gap + (v * params.time_headway
+                               + v * (v - lead_speed) / (2.0 * (limit * params.comfort_decel).sqrt())).clamp(min=0.0)
+    cap = limit * (1.0 - (s_star / gap.clamp(min=1e-3)) ** 2)
+    cap = torch.maximum(cap, torch.maximum(-limit, -v / DT))
+    return torch.where(torch.isinf(gap), torch.full_like(cap, float("inf")), cap)
+
+
+def guard_acceleration(acc: torch.Tensor, state: AgentState, size: torch.Tensor, agent_type: torch.Tensor,
+                       params: GuardParams, agents: torch.Tensor | None = None) -> torch.Tensor:
+    """The driver's acceleration ``acc`` [B, E] lowered to the guard's cap where it exceeds it."""
+    return torch.minimum(acc, acceleration_cap(state, size, agent_type, params, agents).to(acc.dtype))

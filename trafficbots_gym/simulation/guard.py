@@ -31,11 +31,11 @@ from trafficbots_gym.simulation.state import AgentState
 class GuardParams:
     """Constants of the collision guard (module docstring)."""
 
-    time_headway: float = 1.0          # T (s)
-    min_gap: float = 1.5               # s0 (m): standstill gap kept to an obstacle
+    time_headway: float = 0.5          # T (s): shorter than a driver model's, the guard is a last resort
+    min_gap: float = 1.0               # s0 (m): standstill gap kept to an obstacle
     comfort_decel: float = 2.0         # b (m/s^2)
-    lateral_margin: float = 0.3        # m added to the corridor's half width
-    lookahead: tuple[float, ...] = (0.0, 1.0, 2.0)  # s: constant-velocity predictions of the others
+    lateral_margin: float = 0.2        # m added to the corridor's half width
+    lookahead: tuple[float, ...] = (0.0, 1.0)  # s: constant-velocity predictions of the others
     timing_tolerance: float = 0.5      # s: a predicted obstacle counts if reached by its time + this
 
     def __post_init__(self) -> None:

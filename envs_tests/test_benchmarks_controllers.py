@@ -173,6 +173,14 @@ def test_shipped_time_to_collision_policy_reaches_the_held_out_goals():
     assert not result.offroad.any()
 
 
+def test_shipped_guarded_policy_drives_under_its_guard_and_reaches_the_held_out_goals():
+    controller = make_controller("ppo_route_guard", device="cpu")
+    assert (controller.env_overrides["action_mode"], controller.env_overrides["ego_guard"]) == ("route", True)
+    result = run_pair(controller, "log_replay", episodes=24, seed=0, num_envs=24)  # embedded held-out scenes
+    assert result.goal_reached.sum() >= 19                           # 22 of these 24 (0.87 of 100 held-out)
+    assert result.collided.sum() + result.offroad.sum() <= 4         # 1 collision, 2 off-road here
+
+
 # ------------------------------------------------------------------------------------ episodes
 @pytest.fixture(scope="module")
 def womd_runs(womd_scene) -> dict:

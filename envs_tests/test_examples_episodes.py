@@ -16,7 +16,7 @@ import run_episode  # noqa: E402
 GIF_MAGIC = b"GIF89a"
 
 
-@pytest.mark.parametrize("ego", ["route", "ppo", "ppo_route", "ppo_route_ttc"])
+@pytest.mark.parametrize("ego", ["route", "ppo", "ppo_route", "ppo_route_ttc", "ppo_route_guard"])
 def test_run_episode_renders_the_ego_and_prints_its_metrics(tmp_path, capsys, ego) -> None:
     out = tmp_path / "episode.gif"
     run_episode.main(["--ego", ego, "--background", "log_replay", "--steps", "4", "--device", "cpu",

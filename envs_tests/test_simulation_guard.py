@@ -10,8 +10,9 @@ from trafficbots_gym.data.constants import STEP_CURRENT
 from trafficbots_gym.env.traffic_bots_env import TrafficBotsEnv
 from trafficbots_gym.simulation import BatchedSimulator
 from trafficbots_gym.simulation.background import split_guard
-from trafficbots_gym.simulation.guard import GuardParams, acceleration_cap, guard_acceleration, obstacle_gaps
-from trafficbots_gym.simulation.metrics import collisions
+from trafficbots_gym.simulation.guard import (GuardParams, LaneKeepingParams, acceleration_cap, guard_acceleration,
+                                              keep_lane, lane_offset, obstacle_gaps)
+from trafficbots_gym.simulation.metrics import MapGeometry, collisions
 from trafficbots_gym.simulation.state import AgentState
 
 from conftest import REFERENCE_SCENES, road_batch
@@ -106,9 +107,53 @@ def test_the_env_guards_learned_traffic_by_default_and_the_ego_on_request(small_
     raw = TrafficBotsEnv(scenes=REFERENCE_SCENES, checkpoint=small_checkpoint, device="cpu",
                          background_guard=False, ego_guard=True)
     assert default.core.sim.guard == GuardParams() and default.core.sim.ego_guard is None
-    assert raw.core.sim.guard is None and raw.core.sim.ego_guard == GuardParams()
+    assert default.core.sim.lane_keeping == LaneKeepingParams()
+    assert raw.core.sim.guard is None and raw.core.sim.lane_keeping is None and raw.core.sim.ego_guard == GuardParams()
     default.close()
     raw.close()
+
+
+# ------------------------------------------------------------------------------------------ lane keeping
+def _lane_geometry() -> MapGeometry:
+    """A straight lane along y = 0 heading +x, road edges at y = +-2 m (and a second road at y = 50)."""
+    return MapGeometry.from_batch(road_batch([(0.0, 0.0, 0.0, 0.0)]))
+
+
+def test_the_lane_offset_is_measured_to_the_nearest_lane_going_the_agents_way():
+    state, _, _ = _state([(10, 1.5, 0, 8), (10, 1.5, math.pi, 8)])
+    offset, point, direction = lane_offset(state, _lane_geometry(), LaneKeepingParams())
+    assert offset[0, 0].item() == pytest.approx(1.5)
+    assert point[0, 0].tolist() == pytest.approx([10.0, 0.0]) and direction[0, 0].tolist() == pytest.approx([1.0, 0.0])
+    assert math.isinf(offset[0, 1].item())                     # no lane runs the other way
+
+
+def test_a_vehicle_inside_its_lane_steers_freely_and_one_that_drifted_out_is_pulled_back():
+    geometry, params = _lane_geometry(), LaneKeepingParams()
+    state, _, agent_type = _state([(10, 0.2, 0, 8), (10, 1.5, 0, 8), (10, 1.5, math.pi, 8)])
+    driver = torch.tensor([[0.3, 0.3, 0.3]])
+    kept = keep_lane(driver, state, agent_type, geometry, params)
+    assert kept[0, 0].item() == pytest.approx(0.3)            # 0.2 m off: its own choice
+    assert kept[0, 1].item() < 0.0                            # 1.5 m left of the lane: steered right
+    assert kept[0, 2].item() == pytest.approx(0.3)            # wrong way: no lane to keep
+    pedestrian = torch.tensor([[[False, True, False]] * 3])
+    assert torch.equal(keep_lane(driver, state, pedestrian, geometry, params), driver)
+
+
+def test_lane_keeping_holds_a_drifting_vehicle_near_its_lane():
+    geometry, params = _lane_geometry(), LaneKeepingParams()
+    offsets = {}
+    for keeping in (False, True):
+        state, _, agent_type = _state([(0, 0, 0, 10)])
+        offsets[keeping] = []
+        for _ in range(80):
+            yaw_rate = torch.tensor([[0.2]])                  # a driver drifting left
+            if keeping:
+                yaw_rate = keep_lane(yaw_rate, state, agent_type, geometry, params)
+            state = state.step(torch.zeros(1, 1), yaw_rate)
+            offsets[keeping].append(state.pos[0, 0, 1].item())
+    assert max(offsets[False]) > 10.0                         # circles away from the road
+    assert max(abs(y) for y in offsets[True]) < 1.2           # one overshoot past the pull's full weight ...
+    assert abs(offsets[True][-1]) < params.pull_full          # ... then it settles inside
 
 
 def test_guarded_background_names_parse_and_bad_names_are_refused():
@@ -123,3 +168,10 @@ def test_guarded_background_names_parse_and_bad_names_are_refused():
 def test_invalid_guard_constants_are_refused(kwargs):
     with pytest.raises(ValueError, match="GuardParams"):
         GuardParams(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(pull_start=1.0, pull_full=1.0), dict(pull_start=-0.1),
+                                    dict(heading_tolerance=0.0), dict(min_lookahead=0.0)])
+def test_invalid_lane_keeping_constants_are_refused(kwargs):
+    with pytest.raises(ValueError, match="LaneKeepingParams"):
+        LaneKeepingParams(**kwargs)

@@ -1,6 +1,6 @@
 """Render one scene closed-loop twice, side by side: log-replay background | TrafficBots background.
 
-    python examples/render_episode.py --out side_by_side.mp4 [--ego route|ppo|ppo_route|ppo_route_ttc|PATH.zip] [--scene-index 0]
+    python examples/render_episode.py --out side_by_side.mp4 [--ego route|ppo|ppo_route|ppo_route_ttc|ppo_route_guard|PATH.zip] [--scene-index 0]
                                       [--seed 0] [--device auto]
 
 Both runs use the same scene, seed and ego controller (``--ego`` as in ``run_episode.py``: its route

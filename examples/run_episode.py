@@ -1,13 +1,13 @@
 """Drive one TrafficBots-v0 episode with a route follower or a trained policy, render it, print its metrics.
 
-    python examples/run_episode.py --out episode.gif [--ego route|ppo|ppo_route|ppo_route_ttc|PATH.zip] [--scene-index 0]
+    python examples/run_episode.py --out episode.gif [--ego route|ppo|ppo_route|ppo_route_ttc|ppo_route_guard|PATH.zip] [--scene-index 0]
                                    [--background trafficbots] [--device auto] [--seed 0] [--steps 80]
                                    [--camera ego]
 
 ``--ego route`` (the default) follows the logged route: pure pursuit on the route waypoints of the
 observation for steering, and an IDM car-follower for speed, whose leader is the nearest agent on the
 route ahead or a red light across it, cruising at the pace that reaches the logged goal when the log
-does. ``--ego ppo`` / ``ppo_route`` / ``ppo_route_ttc`` drive with the shipped PPO policies (``trafficbots_gym/assets/
+does. ``--ego ppo`` / ``ppo_route`` / ``ppo_route_ttc`` / ``ppo_route_guard`` drive with the shipped PPO policies (``trafficbots_gym/assets/
 policies``), ``--ego PATH.zip`` with any Stable-Baselines3 model trained on TrafficBots-v0 (e.g. by
 ``train_ppo.py``; deterministic actions, in an env with the settings stored in the archive). Every step is rendered (``render_mode="rgb_array"``) into the MP4 / GIF ``--out``.
 """
@@ -283,7 +283,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", default=None, help="H5 file or folder (default: the embedded scenes)")
     parser.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: the shipped one)")
     parser.add_argument("--ego", default="route",
-                        help="route (route follower), ppo / ppo_route / ppo_route_ttc (the shipped PPO policies) or a "
+                        help="route (route follower), ppo / ppo_route / ppo_route_ttc / ppo_route_guard (the shipped PPO "
+                             "policies) or a "
                              "Stable-Baselines3 .zip")
 
 

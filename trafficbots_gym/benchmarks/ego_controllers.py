@@ -16,7 +16,11 @@
 * ``ppo_route``: the shipped PPO ego policy of the ``route`` action mode (``assets/policies/ppo_route_ego.zip``,
   7.5 minutes on one H200): far fewer collisions and off-road events.
 * ``ppo_route_ttc``: route action mode with a time-to-collision penalty, trained on 2,160 scenes
-  (``assets/policies/ppo_route_ttc_ego.zip``, 6.5 minutes on one H200): the most goals. The three are described in ``assets/policies/POLICY_CARD.md``.
+  (``assets/policies/ppo_route_ttc_ego.zip``, 6.5 minutes on one H200).
+* ``ppo_route_guard``: route action mode under the ego collision guard (its archive stores ``ego_guard=True``,
+  so the benchmark env guards it too), trained against the raw learned background
+  (``assets/policies/ppo_route_guard_ego.zip``, 5.3 minutes on one H200): the most goals with the fewest
+  collisions. The four are described in ``assets/policies/POLICY_CARD.md``.
 * ``PATH.zip``: a trained Stable-Baselines3 policy (deterministic actions) on the env's observations, in
   an env with the settings stored in the archive (or inferred from the model's spaces).
 
@@ -45,7 +49,8 @@ from trafficbots_gym.simulation.state import AgentState
 
 _POLICY_DIR = Path(__file__).resolve().parent.parent / "assets" / "policies"
 SHIPPED_POLICIES: dict[str, Path] = {"ppo": _POLICY_DIR / "ppo_ego.zip", "ppo_route": _POLICY_DIR / "ppo_route_ego.zip",
-                                     "ppo_route_ttc": _POLICY_DIR / "ppo_route_ttc_ego.zip"}
+                                     "ppo_route_ttc": _POLICY_DIR / "ppo_route_ttc_ego.zip",
+                                     "ppo_route_guard": _POLICY_DIR / "ppo_route_guard_ego.zip"}
 """The shipped Stable-Baselines3 ego policies by controller name."""
 BUILTIN_CONTROLLERS: tuple[str, ...] = ("expert", "constant_velocity", "idm", "random", *SHIPPED_POLICIES)
 """Controller names; any path ending in ``.zip`` is a Stable-Baselines3 policy."""

@@ -36,7 +36,7 @@ from trafficbots_gym.env.config import resolve_device
 from trafficbots_gym.env.scenes import SceneSource
 from trafficbots_gym.simulation import BatchedSimulator
 from trafficbots_gym.simulation.background import BACKGROUND_SPECS, LEARNED_BACKGROUNDS, split_guard
-from trafficbots_gym.simulation.guard import GuardParams
+from trafficbots_gym.simulation.guard import background_guards
 from trafficbots_gym.simulation.metrics import MapGeometry
 
 STOCHASTIC_BACKGROUNDS = LEARNED_BACKGROUNDS
@@ -127,7 +127,7 @@ def evaluate_batch(sim: BatchedSimulator, batch: SceneBatch, rollouts: int, stoc
 def background_simulator(background: str, device: torch.device, checkpoint: str | None = None,
                          sample_actions: bool = False) -> BatchedSimulator:
     """A simulator of ``background`` (a name of ``BACKGROUND_SPECS``: ``"trafficbots+guard"`` adds the collision
-    guard) with no external ego (the learned one loads ``checkpoint``)."""
+    guard and lane keeping) with no external ego (the learned one loads ``checkpoint``)."""
     background, guarded = split_guard(background)
     policy = None
     if background in LEARNED_BACKGROUNDS:
@@ -135,7 +135,7 @@ def background_simulator(background: str, device: torch.device, checkpoint: str 
         from trafficbots_gym.model.policy import TrafficBotsPolicy
         policy = TrafficBotsPolicy(load_model(checkpoint), device=device)
     return BatchedSimulator(background=background, policy=policy, device=device,
-                            deterministic_action=not sample_actions, guard=GuardParams() if guarded else None)
+                            deterministic_action=not sample_actions, **background_guards(guarded))
 
 
 def evaluate_background(background: str, source: SceneSource, indices: Sequence[int], *, rollouts: int,

@@ -17,15 +17,16 @@ Every model implements ``reset(batch, ego_index, *, env_ids, generator, scene_ke
 """
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import STEP_CURRENT
-from trafficbots_gym.simulation.guard import GuardParams, guard_acceleration
+from trafficbots_gym.simulation.guard import GuardParams, LaneKeepingParams, guard_acceleration, keep_lane
 from trafficbots_gym.simulation.idm import IDMBackground, IDMParams
+from trafficbots_gym.simulation.metrics import MapGeometry
 from trafficbots_gym.simulation.state import AgentState
 
 if TYPE_CHECKING:
@@ -100,15 +101,19 @@ class ConstantVelocity:
 class LearnedBackground:
     """The TrafficBots policy: encodes the scenes at reset (warm start on logged steps 0..10), then
     integrates its physical (acc, yaw rate) actions with the unicycle dynamics every step; with ``guard``
-    the accelerations are first capped by the collision guard."""
+    the accelerations are first capped by the collision guard, with ``lane_keeping`` the yaw rates of
+    vehicles that drift off their lane are pulled back (the map of the scenes comes from ``geometry()``)."""
 
     name = "trafficbots"
 
     def __init__(self, policy: "TrafficBotsPolicy", *, latent: str = "prior", destination: str = "sample",
                  deterministic_action: bool = True, deterministic_latent: bool = False,
-                 guard: GuardParams | None = None) -> None:
+                 guard: GuardParams | None = None, lane_keeping: LaneKeepingParams | None = None,
+                 geometry: Callable[[], MapGeometry] | None = None) -> None:
+        if lane_keeping is not None and geometry is None:
+            raise ValueError("lane_keeping needs the scenes' map geometry (geometry=None given)")
         self.policy = policy
-        self.guard = guard
+        self.guard, self.lane_keeping, self._geometry = guard, lane_keeping, geometry
         self._batch: SceneBatch | None = None
         self.latent, self.destination = latent, destination
         self.deterministic_action, self.deterministic_latent = deterministic_action, deterministic_latent
@@ -131,19 +136,26 @@ class LearnedBackground:
 
     def propose(self, state: AgentState, step: torch.Tensor) -> AgentState:
         action = self.policy.act(state, step)
-        acc = action[..., 0]
+        acc, yaw_rate = action[..., 0], action[..., 1]
+        batch = self._batch
         if self.guard is not None:
-            assert self._batch is not None
-            acc = guard_acceleration(acc, state, self._batch.agent_size, self._batch.agent_type, self.guard)
-        return state.step(acc, action[..., 1])
+            assert batch is not None
+            acc = guard_acceleration(acc, state, batch.agent_size, batch.agent_type, self.guard)
+        if self.lane_keeping is not None:
+            assert batch is not None and self._geometry is not None
+            yaw_rate = keep_lane(yaw_rate, state, batch.agent_type, self._geometry(), self.lane_keeping)
+        return state.step(acc, yaw_rate)
 
 
 def make_background(name: str, policy: "TrafficBotsPolicy | None" = None, *, idm_params: IDMParams | None = None,
                     latent: str = "prior", destination: str = "sample", deterministic_action: bool = True,
-                    deterministic_latent: bool = False, guard: GuardParams | None = None) -> Background:
+                    deterministic_latent: bool = False, guard: GuardParams | None = None,
+                    lane_keeping: LaneKeepingParams | None = None,
+                    geometry: Callable[[], MapGeometry] | None = None) -> Background:
     """The background model called ``name`` (one of :data:`BACKGROUNDS`); ``latent``, ``destination`` and
     the ``deterministic_*`` flags configure the policy's reset (see ``TrafficBotsPolicy.reset``); ``guard``
-    caps the learned policy's accelerations (ignored by the scripted models)."""
+    and ``lane_keeping`` correct the learned policy's actions (ignored by the scripted models; lane keeping
+    reads the map from ``geometry()``)."""
     if name not in BACKGROUNDS:
         raise ValueError(f"unknown background {name!r}; valid choices: {', '.join(BACKGROUNDS)}")
     if name in LEARNED_BACKGROUNDS:
@@ -151,7 +163,7 @@ def make_background(name: str, policy: "TrafficBotsPolicy | None" = None, *, idm
             raise ValueError(f"background {name!r} needs a TrafficBotsPolicy (policy=None given)")
         return LearnedBackground(policy, latent=latent, destination=destination,
                                  deterministic_action=deterministic_action, deterministic_latent=deterministic_latent,
-                                 guard=guard)
+                                 guard=guard, lane_keeping=lane_keeping, geometry=geometry)
     if name == "idm":
         return IDMBackground(idm_params)
     return ConstantVelocity() if name == "constant_velocity" else LogReplay()

@@ -1,7 +1,8 @@
-"""Collision guard: an acceleration cap that keeps an agent from driving into what is ahead of it.
+"""Driving guards: shields on top of any driver (the learned background, an RL ego). The driver chooses its
+(acceleration, yaw rate); a guard corrects one of them.
 
-A *shield* on top of any driver (the learned background, an RL ego): the driver chooses its
-(acceleration, yaw rate); the guard only lowers the acceleration, never raises it or touches the steering.
+**Collision guard** (longitudinal): an acceleration cap that keeps an agent from driving into what is
+ahead of it; it only lowers the acceleration, never raises it or touches the steering.
 
 For agent i, an *obstacle* is another valid agent j whose box, at one of the look-ahead times
 tau in ``GuardParams.lookahead`` (j moved at constant velocity, i not moved), lies in i's straight
@@ -15,15 +16,23 @@ IDM interaction cap (the free-road term left out, so the guard never asks for sp
 with a = the agent type's acceleration limit, v_lead = j's speed along i's heading. The guarded
 acceleration is ``min(driver's, cap)``, bounded below by the type's braking limit and by ``-v / dt``
 (the guard brakes to a standstill, it never reverses an agent).
+
+**Lane keeping** (lateral, vehicles): the nearest vehicle-lane segment whose direction is within
+``heading_tolerance`` of the vehicle's heading gives its lateral offset e from that lane. Beyond
+``pull_start`` m the yaw rate is blended towards pure pursuit of the lane's point ``max(min_lookahead,
+v * lookahead_time)`` ahead (the segment's line extended), fully at ``pull_full`` m: the driver steers
+freely within its lane and through lane changes, and is pulled back before it leaves the road.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from trafficbots_gym.data.constants import DT
-from trafficbots_gym.simulation.dynamics import action_limits
+from trafficbots_gym.data.constants import DT, AgentType
+from trafficbots_gym.simulation.dynamics import action_limits, pure_pursuit_yaw_rate
+from trafficbots_gym.simulation.metrics import LANE_CANDIDATES, MapGeometry
 from trafficbots_gym.simulation.state import AgentState
 
 
@@ -104,3 +113,61 @@ def guard_acceleration(acc: torch.Tensor, state: AgentState, size: torch.Tensor,
                        params: GuardParams, agents: torch.Tensor | None = None) -> torch.Tensor:
     """The driver's acceleration ``acc`` [B, E] lowered to the guard's cap where it exceeds it."""
     return torch.minimum(acc, acceleration_cap(state, size, agent_type, params, agents).to(acc.dtype))
+
+
+@dataclass(frozen=True)
+class LaneKeepingParams:
+    """Constants of lane keeping (module docstring)."""
+
+    pull_start: float = 0.3            # m of lateral offset from the lane where the pull starts ...
+    pull_full: float = 1.0             # ... and where it takes over the yaw rate fully
+    heading_tolerance: float = 0.8     # rad: lanes this close to the heading count (about 45 deg)
+    lookahead_time: float = 1.0        # s of travel to the pursuit point ...
+    min_lookahead: float = 5.0         # ... but at least this far (m)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.pull_start < self.pull_full or self.heading_tolerance <= 0 or self.min_lookahead <= 0 \
+                or self.lookahead_time < 0:
+            raise ValueError(f"LaneKeepingParams need 0 <= pull_start < pull_full, heading_tolerance > 0, "
+                             f"lookahead_time >= 0 and min_lookahead > 0, got {self}")
+
+
+def lane_offset(state: AgentState, geom: MapGeometry, params: LaneKeepingParams) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                           torch.Tensor]:
+    """Per agent [B, A]: the lateral distance (m, inf without an aligned lane) to the nearest lane segment
+    aligned with its heading, that segment's closest point [B, A, 2] and unit direction [B, A, 2]."""
+    start, vec, valid = geom.lanes.candidates(state.pos, LANE_CANDIDATES)          # [B, A, S, 2]
+    heading = torch.stack([torch.cos(state.yaw), torch.sin(state.yaw)], -1).unsqueeze(-2)
+    length = vec.norm(dim=-1).clamp(min=1e-6)
+    direction = vec / length.unsqueeze(-1)
+    aligned = valid & ((direction * heading).sum(-1) > math.cos(params.heading_tolerance))
+    rel = state.pos.unsqueeze(-2) - start
+    t = ((rel * direction).sum(-1)).clamp(min=0.0).minimum(length)
+    closest = start + t.unsqueeze(-1) * direction
+    dist = (state.pos.unsqueeze(-2) - closest).norm(dim=-1).masked_fill(~aligned, float("inf"))
+    best, j = dist.min(-1)
+    pick = j[..., None, None].expand(*j.shape, 1, 2)
+    return best, closest.gather(-2, pick).squeeze(-2), direction.gather(-2, pick).squeeze(-2)
+
+
+def keep_lane(yaw_rate: torch.Tensor, state: AgentState, agent_type: torch.Tensor, geom: MapGeometry,
+              params: LaneKeepingParams) -> torch.Tensor:
+    """The driver's yaw rate [B, A], blended towards the lane of each vehicle that drifted off it (other
+    agent types and vehicles without an aligned lane keep theirs)."""
+    offset, point, direction = lane_offset(state, geom, params)
+    speed = state.spd
+    ahead = torch.clamp(speed.abs() * params.lookahead_time, min=params.min_lookahead)
+    target = point + ahead.unsqueeze(-1) * direction
+    pull = pure_pursuit_yaw_rate(state.pos, state.yaw, speed, target)
+    weight = ((offset - params.pull_start) / (params.pull_full - params.pull_start)).clamp(0.0, 1.0)
+    weight = torch.where(torch.isfinite(offset) & agent_type[..., AgentType.VEHICLE].bool(), weight,
+                         torch.zeros_like(weight))
+    limit = action_limits(agent_type)[..., 1].to(yaw_rate.dtype)
+    pull = torch.maximum(torch.minimum(pull.to(yaw_rate.dtype), limit), -limit)
+    return yaw_rate + weight.to(yaw_rate.dtype) * (pull - yaw_rate)
+
+
+def background_guards(enabled: bool) -> dict[str, GuardParams | LaneKeepingParams | None]:
+    """The ``BatchedSimulator`` keywords of the guarded learned background (collision guard and lane
+    keeping with their default constants), or of the raw one."""
+    return {"guard": GuardParams() if enabled else None, "lane_keeping": LaneKeepingParams() if enabled else None}

@@ -63,15 +63,24 @@ def test_the_cap_brakes_for_a_close_obstacle_and_only_lowers_the_drivers_acceler
     assert cap[0, 0].item() == pytest.approx(-5.0)        # hard braking, bounded by the type's limit
     acc = torch.tensor([[2.0, -3.0, 1.0]])
     guarded = guard_acceleration(acc, state, size, agent_type, GuardParams())
-    assert guarded.tolist() == [[-5.0, -3.0, 1.0]]        # the free agents keep their own choice
+    assert guarded.tolist() == [[-5.0, 0.0, 1.0]]         # the free car keeps its choice; the standing one
+                                                          # may brake to rest but not reverse
 
 
-def test_a_standing_agent_behind_an_obstacle_is_held_but_never_reversed():
+def test_a_standing_agent_behind_an_obstacle_is_held_and_not_reversed():
     state, size, agent_type = _state([(0, 0, 0, 0), (5.0, 0, 0, 0)])              # 0.5 m bumper gap
     guarded = guard_acceleration(torch.tensor([[2.0, 0.0]]), state, size, agent_type, GuardParams())
     assert guarded[0, 0].item() == 0.0
-    driver_reverses = guard_acceleration(torch.tensor([[-1.0, 0.0]]), state, size, agent_type, GuardParams())
-    assert driver_reverses[0, 0].item() == -1.0          # the driver's own choice, not the guard's
+    reverse = torch.tensor([[-1.0, 0.0]])
+    assert guard_acceleration(reverse, state, size, agent_type, GuardParams())[0, 0].item() == 0.0
+    allowed = guard_acceleration(reverse, state, size, agent_type, GuardParams(allow_reverse=True))
+    assert allowed[0, 0].item() == -1.0                  # the driver's own choice, not the guard's
+
+
+def test_the_guard_brings_a_reversing_agent_to_a_standstill_within_its_limit():
+    state, size, agent_type = _state([(0, 0, 0, -0.3), (50, 0, 0, -2.0), (-50, 0, 0, 3.0)])
+    guarded = guard_acceleration(torch.tensor([[-1.0, 0.0, -2.0]]), state, size, agent_type, GuardParams())
+    assert guarded[0].tolist() == pytest.approx([3.0, 5.0, -2.0])   # to zero speed, at most +5 m/s^2
 
 
 def test_examining_a_subset_of_agents_gives_their_rows_of_the_full_cap():

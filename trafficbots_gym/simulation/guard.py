@@ -15,7 +15,8 @@ IDM interaction cap (the free-road term left out, so the guard never asks for sp
 
 with a = the agent type's acceleration limit, v_lead = j's speed along i's heading. The guarded
 acceleration is ``min(driver's, cap)``, bounded below by the type's braking limit and by ``-v / dt``
-(the guard brakes to a standstill, it never reverses an agent).
+(the guard brakes to a standstill, it never reverses an agent). Unless ``allow_reverse``, it also raises an
+acceleration that would take the speed below zero (the SUMO logs never reverse; the learned policy does).
 
 **Lane keeping** (lateral, vehicles): the nearest vehicle-lane segment whose direction is within
 ``heading_tolerance`` of the vehicle's heading gives its lateral offset e from that lane. Beyond
@@ -46,6 +47,7 @@ class GuardParams:
     lateral_margin: float = 0.2        # m added to the corridor's half width
     lookahead: tuple[float, ...] = (0.0, 1.0)  # s: constant-velocity predictions of the others
     timing_tolerance: float = 0.5      # s: a predicted obstacle counts if reached by its time + this
+    allow_reverse: bool = False        # False: the guard also stops an agent from driving backwards
 
     def __post_init__(self) -> None:
         if (self.time_headway < 0 or self.min_gap <= 0 or self.comfort_decel <= 0 or self.lateral_margin < 0
@@ -111,8 +113,17 @@ def acceleration_cap(state: AgentState, size: torch.Tensor, agent_type: torch.Te
 
 def guard_acceleration(acc: torch.Tensor, state: AgentState, size: torch.Tensor, agent_type: torch.Tensor,
                        params: GuardParams, agents: torch.Tensor | None = None) -> torch.Tensor:
-    """The driver's acceleration ``acc`` [B, E] lowered to the guard's cap where it exceeds it."""
-    return torch.minimum(acc, acceleration_cap(state, size, agent_type, params, agents).to(acc.dtype))
+    """The driver's acceleration ``acc`` [B, E] lowered to the guard's cap where it exceeds it; unless
+    ``params.allow_reverse``, raised where it would make the speed negative (to a standstill, within the
+    type's acceleration limit)."""
+    guarded = torch.minimum(acc, acceleration_cap(state, size, agent_type, params, agents).to(acc.dtype))
+    if params.allow_reverse:
+        return guarded
+    rows = torch.arange(state.valid.shape[0], device=state.valid.device).unsqueeze(-1)
+    speed = state.spd if agents is None else state.spd[rows, agents]
+    types = agent_type if agents is None else agent_type[rows, agents]
+    floor = torch.minimum(-speed / DT, action_limits(types)[..., 0].to(speed.dtype))
+    return torch.maximum(guarded, floor.to(acc.dtype))
 
 
 @dataclass(frozen=True)

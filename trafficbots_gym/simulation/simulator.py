@@ -20,6 +20,7 @@ are only reallocated when a reset changes the batch size or needs more polyline 
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -101,7 +102,8 @@ class BatchedSimulator:
         self._background = make_background(background, policy, idm_params=idm_params, latent=latent,
                                            destination=destination, deterministic_action=deterministic_action,
                                            deterministic_latent=deterministic_latent, guard=guard,
-                                           lane_keeping=lane_keeping, geometry=lambda: self.geometry)
+                                           lane_keeping=lane_keeping,
+                                           geometry=functools.partial(getattr, self, "geometry"))  # picklable
         self._batch: SceneBatch | None = None
         self._state: AgentState | None = None
         self._step: torch.Tensor | None = None

@@ -22,6 +22,9 @@
     # ... plus time_to_collision=-0.2 and 2,160 training scenes (trafficbots-synth cut, --scenes DIR
     # --scene-cache-mb 8000 --encoding-cache-mb 20000), 6.5 minutes on one H200: goal 0.85, collision 0.16,
     # off-road 0.04 (run M3, the shipped policy of controller "ppo_route_ttc"; command in its policy card)
+    # ... or on the embedded split under the ego collision guard (--ego-guard), against the raw learned model
+    # (--no-background-guard), 5.3 minutes on one H200: goal 0.82, collision 0.00, off-road 0.04 under the
+    # collision-guarded background (run N3, controller "ppo_route_guard"; command in its policy card)
 
 The training envs are one batched simulator (``trafficbots_gym.make_sb3_vec_env``) on the training
 scenes; an ``EvalCallback`` scores the policy on held-out scenes every ``--eval-freq`` steps and keeps
@@ -32,7 +35,9 @@ almost every step, which is what bounds the collection speed on a GPU. Evaluatio
 termination. ``--max-minutes`` stops training after that much wall time (the evaluation and benchmark
 after it are not counted). ``--reward`` overrides reward weights of the training and evaluation envs (e.g.
 ``--reward log_deviation=-0.02``). ``--action-mode route`` trains route-relative actions (acceleration and
-a lateral offset from the logged route, steered by the env; docs/env.md, "Actions"). Writes TensorBoard
+a lateral offset from the logged route, steered by the env; docs/env.md, "Actions"). ``--ego-guard`` trains
+the ego under the collision guard (stored with the policy, so it is benchmarked under it too);
+``--no-background-guard`` trains against the learned background without its guards. Writes TensorBoard
 logs (``OUT/tb``; besides SB3's scalars, ``episodes/goal_rate``, ``collision_rate``, ``offroad_rate``,
 ``route_completion`` of the training episodes finished in each rollout), periodic checkpoints
 (``OUT/checkpoints``), the final policy (``OUT/policy.zip``, without the optimizer's moments and the last

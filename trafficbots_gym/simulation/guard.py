@@ -2,14 +2,15 @@
 (acceleration, yaw rate); a guard corrects one of them.
 
 **Collision guard** (longitudinal): an acceleration cap that keeps an agent from driving into what is
-ahead of it; it only lowers the acceleration, never raises it or touches the steering.
+ahead of it; it lowers the acceleration (and, unless ``allow_reverse``, raises one that would make the agent
+reverse), never touches the steering.
 
 For agent i, an *obstacle* is another valid agent j whose box, at one of the look-ahead times
 tau in ``GuardParams.lookahead`` (j moved at constant velocity, i not moved), lies in i's straight
 corridor ahead: laterally within i's half width + j's lateral extent + ``lateral_margin`` of i's heading
 line, with a positive bumper-to-bumper gap along it. For tau > 0 the obstacle counts only if i, at its
-current speed, would close that gap by tau + ``timing_tolerance`` (j is then about where i is going to be). Each obstacle gives the
-IDM interaction cap (the free-road term left out, so the guard never asks for speed):
+current speed, would close that gap by tau + ``timing_tolerance`` (j is then about where i is going to be).
+Each obstacle gives the IDM interaction cap (the free-road term left out, so the guard never asks for speed):
 
     cap = a * (1 - (s* / gap)^2),   s* = s0 + v T + v (v - v_lead) / (2 sqrt(a b))
 

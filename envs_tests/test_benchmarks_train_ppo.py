@@ -87,6 +87,25 @@ def test_tiny_route_action_run_stores_its_action_mode_and_ego_guard_with_the_pol
     assert (overrides["action_mode"], overrides["ego_guard"]) == ("route", True)   # benchmarked as trained
 
 
+def test_init_policy_continues_a_saved_policy_with_this_runs_hyperparameters(tmp_path) -> None:
+    module = _train_ppo_module()
+    common = ["--action-mode", "route", "--ego-guard", "--num-envs", "2", "--n-steps", "16", "--batch-size", "16",
+              "--n-epochs", "1", "--background", "log_replay", "--scenes", str(REFERENCE_SCENES), "--eval-scenes",
+              str(REFERENCE_SCENES), "--horizon", "4", "--eval-episodes", "1", "--eval-num-envs", "1",
+              "--bench-backgrounds", "log_replay", "--bench-episodes", "1", "--device", "cpu"]
+    first = module.main([*common, "--timesteps", "32", "--out", str(tmp_path / "a")])
+    second = module.main([*common, "--timesteps", "32", "--learning-rate", "1e-5", "--init-policy", str(first),
+                          "--out", str(tmp_path / "b")])
+    from stable_baselines3 import PPO
+    start, continued = PPO.load(first, device="cpu"), PPO.load(second, device="cpu")
+    assert continued.learning_rate == 1e-5
+    assert any(not torch.equal(a, b) for a, b in zip(start.policy.parameters(), continued.policy.parameters()))
+    with pytest.raises(SystemExit, match="--init-policy .*no such file"):
+        module.main([*common, "--init-policy", str(tmp_path / "missing.zip"), "--out", str(tmp_path / "c")])
+    with pytest.raises(SystemExit, match="settings differ .*'action_mode': \\('route', 'continuous'\\)"):
+        module.main([*common[2:], "--init-policy", str(first), "--timesteps", "32", "--out", str(tmp_path / "d")])
+
+
 def test_sac_refuses_discrete_actions_before_training(tmp_path) -> None:
     with pytest.raises(SystemExit, match="--algo sac needs a Box action space"):
         _train_ppo_module().main(["--algo", "sac", "--action-mode", "discrete", "--out", str(tmp_path)])

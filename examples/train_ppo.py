@@ -37,7 +37,9 @@ after it are not counted). ``--reward`` overrides reward weights of the training
 ``--reward log_deviation=-0.02``). ``--action-mode route`` trains route-relative actions (acceleration and
 a lateral offset from the logged route, steered by the env; docs/env.md, "Actions"). ``--ego-guard`` trains
 the ego under the collision guard (stored with the policy, so it is benchmarked under it too);
-``--no-background-guard`` trains against the learned background without its guards. Writes TensorBoard
+``--no-background-guard`` trains against the learned background without its guards. ``--init-policy
+PATH.zip`` continues a saved model (e.g. a shipped policy, to adapt it to other traffic) with this run's
+learning rate, batch and rollout sizes; its stored env settings must be this run's. Writes TensorBoard
 logs (``OUT/tb``; besides SB3's scalars, ``episodes/goal_rate``, ``collision_rate``, ``offroad_rate``,
 ``route_completion`` of the training episodes finished in each rollout), periodic checkpoints
 (``OUT/checkpoints``), the final policy (``OUT/policy.zip``, without the optimizer's moments and the last
@@ -67,7 +69,7 @@ from tqdm import tqdm
 import trafficbots_gym
 from trafficbots_gym.benchmarks.controllers import display_rows, format_markdown, run_benchmark, write_csv
 from trafficbots_gym.env.config import ACTION_MODES, BACKGROUNDS, LOG_HORIZON, NO_TERMINATION, EnvConfig, resolve_device
-from trafficbots_gym.env.sb3 import policy_env_settings, write_policy_env_settings
+from trafficbots_gym.env.sb3 import policy_env_settings, read_policy_env_settings, write_policy_env_settings
 from trafficbots_gym.simulation.background import BACKGROUND_SPECS, LEARNED_BACKGROUNDS, split_guard
 
 
@@ -206,9 +208,12 @@ def policy_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_model(args: argparse.Namespace, env: Any) -> BaseAlgorithm:
-    """PPO or SAC with an MLP policy on the flat observations, logging to ``OUT/tb``."""
+    """PPO or SAC with an MLP policy on the flat observations, logging to ``OUT/tb``; with ``--init-policy``
+    the saved model, its hyperparameters replaced by this run's (learning rate, batch and rollout sizes)."""
     common: dict[str, Any] = {"seed": args.seed, "device": args.device, "verbose": 0,
                               "tensorboard_log": str(Path(args.out) / "tb")}
+    if args.init_policy:
+        return load_initial_policy(args, env, common)
     if args.net_arch:
         common["policy_kwargs"] = {"net_arch": [int(n) for n in args.net_arch.split(",")]}
     if args.algo == "sac":
@@ -219,6 +224,28 @@ def build_model(args: argparse.Namespace, env: Any) -> BaseAlgorithm:
     return PPO("MlpPolicy", env, n_steps=args.n_steps, batch_size=min(args.batch_size, rollout),
                n_epochs=args.n_epochs, learning_rate=args.learning_rate, gamma=args.gamma,
                ent_coef=args.ent_coef, **common)
+
+
+def load_initial_policy(args: argparse.Namespace, env: Any, common: dict[str, Any]) -> BaseAlgorithm:
+    """The model saved at ``--init-policy`` bound to ``env`` (whose spaces must be the model's) to train on."""
+    path = Path(args.init_policy)
+    if not path.is_file():
+        raise SystemExit(f"--init-policy {path}: no such file")
+    stored, ours = read_policy_env_settings(path) or {}, policy_settings(args)
+    differ = {key: (stored[key], ours[key]) for key in stored if key in ours and stored[key] != ours[key]}
+    if differ:
+        raise SystemExit(f"--init-policy {path}: cannot continue it in this env: its settings differ "
+                         f"(archive, this run): {differ}")
+    algo = SAC if args.algo == "sac" else PPO
+    overrides: dict[str, Any] = {"learning_rate": args.learning_rate, "batch_size": args.batch_size,
+                                 "gamma": args.gamma}
+    if args.algo == "ppo":
+        overrides.update(n_steps=args.n_steps, n_epochs=args.n_epochs, ent_coef=args.ent_coef)
+    try:
+        return algo.load(path, env=env, custom_objects=overrides, **common)
+    except (ValueError, KeyError) as e:
+        raise SystemExit(f"--init-policy {path}: cannot continue it in this env ({e}); train it with the env "
+                         "settings stored in the archive (action mode, ego guard, observation sizes)") from e
 
 
 def callbacks(args: argparse.Namespace, eval_env: Any) -> CallbackList:
@@ -272,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ego action space (docs/env.md, 'Actions'); route: acceleration + offset from the route")
     p.add_argument("--route-offset-range", type=float, default=EnvConfig.route_offset_range,
                    help="route actions: lateral offset (m) of a[1] = +-1")
+    p.add_argument("--init-policy", default=None, metavar="PATH.zip",
+                   help="continue training this saved model (same algorithm and env settings) instead of a new one")
     p.add_argument("--ego-guard", action="store_true",
                    help="train (and benchmark) the ego under the collision guard (env key ego_guard)")
     p.add_argument("--no-background-guard", action="store_true",

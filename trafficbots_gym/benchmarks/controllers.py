@@ -9,7 +9,7 @@ Each (controller, background) pair runs the same episodes: episode i is scene ``
 seed ``seed + i``, so the pairs are compared on identical scenes. Episodes run in batches of
 ``--num-envs`` rows of one ``TrafficBotsVecEnv`` (one ``BatchedSimulator``, on the GPU when present) for
 the full horizon with no early termination, so every metric covers the same steps. ``trafficbots`` is the
-raw learned background, ``trafficbots+guard`` the same under the collision guard (the env's default,
+raw learned background, ``trafficbots+guard`` the same under its guards (the env's default,
 ``background_guard=True``); an SB3 policy trained with ``ego_guard=True`` is benchmarked with it. The safety events
 (collision, off-road, red light) count up to the step on which the ego reaches its goal, where the
 env's default episode ends (``--count-after-goal``: over the whole horizon).
@@ -183,8 +183,8 @@ def make_env(controller: EgoController, background: str, num_envs: int, *, scene
              device: torch.device, checkpoint: str | None, horizon: int,
              env_kwargs: Mapping[str, Any] | None = None) -> TrafficBotsVecEnv:
     """The batched env of one pair: torch outputs, no autoreset and no early termination; ``background`` is a
-    name of ``BACKGROUND_SPECS`` (``trafficbots`` = the raw model, ``trafficbots+guard`` = under the collision
-    guard); ``env_kwargs`` adds env keys (e.g. ``ego``)."""
+    name of ``BACKGROUND_SPECS`` (``trafficbots`` = the raw model, ``trafficbots+guard`` = under its guards);
+    ``env_kwargs`` adds env keys (e.g. ``ego``)."""
     return TrafficBotsVecEnv(num_envs, autoreset_mode=AutoresetMode.DISABLED, torch_output=True, scenes=scenes,
                              split=split, **env_background_keys(background), checkpoint=checkpoint,
                              device=str(device),
@@ -431,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--controller", nargs="+", default=list(DEFAULT_CONTROLLERS),
                    help=f"{', '.join(BUILTIN_CONTROLLERS)} or a Stable-Baselines3 model .zip")
     p.add_argument("--background", nargs="+", default=list(DEFAULT_BACKGROUNDS), choices=BACKGROUND_SPECS,
-                   help="trafficbots = the raw learned model, trafficbots+guard = under the collision guard "
+                   help="trafficbots = the raw learned model, trafficbots+guard = under its guards "
                         "(the env's default)")
     p.add_argument("--scenes", default=None, help="H5 file or folder of shards (default: embedded --split scenes)")
     p.add_argument("--split", default="validation",

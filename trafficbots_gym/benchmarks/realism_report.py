@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-scenes", type=int, default=100, help="first N scenes of the source (default 100)")
     p.add_argument("--rollouts", type=int, default=32, help="rollouts per scene (default 32, as WOSAC)")
     p.add_argument("--backgrounds", nargs="+", default=list(DEFAULT_BACKGROUNDS), choices=BACKGROUND_SPECS,
-                   help="background models (a learned one + '+guard': under the collision guard)")
+                   help="background models (a learned one + '+guard': under the collision guard and lane keeping)")
     p.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: the shipped one)")
     p.add_argument("--device", default="auto", help="torch device; auto = CUDA when available")
     p.add_argument("--seed", type=int, default=0)

@@ -39,14 +39,18 @@ import torch
 from trafficbots_gym.benchmarks.env_speed import resolve_checkpoint, resolve_scenes
 from trafficbots_gym.data.constants import N_AGENT
 from trafficbots_gym.env.config import LOG_HORIZON, resolve_device
-from trafficbots_gym.simulation.background import env_background_keys
+from trafficbots_gym.simulation.background import (BACKGROUND_SPECS, LEARNED_BACKGROUNDS, env_background_keys,
+                                                   split_guard)
 
-BACKGROUNDS = ("trafficbots", "trafficbots+guard", "log_replay", "constant_velocity", "idm", "mixed")
-"""Background specs (``BACKGROUND_SPECS``; ``trafficbots`` = the raw model, ``+guard`` = under the collision guard)."""
 MODES = ("eager", "graph")
 PRECISIONS = ("fp32", "bf16")
-LEARNED = ("trafficbots", "trafficbots+guard", "mixed")
 NO_TERMINATION = {"collision": False, "offroad": False, "goal_reached": False, "outside_map": False}
+
+
+def is_learned(background: str) -> bool:
+    """Whether a background spec (``BACKGROUND_SPECS``: ``trafficbots`` = the raw model, ``trafficbots+guard``
+    = under the background's guards) is driven by the TrafficBots policy."""
+    return split_guard(background)[0] in LEARNED_BACKGROUNDS
 
 
 @dataclass
@@ -273,7 +277,8 @@ def plot(path: Path, rows: list[Row], title: str) -> None:
     for r in rows:
         if r.status in ("ok",) or r.status.startswith("graph not active"):
             series.setdefault((r.background, r.mode, r.precision), []).append(r)
-    colors = dict(zip(BACKGROUNDS, ("tab:red", "tab:brown", "tab:blue", "tab:green", "tab:purple", "tab:orange")))
+    colors = {"trafficbots": "tab:red", "trafficbots+guard": "tab:brown", "log_replay": "tab:blue",
+              "constant_velocity": "tab:green", "idm": "tab:purple", "mixed": "tab:orange"}
     for (background, mode, precision), points in series.items():
         color = colors.get(background, "black")
         if mode.startswith("naive"):
@@ -303,7 +308,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="auto", help="simulation device (auto = CUDA if present)")
     parser.add_argument("--num-envs", type=int, nargs="+", default=[1, 8, 64, 256, 1024])
-    parser.add_argument("--backgrounds", nargs="+", choices=BACKGROUNDS,
+    parser.add_argument("--backgrounds", nargs="+", choices=BACKGROUND_SPECS,
                         default=["trafficbots", "log_replay", "constant_velocity"])
     parser.add_argument("--modes", nargs="+", choices=MODES, default=None,
                         help="default: eager and graph on CUDA, eager on CPU")
@@ -355,7 +360,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
                     r.vs_naive = r.env_steps_per_s / naive
                     rows.append(r)
                     print(format_row(r), flush=True)
-            precisions = args.precisions if background in LEARNED else ["fp32"]
+            precisions = args.precisions if is_learned(background) else ["fp32"]
             for precision in precisions:
                 for n in args.num_envs:
                     for r in vector_rows(background, precision, n, modes, common, args.steps, args.warmup, clock):
@@ -374,7 +379,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
 
 def run_checks(args: argparse.Namespace, common: dict[str, Any], device: torch.device) -> None:
     """Print the graph-vs-eager and bf16-vs-fp32 differences (skipped parts say why)."""
-    learned = [b for b in args.backgrounds if b in LEARNED] or ["trafficbots"]
+    learned = [b for b in args.backgrounds if is_learned(b)] or ["trafficbots"]
     if device.type == "cuda":
         for background in dict.fromkeys([learned[0], *args.backgrounds]):
             d = graph_vs_eager(background, 8, 30, common)

@@ -99,10 +99,7 @@ def obstacle_gaps(state: AgentState, size: torch.Tensor, params: GuardParams,
 def acceleration_cap(state: AgentState, size: torch.Tensor, agent_type: torch.Tensor, params: GuardParams,
                      agents: torch.Tensor | None = None) -> torch.Tensor:
     """[B, E] the highest acceleration (m/s^2) the guard allows each agent (+inf with no obstacle)."""
-    rows = torch.arange(state.valid.shape[0], device=state.valid.device).unsqueeze(-1)
-    speed = state.spd if agents is None else state.spd[rows, agents]
-    types = agent_type if agents is None else agent_type[rows, agents]
-    limit = action_limits(types)[..., 0].to(speed.dtype)
+    speed, limit = _speed_and_limit(state, agent_type, agents)
     gap, lead_speed = obstacle_gaps(state, size, params, agents)
     v = speed.clamp(min=0.0)
     s_star = params.min_gap + (v * params.time_headway
@@ -120,11 +117,19 @@ def guard_acceleration(acc: torch.Tensor, state: AgentState, size: torch.Tensor,
     guarded = torch.minimum(acc, acceleration_cap(state, size, agent_type, params, agents).to(acc.dtype))
     if params.allow_reverse:
         return guarded
-    rows = torch.arange(state.valid.shape[0], device=state.valid.device).unsqueeze(-1)
-    speed = state.spd if agents is None else state.spd[rows, agents]
-    types = agent_type if agents is None else agent_type[rows, agents]
-    floor = torch.minimum(-speed / DT, action_limits(types)[..., 0].to(speed.dtype))
-    return torch.maximum(guarded, floor.to(acc.dtype))
+    speed, limit = _speed_and_limit(state, agent_type, agents)
+    return torch.maximum(guarded, torch.minimum(-speed / DT, limit).to(acc.dtype))
+
+
+def _speed_and_limit(state: AgentState, agent_type: torch.Tensor,
+                     agents: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Speed and acceleration limit [B, E] of the agents ``agents`` [B, E] (default: all)."""
+    if agents is None:
+        speed, types = state.spd, agent_type
+    else:
+        rows = torch.arange(state.valid.shape[0], device=state.valid.device).unsqueeze(-1)
+        speed, types = state.spd[rows, agents], agent_type[rows, agents]
+    return speed, action_limits(types)[..., 0].to(speed.dtype)
 
 
 @dataclass(frozen=True)

@@ -82,3 +82,11 @@ def test_corpus_scenes_are_distinct_windows_fixed_by_the_seed_not_the_workers(co
     assert one != [scene.scenario_id for scene in corpus_scenes(corpus, "training", 20, seed=6)]
     with pytest.raises(ValueError, match=r"num_scenes must be in \[1, \d+\].*got 1000000"):
         next(corpus_scenes(corpus, "training", 1_000_000, seed=5))
+
+
+def test_the_loader_benchmark_times_an_existing_corpus(corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from trafficbots_gym.benchmarks.synth_speed import main
+
+    assert main(["--corpus", str(corpus), "--items", "3"]) == 0
+    rate = float(capsys.readouterr().out.split("windows/s per worker")[1].split()[0])
+    assert rate > 0

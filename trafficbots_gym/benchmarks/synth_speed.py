@@ -2,11 +2,13 @@
 
     python -m trafficbots_gym.benchmarks.synth_speed [--runs 3] [--duration 120] [--scenes-per-run 8]
                                                       [--corpus-duration 600] [--items 200] [--seed 0]
+    python -m trafficbots_gym.benchmarks.synth_speed --corpus DIR [--items 200] [--seed 0]
 
 Measures, per stage, the seconds of a scene-generation run (network, demand, simulation, window
 cutting + packing) and the resulting scenes/s per core; then builds a one-run corpus and measures
 its size per distinct window and the windows/s one DataLoader worker serves (cut + pack + arrays).
-Prints a table (the numbers for BENCHMARKS.md).
+With ``--corpus`` only that last number is measured, on the training split of an existing corpus
+(what a training run's workers serve; no SUMO needed). Prints a table (the numbers for BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -58,16 +60,22 @@ def time_corpus(seed: int, duration: float, items: int, workdir: Path) -> dict[s
     t0 = time.perf_counter()
     ((path, n_windows),) = build_corpus(workdir, {"training": 1}, seed, duration)
     build_s = time.perf_counter() - t0
-    ds = SyntheticWindowDataset(workdir, "training", seed)
-    ds[0]  # decode the run once (a worker's first item)
+    size = Path(path).stat().st_size
+    return {"build_s": build_s, "windows": float(n_windows), "bytes": float(size),
+            "bytes_per_window": size / max(n_windows, 1), "windows_per_s": windows_per_second(workdir, items, seed)}
+
+
+def windows_per_second(corpus_dir: Path, items: int, seed: int) -> float:
+    """Training windows/s one DataLoader worker serves from ``corpus_dir`` (every run decoded beforehand,
+    as in a worker that has served a while)."""
+    ds = SyntheticWindowDataset(corpus_dir, "training", seed)
+    for k in range(len(ds.files)):
+        ds.run(k)
     idx = np.random.default_rng(seed).integers(0, len(ds), items)
     t0 = time.perf_counter()
     for i in idx:
         ds[int(i)]
-    per_item = (time.perf_counter() - t0) / items
-    size = Path(path).stat().st_size
-    return {"build_s": build_s, "windows": float(n_windows), "bytes": float(size),
-            "bytes_per_window": size / max(n_windows, 1), "windows_per_s": 1.0 / per_item}
+    return items / (time.perf_counter() - t0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,8 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--corpus-duration", type=float, default=600.0)
     p.add_argument("--items", type=int, default=200, help="windows timed from the corpus")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--corpus", type=Path, default=None,
+                   help="time only the DataLoader windows/s of this existing corpus (training split)")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
+    if a.corpus is not None:
+        rate = windows_per_second(a.corpus, a.items, a.seed)
+        print(f"Corpus {a.corpus}: {a.items} training windows, one process")
+        print(f"{'windows/s per worker':<26}{rate:>10.1f}")
+        print(f"{'ms per window':<26}{1e3 / rate:>10.1f}")
+        return 0
     rows = []
     with tempfile.TemporaryDirectory(prefix="synth-bench-") as tmp:
         for k, seed in enumerate(run_seeds(a.seed, "training", a.runs)):

@@ -125,17 +125,20 @@ def evaluate_batch(sim: BatchedSimulator, batch: SceneBatch, rollouts: int, stoc
 
 
 def background_simulator(background: str, device: torch.device, checkpoint: str | None = None,
-                         sample_actions: bool = False) -> BatchedSimulator:
+                         sample_actions: bool = False, latent: str = "prior",
+                         destination: str = "sample") -> BatchedSimulator:
     """A simulator of ``background`` (a name of ``BACKGROUND_SPECS``: ``"trafficbots+guard"`` adds the collision
-    guard and lane keeping) with no external ego (the learned one loads ``checkpoint``)."""
+    guard and lane keeping) with no external ego (the learned one loads ``checkpoint`` and draws its latents
+    and destinations as ``latent`` and ``destination`` say; see ``TrafficBotsPolicy.reset``)."""
     background, guarded = split_guard(background)
     policy = None
     if background in LEARNED_BACKGROUNDS:
         from trafficbots_gym.model.checkpoint import load_model
         from trafficbots_gym.model.policy import TrafficBotsPolicy
         policy = TrafficBotsPolicy(load_model(checkpoint), device=device)
-    return BatchedSimulator(background=background, policy=policy, device=device,
-                            deterministic_action=not sample_actions, **background_guards(guarded))
+    return BatchedSimulator(background=background, policy=policy, device=device, latent=latent,
+                            destination=destination, deterministic_action=not sample_actions,
+                            **background_guards(guarded))
 
 
 def evaluate_background(background: str, source: SceneSource, indices: Sequence[int], *, rollouts: int,

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from trafficbots_gym.data.batch import SceneBatch
+from trafficbots_gym.data.constants import STEP_CURRENT
 from trafficbots_gym.model.losses import (LossConfig, dest_nll, imitation_loss, imitation_per_step,
-                                          kl_diag_gaussian, kl_loss, training_losses)
+                                          kl_diag_gaussian, kl_loss, starters, training_losses)
 
 
 @dataclass
@@ -58,6 +59,36 @@ def test_imitation_loss_ignores_history_steps_and_invalid_predictions(reference_
     assert imitation_loss(out, reference_batch).item() == 0.0
     out.pred_pos[:, 10] += 1.0             # step 11 is the first scored step
     assert imitation_loss(out, reference_batch).item() > 0.0
+
+
+def _one_starter(batch: SceneBatch) -> SceneBatch:
+    """``batch`` where agent 0 of scene 0 stands at the current step and moves afterwards, nobody else does."""
+    spd = torch.zeros_like(batch.agent_spd)
+    spd[0, STEP_CURRENT + 5:, 0] = 3.0
+    valid = torch.zeros_like(batch.agent_valid)
+    valid[:, :, :2] = True
+    return replace(batch, agent_spd=spd, agent_valid=valid)
+
+
+def test_starters_stand_now_and_move_later_in_the_log(reference_batch: SceneBatch) -> None:
+    batch = _one_starter(reference_batch)
+    expected = torch.zeros_like(batch.agent_valid[:, 0])
+    expected[0, 0] = True
+    assert torch.equal(starters(batch), expected)
+
+
+def test_w_start_weights_only_the_starters_imitation_cost(reference_batch: SceneBatch) -> None:
+    batch = _one_starter(reference_batch)
+    out = log_replay(batch)
+    out.pred_pos = out.pred_pos + 1.0                      # the same cost for every scored agent-step
+    plain = imitation_loss(out, batch).item()
+    assert imitation_loss(out, batch, LossConfig(w_start=1.0)).item() == plain
+    out.pred_pos[0, :, 0] -= 1.0                           # the starter now follows its log exactly
+    others = imitation_loss(out, batch).item()
+    assert imitation_loss(out, batch, LossConfig(w_start=5.0)).item() == pytest.approx(others)
+    out.pred_pos[0, :, 0] += 1.0
+    weighted = imitation_loss(out, batch, LossConfig(w_start=5.0)).item()
+    assert weighted > plain                                # the starter's cost counts five times
 
 
 def test_imitation_per_step_is_differentiable_and_minimal_at_the_log() -> None:
@@ -130,5 +161,7 @@ def test_training_losses_without_latent_or_destination_are_imitation_only(refere
 
 
 def test_loss_config_rejects_negative_weights() -> None:
+    with pytest.raises(ValueError, match="w_start"):
+        LossConfig(w_start=-1.0)
     with pytest.raises(ValueError, match="w_kl"):
         LossConfig(w_kl=-1.0)

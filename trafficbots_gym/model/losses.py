@@ -10,7 +10,10 @@ All terms follow the reference ``TrainingMetrics`` (spec §5.1):
 * destination NLL ``-log p(dest_gt)`` averaged over agents with a known destination and a valid prediction.
 
 Two optional terms are ours (weights 0 = the reference loss): the collision and off-road penalties of
-:mod:`trafficbots_gym.model.safety_losses`, averaged over the simulated future agent-steps.
+:mod:`trafficbots_gym.model.safety_losses`, averaged over the simulated future agent-steps. Also ours: the
+imitation cost of *starters* (agents that stand at the current step and move later in the log) can be
+weighted ``w_start`` times (1 = the reference loss), against a policy that learned that standing agents
+stay standing.
 
 Rollout tensors use the rollout layout ``[B, T_sim, A, ...]`` where index ``i`` is absolute step
 ``i + 1`` (step 0 is the logged initial state); log tensors come from a ``SceneBatch`` ``[B, T, A, ...]``.
@@ -69,10 +72,12 @@ class LossConfig:
     """m: the collision term starts this far before two boxes touch (0 = at contact)."""
     w_offroad: float = 0.0
     """Road-edge contact and lane distance of vehicles (``safety_losses.offroad_penalty``); 0 = off."""
+    w_start: float = 1.0
+    """Weight of the imitation cost of starters (see ``starters``) relative to the other agents; 1 = off."""
 
     def __post_init__(self) -> None:
         for name in ("w_imitation", "w_kl", "w_dest", "w_pos", "w_yaw", "w_spd", "w_collision", "w_offroad",
-                     "collision_margin"):
+                     "collision_margin", "w_start"):
             if getattr(self, name) < 0:
                 raise ValueError(f"LossConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.step_start < 1:
@@ -106,8 +111,22 @@ def imitation_mask(pred_valid: torch.Tensor, gt_valid: torch.Tensor, step_start:
     return future_mask(pred_valid, step_start) & gt_valid
 
 
+STANDING_SPEED = 0.5
+"""m/s: an agent slower than this stands."""
+MOVING_SPEED = 1.0
+"""m/s: an agent faster than this moves."""
+
+
+def starters(batch: SceneBatch, step: int = STEP_CURRENT) -> torch.Tensor:
+    """[B, A] bool: agents that stand at ``step`` and move at some later logged step."""
+    standing = batch.agent_valid[:, step] & (batch.agent_spd[:, step].abs() < STANDING_SPEED)
+    later = batch.agent_valid[:, step + 1:] & (batch.agent_spd[:, step + 1:].abs() > MOVING_SPEED)
+    return standing & later.any(1)
+
+
 def imitation_loss(out: RolloutLike, batch: SceneBatch, cfg: LossConfig = LossConfig()) -> torch.Tensor:
-    """Mean imitation cost of the rollout against the log over valid future agent-steps."""
+    """Mean imitation cost of the rollout against the log over valid future agent-steps (starters' cost
+    weighted ``cfg.w_start`` times)."""
     n = out.pred_pos.shape[1]
     if batch.num_steps < n + 1:
         raise ValueError(f"rollout has {n} steps but the batch only {batch.num_steps} logged steps")
@@ -115,6 +134,8 @@ def imitation_loss(out: RolloutLike, batch: SceneBatch, cfg: LossConfig = LossCo
                               batch.agent_pos[:, 1:n + 1], batch.agent_yaw[:, 1:n + 1], batch.agent_spd[:, 1:n + 1],
                               cfg.w_pos, cfg.w_yaw, cfg.w_spd)
     mask = imitation_mask(out.pred_valid, batch.agent_valid[:, 1:n + 1], cfg.step_start)
+    if cfg.w_start != 1.0:
+        cost = cost * (1.0 + (cfg.w_start - 1.0) * starters(batch).to(cost.dtype)).unsqueeze(1)
     return masked_mean(cost, mask)
 
 

@@ -67,3 +67,10 @@ def test_lights_can_be_turned_green_everywhere_or_removed(reference_batch) -> No
     assert green.tl_state[..., TLState.GO].all() and green.tl_state.sum(-1).eq(1).all()
     assert not edit_lights(reference_batch, "none").tl_valid.any()
     assert edit_lights(reference_batch, "logged") is reference_batch
+
+
+def test_a_non_positive_count_is_rejected_by_its_option_name() -> None:
+    import pytest
+
+    with pytest.raises(SystemExit, match="--num-scenes must be >= 1, got 0"):
+        main(["--num-scenes", "0"])

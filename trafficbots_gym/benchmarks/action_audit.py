@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from trafficbots_gym.benchmarks.cli import add_scene_options, require_positive
 from trafficbots_gym.data.batch import SceneBatch, collate_arrays
 from trafficbots_gym.data.constants import DT, AgentType
 from trafficbots_gym.env.config import resolve_device
@@ -152,9 +153,7 @@ def format_audit(result: AuditResult) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trafficbots_gym.benchmarks.action_audit", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenes", default=None, help="H5 file or folder of shards (default: embedded scenes of --split)")
-    p.add_argument("--split", default="validation", help="embedded split with logged futures (default: validation)")
-    p.add_argument("--num-scenes", type=int, default=30, help="first N scenes of the source (default 30)")
+    add_scene_options(p, num_scenes=30)
     p.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: the shipped one)")
     p.add_argument("--scenes-per-batch", type=int, default=8, help="scenes per model call (default 8; bounds memory)")
     p.add_argument("--device", default="auto", help="torch device; auto = CUDA when available")
@@ -172,9 +171,7 @@ def scene_batches(source: SceneSource, num_scenes: int, per_batch: int,
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    for name in ("num_scenes", "scenes_per_batch"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    require_positive(args, "num_scenes", "scenes_per_batch")
     device = resolve_device(args.device)
     source = SceneSource(args.scenes, split=args.split)
     batches = scene_batches(source, args.num_scenes, args.scenes_per_batch, device)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from trafficbots_gym.benchmarks.cli import held_out_scenes, require_positive
 from trafficbots_gym.benchmarks.controllers import bearing_of, format_markdown, write_csv, write_text
 from trafficbots_gym.benchmarks.realism import Trajectories, box_separation, evaluated_objects
 from trafficbots_gym.benchmarks.realism_report import background_simulator, rollout
@@ -175,11 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.num_scenes < 1 or args.scenes_per_batch < 1:
-        raise SystemExit("--num-scenes and --scenes-per-batch must be >= 1")
+    require_positive(args, "num_scenes", "scenes_per_batch")
     device = resolve_device(args.device)
-    source = SceneSource(args.scenes, split=args.split)
-    indices = list(range(min(args.num_scenes, len(source))))
+    source, indices = held_out_scenes(args)
     rows = [summarize_contacts(bg, breakdown(bg, source, indices, device=device, seed=args.seed,
                                              scenes_per_batch=args.scenes_per_batch, checkpoint=args.checkpoint))
             for bg in args.backgrounds]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from trafficbots_gym.benchmarks.cli import add_scene_options, held_out_scenes, require_positive
 from trafficbots_gym.benchmarks.controllers import format_markdown, write_csv, write_text
 from trafficbots_gym.benchmarks.realism import (
     BUCKETS, WOSAC_2025, Trajectories, bucket_scores, evaluated_objects, gather_agents, min_ade, realism_inputs,
@@ -192,11 +193,7 @@ def _now(device: torch.device) -> float:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trafficbots_gym.benchmarks.realism_report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenes", default=None, help="H5 file or folder of shards (default: embedded scenes of --split)")
-    p.add_argument("--split", default="validation",
-                   help="embedded held-out split (default: validation; testing-split files hold only the "
-                        "11-step history, the benchmark needs the logged future)")
-    p.add_argument("--num-scenes", type=int, default=100, help="first N scenes of the source (default 100)")
+    add_scene_options(p, num_scenes=100)
     p.add_argument("--rollouts", type=int, default=32, help="rollouts per scene (default 32, as WOSAC)")
     p.add_argument("--backgrounds", nargs="+", default=list(DEFAULT_BACKGROUNDS), choices=BACKGROUND_SPECS,
                    help="background models (a learned one + '+guard': under the collision guard and lane keeping)")
@@ -214,13 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    for name in ("num_scenes", "rollouts", "scenes_per_batch"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    require_positive(args, "num_scenes", "rollouts", "scenes_per_batch")
     torch.manual_seed(args.seed)
     device = resolve_device(args.device)
-    source = SceneSource(args.scenes, split=args.split)
-    indices = list(range(min(args.num_scenes, len(source))))
+    source, indices = held_out_scenes(args)
     reports = [evaluate_background(bg, source, indices, rollouts=args.rollouts, device=device, seed=args.seed,
                                    scenes_per_batch=args.scenes_per_batch, checkpoint=args.checkpoint,
                                    sample_actions=args.sample_actions) for bg in args.backgrounds]

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
+from trafficbots_gym.benchmarks.cli import add_scene_options, held_out_scenes, require_positive
 from trafficbots_gym.benchmarks.controllers import format_markdown
 from trafficbots_gym.benchmarks.realism_report import background_simulator
 from trafficbots_gym.data.batch import SceneBatch, collate_arrays
@@ -151,9 +152,7 @@ def evaluate(background: str, source: SceneSource, indices: Sequence[int], *, de
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trafficbots_gym.benchmarks.stall_report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenes", default=None, help="H5 file or folder of shards (default: embedded scenes of --split)")
-    p.add_argument("--split", default="validation", help="embedded split with logged futures (default: validation)")
-    p.add_argument("--num-scenes", type=int, default=50, help="first N scenes of the source (default 50)")
+    add_scene_options(p, num_scenes=50)
     p.add_argument("--backgrounds", nargs="+", default=["trafficbots", "trafficbots+guard"], choices=BACKGROUND_SPECS,
                    help="background models (default: the learned one raw and under the guards)")
     p.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: the shipped one)")
@@ -174,12 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    for name in ("num_scenes", "scenes_per_batch"):
-        if getattr(args, name) < 1:
-            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    require_positive(args, "num_scenes", "scenes_per_batch")
     device = resolve_device(args.device)
-    source = SceneSource(args.scenes, split=args.split)
-    indices = list(range(min(args.num_scenes, len(source))))
+    source, indices = held_out_scenes(args)
     reports = [evaluate(bg, source, indices, device=device, seed=args.seed, scenes_per_batch=args.scenes_per_batch,
                         checkpoint=args.checkpoint, sample_actions=args.sample_actions, latent=args.latent,
                         destination=args.destination, lights=args.lights) for bg in args.backgrounds]

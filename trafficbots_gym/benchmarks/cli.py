@@ -1,8 +1,12 @@
-"""Argument checks shared by the benchmark command lines."""
+"""Options, checks and scene selection shared by the benchmark command lines."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 
+import torch
+
+from trafficbots_gym.env.config import resolve_device
 from trafficbots_gym.env.scenes import SceneSource
 
 
@@ -28,3 +32,13 @@ def held_out_scenes(args: argparse.Namespace) -> tuple[SceneSource, list[int]]:
     """The scene source of ``add_scene_options`` and the indices of its first ``--num-scenes`` scenes."""
     source = SceneSource(args.scenes, split=args.split)
     return source, list(range(min(args.num_scenes, len(source))))
+
+
+def parse_scene_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None, positive: Sequence[str]
+                        ) -> tuple[argparse.Namespace, torch.device, SceneSource, list[int]]:
+    """Parse ``argv`` (options of ``add_scene_options`` and ``--device``), check the ``positive`` options and
+    return the arguments, the device, the scene source and the indices of the scenes to use."""
+    args = parser.parse_args(argv)
+    require_positive(args, *positive)
+    source, indices = held_out_scenes(args)
+    return args, resolve_device(args.device), source, indices

@@ -32,13 +32,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from trafficbots_gym.benchmarks.cli import held_out_scenes, require_positive
+from trafficbots_gym.benchmarks.cli import add_scene_options, parse_scene_command
 from trafficbots_gym.benchmarks.controllers import bearing_of, format_markdown, write_csv, write_text
 from trafficbots_gym.benchmarks.realism import Trajectories, box_separation, evaluated_objects
 from trafficbots_gym.benchmarks.realism_report import background_simulator, rollout
 from trafficbots_gym.data.batch import SceneBatch, collate_arrays
 from trafficbots_gym.data.constants import DT, STEP_CURRENT
-from trafficbots_gym.env.config import resolve_device
 from trafficbots_gym.env.scenes import SceneSource
 from trafficbots_gym.simulation.background import BACKGROUND_SPECS
 from trafficbots_gym.simulation.metrics import box_overlap_matrix
@@ -163,9 +162,7 @@ def breakdown(background: str, source: SceneSource, indices: Sequence[int], *, d
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Where simulated agents collide (first contact of each agent).")
     p.add_argument("--backgrounds", nargs="+", default=["trafficbots", "log_replay"], choices=BACKGROUND_SPECS)
-    p.add_argument("--num-scenes", type=int, default=40)
-    p.add_argument("--scenes", default=None, help="H5 file or folder of shards (default: embedded --split)")
-    p.add_argument("--split", default="validation")
+    add_scene_options(p, num_scenes=40)
     p.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: the shipped one)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -175,10 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    require_positive(args, "num_scenes", "scenes_per_batch")
-    device = resolve_device(args.device)
-    source, indices = held_out_scenes(args)
+    args, device, source, indices = parse_scene_command(build_parser(), argv, ("num_scenes", "scenes_per_batch"))
     rows = [summarize_contacts(bg, breakdown(bg, source, indices, device=device, seed=args.seed,
                                              scenes_per_batch=args.scenes_per_batch, checkpoint=args.checkpoint))
             for bg in args.backgrounds]

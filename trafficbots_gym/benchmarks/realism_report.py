@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from trafficbots_gym.benchmarks.cli import add_scene_options, held_out_scenes, require_positive
+from trafficbots_gym.benchmarks.cli import add_scene_options, parse_scene_command
 from trafficbots_gym.benchmarks.controllers import format_markdown, write_csv, write_text
 from trafficbots_gym.benchmarks.realism import (
     BUCKETS, WOSAC_2025, Trajectories, bucket_scores, evaluated_objects, gather_agents, min_ade, realism_inputs,
@@ -33,7 +33,6 @@ from trafficbots_gym.benchmarks.realism import (
 )
 from trafficbots_gym.data.batch import SceneBatch, collate_arrays
 from trafficbots_gym.data.constants import STEP_CURRENT, AgentRole, AgentType
-from trafficbots_gym.env.config import resolve_device
 from trafficbots_gym.env.scenes import SceneSource
 from trafficbots_gym.simulation import BatchedSimulator
 from trafficbots_gym.simulation.background import BACKGROUND_SPECS, LEARNED_BACKGROUNDS, split_guard
@@ -210,11 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    require_positive(args, "num_scenes", "rollouts", "scenes_per_batch")
+    args, device, source, indices = parse_scene_command(build_parser(), argv,
+                                                        ("num_scenes", "rollouts", "scenes_per_batch"))
     torch.manual_seed(args.seed)
-    device = resolve_device(args.device)
-    source, indices = held_out_scenes(args)
     reports = [evaluate_background(bg, source, indices, rollouts=args.rollouts, device=device, seed=args.seed,
                                    scenes_per_batch=args.scenes_per_batch, checkpoint=args.checkpoint,
                                    sample_actions=args.sample_actions) for bg in args.backgrounds]

@@ -11,8 +11,8 @@ a vehicle *stalls* when it stands below ``STANDING`` m/s, and the stall is *free
 lane within ``FREE_GAP`` m ahead (the collision guard's corridor test, no look-ahead). Also printed: the
 mean speed of the simulated vehicles and of their log at ``PROFILE_STEPS``. ``--lights green`` (every
 light green at every step) or ``none`` (no lights) edits the scenes, to see whether the learned agents
-start on green at all. A learned model that brakes
-more than its log, or does not start again after a stop, shows here before it shows in minADE.
+start on green at all. A learned model that brakes more than its log, or does not start again after a
+stop, shows here before it shows in minADE.
 """
 from __future__ import annotations
 
@@ -24,12 +24,11 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from trafficbots_gym.benchmarks.cli import add_scene_options, held_out_scenes, require_positive
+from trafficbots_gym.benchmarks.cli import add_scene_options, parse_scene_command
 from trafficbots_gym.benchmarks.controllers import format_markdown
 from trafficbots_gym.benchmarks.realism_report import background_simulator
 from trafficbots_gym.data.batch import SceneBatch, collate_arrays
 from trafficbots_gym.data.constants import N_STEP, STEP_CURRENT, AgentType, TLState
-from trafficbots_gym.env.config import resolve_device
 from trafficbots_gym.env.scenes import SceneSource
 from trafficbots_gym.simulation import BatchedSimulator
 from trafficbots_gym.simulation.background import BACKGROUND_SPECS
@@ -172,10 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    require_positive(args, "num_scenes", "scenes_per_batch")
-    device = resolve_device(args.device)
-    source, indices = held_out_scenes(args)
+    args, device, source, indices = parse_scene_command(build_parser(), argv, ("num_scenes", "scenes_per_batch"))
     reports = [evaluate(bg, source, indices, device=device, seed=args.seed, scenes_per_batch=args.scenes_per_batch,
                         checkpoint=args.checkpoint, sample_actions=args.sample_actions, latent=args.latent,
                         destination=args.destination, lights=args.lights) for bg in args.backgrounds]

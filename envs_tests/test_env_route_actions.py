@@ -88,6 +88,12 @@ def test_route_offset_range_must_be_a_positive_finite_number(bad):
         EnvConfig.from_kwargs(action_mode="route", route_offset_range=bad)
 
 
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf, True, "4"])
+def test_route_curve_accel_must_be_a_finite_number_at_least_zero(bad):
+    with pytest.raises(ValueError, match=r"route_curve_accel must be .*>= 0, got"):
+        EnvConfig.from_kwargs(action_mode="route", route_curve_accel=bad)
+
+
 # -------------------------------------------------------------------------------------- mapping
 @pytest.mark.parametrize("ego_type", [VEHICLE, PEDESTRIAN])
 def test_acceleration_channel_is_scaled_exactly_as_in_continuous_mode(ego_type):
@@ -104,6 +110,34 @@ def test_acceleration_reported_by_the_env_matches_continuous_mode():
     continuous = _hold("continuous", (0.6, 0.0), [8])
     np.testing.assert_allclose(route["acc"][:5], 3.0)
     np.testing.assert_allclose(route["acc"], continuous["acc"])
+
+
+def _quarter_circle_route(radius: float = 10.0) -> Route:
+    """A route that runs 10 m straight along +x, then turns left on a circle of ``radius`` m."""
+    n = N_STEP - STEP_CURRENT
+    s = torch.linspace(0.0, 10.0 + 0.5 * math.pi * radius, n)
+    turn = (s - 10.0).clamp(min=0.0) / radius
+    x = torch.where(s < 10.0, s, 10.0 + radius * torch.sin(turn))
+    y = torch.where(s < 10.0, torch.zeros_like(s), radius * (1.0 - torch.cos(turn)))
+    pos = torch.zeros(N_STEP, 2)
+    pos[STEP_CURRENT:] = torch.stack([x, y], -1)
+    yaw = torch.zeros(N_STEP)
+    yaw[STEP_CURRENT:] = turn
+    return Route(LoggedPath.from_log(pos.view(1, N_STEP, 1, 2), yaw.view(1, N_STEP, 1),
+                                     torch.ones(1, N_STEP, 1, dtype=torch.bool), start=STEP_CURRENT))
+
+
+def test_the_curve_speed_cap_slows_the_ego_before_a_curve_and_leaves_it_alone_on_a_straight():
+    full_throttle = torch.tensor([[1.0, 0.0]])
+    capped = _route_mapper(route_curve_accel=4.0)
+    on_straight = _route_mapper(route_curve_accel=4.0).physical(full_throttle, VEHICLE,
+                                                                 _ego(_straight_route(), 5.0, 0.0, 0.0, 10.0))
+    assert on_straight[0, 0].item() == pytest.approx(5.0)            # no curve ahead: the policy's choice
+    before_curve = _ego(_quarter_circle_route(10.0), 2.0, 0.0, 0.0, 10.0)
+    assert _route_mapper().physical(full_throttle, VEHICLE, before_curve)[0, 0].item() == pytest.approx(5.0)
+    assert capped.physical(full_throttle, VEHICLE, before_curve)[0, 0].item() == pytest.approx(-5.0)  # brake
+    near_limit = _ego(_quarter_circle_route(10.0), 2.0, 0.0, 0.0, 6.2)    # just below sqrt(4 * 10) = 6.32 m/s:
+    assert capped.physical(full_throttle, VEHICLE, near_limit)[0, 0].item() == pytest.approx(1.25, abs=0.05)
 
 
 def test_route_actions_need_the_egos_route_state():
@@ -189,7 +223,7 @@ def route_model():
 def test_sb3_controller_takes_the_action_mode_stored_by_train_ppo(route_model, tmp_path):
     train_ppo = _train_ppo_module()
     args = train_ppo.build_parser().parse_args(["--action-mode", "route", "--route-offset-range", "1.5",
-                                                "--device", "cpu"])
+                                                "--route-curve-accel", "4", "--device", "cpu"])
     policy = train_ppo.save_policy(route_model, tmp_path / "policy.zip", train_ppo.policy_settings(args))
     with zipfile.ZipFile(policy) as archive:
         assert archive.testzip() is None and archive.namelist().count(POLICY_ENV_MEMBER) == 1
@@ -197,6 +231,7 @@ def test_sb3_controller_takes_the_action_mode_stored_by_train_ppo(route_model, t
     controller = make_controller(str(policy), device="cpu")
     assert controller.env_overrides["action_mode"] == "route"
     assert controller.env_overrides["route_offset_range"] == 1.5
+    assert controller.env_overrides["route_curve_accel"] == 4.0
     assert controller.env_overrides["obs_mode"] == "flat"
 
 

@@ -3,7 +3,7 @@
     python examples/train_ppo.py [--algo ppo|sac] [--timesteps 1000000] [--max-minutes M] [--num-envs 16]
         [--seed 0] [--device auto] [--background trafficbots] [--scenes PATH] [--eval-scenes PATH]
         [--checkpoint PATH] [--reward TERM=WEIGHT ...] [--action-mode continuous|discrete|route]
-        [--route-offset-range 2.0] [--net-arch 256,256] [--out runs/ppo]
+        [--route-offset-range 2.0] [--route-curve-accel 0] [--net-arch 256,256] [--out runs/ppo]
 
     # CPU smoke run (under a minute; add --checkpoint PATH to train / benchmark against learned agents):
     python examples/train_ppo.py --timesteps 2048 --num-envs 4 --background log_replay \
@@ -177,6 +177,7 @@ def env_kwargs(args: argparse.Namespace, scenes: str | None, split: str) -> dict
     kwargs = {"scenes": scenes, "split": split, "background": args.background, "checkpoint": args.checkpoint,
               "device": str(device), "horizon": args.horizon, "policy_precision": args.policy_precision,
               "action_mode": args.action_mode, "route_offset_range": args.route_offset_range,
+              "route_curve_accel": args.route_curve_accel,
               "background_guard": not args.no_background_guard, "ego_guard": args.ego_guard}
     if args.reward:
         kwargs["reward"] = reward_overrides(args.reward)
@@ -299,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ego action space (docs/env.md, 'Actions'); route: acceleration + offset from the route")
     p.add_argument("--route-offset-range", type=float, default=EnvConfig.route_offset_range,
                    help="route actions: lateral offset (m) of a[1] = +-1")
+    p.add_argument("--route-curve-accel", type=float, default=EnvConfig.route_curve_accel,
+                   help="route actions: cap the speed in curves at this lateral acceleration (m/s^2; 0 = off)")
     p.add_argument("--init-policy", default=None, metavar="PATH.zip",
                    help="continue training this saved model (same algorithm and env settings) instead of a new one")
     p.add_argument("--ego-guard", action="store_true",

@@ -10,7 +10,9 @@
   projection on its route (that far behind it while reversing), shifted sideways by the target offset
   (beyond its ends the route runs on straight along its first / last heading), with yaw rate
   ``speed * 2 sin(alpha) / distance`` to that point (alpha = the point's bearing relative to the ego's
-  heading), clipped to the type's yaw-rate limit. Clipping and checks as ``continuous``.
+  heading), clipped to the type's yaw-rate limit. Clipping and checks as ``continuous``. With
+  ``route_curve_accel`` > 0 the acceleration is also capped so that the speed stays below
+  ``sqrt(route_curve_accel / curvature)`` of the route ahead (a curve-speed shield; 0 = off, the default).
 
 Normalised accelerations (and yaw rates) are scaled by the limits of the ego's agent type (vehicle:
 5 m/s^2, 1.5 rad/s), the same limits the learned agents use.
@@ -23,9 +25,18 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from trafficbots_gym.data.constants import DT
 from trafficbots_gym.env.config import EnvConfig
 from trafficbots_gym.env.route import Route, RoutePosition
-from trafficbots_gym.simulation.dynamics import action_limits, pure_pursuit_yaw_rate, pursuit_lookahead, scale_action
+from trafficbots_gym.simulation.dynamics import (action_limits, pure_pursuit_yaw_rate, pursuit_lookahead, scale_action,
+                                                 wrap_angle)
+
+CURVE_LOOKAHEAD_TIME = 3.0
+"""s of travel at the current speed over which ``route_curve_accel`` looks for the route's sharpest curve ..."""
+CURVE_LOOKAHEAD_MIN = 5.0
+"""... plus this many metres (so a standing ego sees the curve it starts into) ..."""
+CURVE_SAMPLES = 9
+"""... sampled at this many evenly spaced route points."""
 
 
 def action_space(config: EnvConfig) -> spaces.Space:
@@ -60,6 +71,19 @@ class EgoOnRoute:
         target = self.route.point_ahead(self.pos, self.where.s, ahead, offset)
         return pure_pursuit_yaw_rate(self.pos, self.yaw, self.spd, target)
 
+    def curve_speed_cap(self, lateral_accel: float) -> torch.Tensor:
+        """[B] the acceleration (m/s^2) that brings the speed to ``sqrt(lateral_accel / kappa)`` in one step,
+        kappa = the largest heading change per metre of the route over the next ``CURVE_LOOKAHEAD_TIME`` s of
+        travel (+ ``CURVE_LOOKAHEAD_MIN`` m), sampled at ``CURVE_SAMPLES`` points."""
+        speed = self.spd.clamp(min=0.0)
+        span = speed * CURVE_LOOKAHEAD_TIME + CURVE_LOOKAHEAD_MIN
+        s = self.where.s.unsqueeze(-1) + span.unsqueeze(-1) * torch.linspace(0.0, 1.0, CURVE_SAMPLES,
+                                                                               device=speed.device)
+        _, yaw = self.route.path.interpolate(s.unsqueeze(1))                   # [B, 1, CURVE_SAMPLES]
+        step = (span / (CURVE_SAMPLES - 1)).unsqueeze(-1)
+        kappa = (wrap_angle(yaw[:, 0, 1:] - yaw[:, 0, :-1]).abs() / step).amax(-1)
+        return (torch.sqrt(lateral_accel / kappa.clamp(min=1e-4)) - speed) / DT
+
 
 class ActionMapper:
     """Batched env actions -> physical ego actions [B, 2] on the simulation device (``route_relative``:
@@ -69,6 +93,7 @@ class ActionMapper:
         self.discrete = config.action_mode == "discrete"
         self.route_relative = config.action_mode == "route"
         self.route_offset_range = config.route_offset_range
+        self.route_curve_accel = config.route_curve_accel
         self.grid = discrete_grid(config.n_acc, config.n_yaw_rate).to(device)
         self.device = device
 
@@ -103,4 +128,8 @@ class ActionMapper:
         max_yaw_rate = action_limits(ego_type)[:, 1].to(normalised.dtype)
         yaw_rate = ego.steering_yaw_rate(normalised[:, 1] * self.route_offset_range).to(normalised.dtype)
         yaw_rate = torch.maximum(torch.minimum(yaw_rate, max_yaw_rate), -max_yaw_rate)
-        return torch.stack([scaled[:, 0], yaw_rate], dim=-1)
+        acc = scaled[:, 0]
+        if self.route_curve_accel > 0:
+            max_acc = action_limits(ego_type)[:, 0].to(acc.dtype)
+            acc = torch.maximum(torch.minimum(acc, ego.curve_speed_cap(self.route_curve_accel).to(acc.dtype)), -max_acc)
+        return torch.stack([acc, yaw_rate], dim=-1)

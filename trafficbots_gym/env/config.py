@@ -126,6 +126,9 @@ class EnvConfig:
     """Discrete action grid: number of yaw rates."""
     route_offset_range: float = 2.0
     """"route" actions: the target lateral offset from the logged route (m) of ``a[1] = +-1``."""
+    route_curve_accel: float = 0.0
+    """"route" actions: if > 0, a lateral acceleration limit (m/s^2): the ego's acceleration is capped so that
+    its speed stays below sqrt(limit / curvature) of the logged route over the next 3 s (+ 5 m); 0 = off."""
     mixed_radius: float = 30.0
     """"mixed" background: agents within this distance (m) of the ego are learned, the rest replay."""
     background_guard: bool = True
@@ -187,6 +190,9 @@ class EnvConfig:
         offset = self.route_offset_range
         if isinstance(offset, bool) or not isinstance(offset, numbers.Real) or not 0 < offset < math.inf:
             raise ValueError(f"route_offset_range must be a finite number of metres > 0, got {offset!r}")
+        curve = self.route_curve_accel
+        if isinstance(curve, bool) or not isinstance(curve, numbers.Real) or not 0 <= curve < math.inf:
+            raise ValueError(f"route_curve_accel must be a finite number of m/s^2 >= 0, got {curve!r}")
         ego_spec(self.ego)
 
     @staticmethod

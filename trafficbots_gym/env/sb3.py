@@ -112,7 +112,8 @@ POLICY_ENV_MEMBER = "trafficbots_env.json"
 """Member of a saved SB3 model archive holding the env settings its policy was trained with."""
 POLICY_ENV_KEYS: tuple[str, ...] = ("obs_mode", "action_mode", "route_offset_range", "n_acc", "n_yaw_rate",
                                     "num_agents_obs", "num_map_points", "map_point_stride", "num_tl_obs",
-                                    "num_route_points", "route_spacing", "obs_range", "ego_guard")
+                                    "num_route_points", "route_spacing", "obs_range", "ego_guard",
+                                    "route_curve_accel")
 """The ``EnvConfig`` keys that shape a policy's observations and actions (stored with the policy); the ego
 guard is part of the controller a policy was trained as."""
 

@@ -6,13 +6,13 @@
         [--scenes-per-batch 25]
 
 Every agent is simulated (no external ego: ``BatchedSimulator.step(None)``) for the 80 future steps, one
-rollout per scene. At the last step, of the simulated vehicles whose log moves faster than ``MOVING`` m/s,
-a vehicle *stalls* when it stands below ``STANDING`` m/s, and the stall is *free* when no box lies in its
-lane within ``FREE_GAP`` m ahead (the collision guard's corridor test, no look-ahead). Also printed: the
-mean speed of the simulated vehicles and of their log at ``PROFILE_STEPS``. ``--lights green`` (every
-light green at every step) or ``none`` (no lights) edits the scenes, to see whether the learned agents
-start on green at all. A learned model that brakes more than its log, or does not start again after a
-stop, shows here before it shows in minADE.
+rollout per scene. At the last step, of the simulated vehicles whose log moves faster than ``MOVING_SPEED``
+m/s, a vehicle *stalls* when it stands below ``STANDING_SPEED`` m/s (the thresholds of the loss's starters),
+and the stall is *free* when no box lies in its lane within ``FREE_GAP`` m ahead (the collision guard's
+corridor test, no look-ahead). Also printed: the mean speed of the simulated vehicles and of their log at
+``PROFILE_STEPS``. ``--lights green`` (every light green at every step) or ``none`` (no lights) edits the
+scenes, to see whether the learned agents start on green at all. A learned model that brakes more than its
+log, or does not start again after a stop, shows here before it shows in minADE.
 """
 from __future__ import annotations
 
@@ -30,15 +30,12 @@ from trafficbots_gym.benchmarks.realism_report import background_simulator
 from trafficbots_gym.data.batch import SceneBatch, collate_arrays
 from trafficbots_gym.data.constants import N_STEP, STEP_CURRENT, AgentType, TLState
 from trafficbots_gym.env.scenes import SceneSource
+from trafficbots_gym.model.losses import MOVING_SPEED, STANDING_SPEED
 from trafficbots_gym.simulation import BatchedSimulator
 from trafficbots_gym.simulation.background import BACKGROUND_SPECS
 from trafficbots_gym.simulation.guard import GuardParams, obstacle_gaps
 from trafficbots_gym.simulation.state import AgentState
 
-MOVING = 1.0
-"""m/s: a logged vehicle faster than this at the last step still moves."""
-STANDING = 0.5
-"""m/s: a simulated vehicle slower than this stands."""
 FREE_GAP = 15.0
 """m: a standing vehicle with no box this close ahead in its lane has a free lane."""
 EARLY_STEPS = 10
@@ -67,8 +64,8 @@ def stall_counts(state: AgentState, size: torch.Tensor, log_spd: torch.Tensor, v
     """Stalls among ``vehicles`` [B, A] bool of the simulated ``state`` [B, A], given their logged speed [B, A]
     at the same step, the box ``size`` [B, A, >=2] and the last step each one moved, ``last_moving`` [B, A]
     (``STEP_CURRENT`` or less: not since the simulation started)."""
-    moving = vehicles & (log_spd > MOVING)
-    stalled = moving & (state.spd.abs() < STANDING)
+    moving = vehicles & (log_spd > MOVING_SPEED)
+    stalled = moving & (state.spd.abs() < STANDING_SPEED)
     gap, _ = obstacle_gaps(state, size, GuardParams(lookahead=(0.0,)))
     early = stalled & (last_moving <= STEP_CURRENT + EARLY_STEPS)
     return StallCounts(int(moving.sum()), int(stalled.sum()), int((stalled & (gap > FREE_GAP)).sum()), int(early.sum()))
@@ -102,10 +99,10 @@ def simulate_batch(sim: BatchedSimulator, batch: SceneBatch, generator: torch.Ge
     sim.reset(batch, torch.zeros(batch.batch_size, dtype=torch.long, device=batch.agent_valid.device),
               generator=generator)
     is_vehicle = batch.agent_type[..., AgentType.VEHICLE].bool()
-    last_moving = torch.where(batch.agent_spd[:, STEP_CURRENT].abs() >= STANDING, STEP_CURRENT, -1)
+    last_moving = torch.where(batch.agent_spd[:, STEP_CURRENT].abs() >= STANDING_SPEED, STEP_CURRENT, -1)
     for t in range(STEP_CURRENT + 1, N_STEP):
         sim.step(None)
-        last_moving = torch.where(sim.state.spd.abs() >= STANDING, t, last_moving)
+        last_moving = torch.where(sim.state.spd.abs() >= STANDING_SPEED, t, last_moving)
         if t in PROFILE_STEPS:
             vehicles = simulated_vehicles(sim, batch, is_vehicle, t)
             report.sim_speed[t] += float(sim.state.spd[vehicles].sum())

@@ -125,11 +125,11 @@ class ActionMapper:
             return scaled
         if ego is None:
             raise ValueError("route actions need the ego's state and route (ego=EgoOnRoute(...))")
-        max_yaw_rate = action_limits(ego_type)[:, 1].to(normalised.dtype)
+        max_acc, max_yaw_rate = action_limits(ego_type).to(normalised.dtype).unbind(-1)
         yaw_rate = ego.steering_yaw_rate(normalised[:, 1] * self.route_offset_range).to(normalised.dtype)
         yaw_rate = torch.maximum(torch.minimum(yaw_rate, max_yaw_rate), -max_yaw_rate)
         acc = scaled[:, 0]
         if self.route_curve_accel > 0:
-            max_acc = action_limits(ego_type)[:, 0].to(acc.dtype)
-            acc = torch.maximum(torch.minimum(acc, ego.curve_speed_cap(self.route_curve_accel).to(acc.dtype)), -max_acc)
+            cap = ego.curve_speed_cap(self.route_curve_accel).to(acc.dtype)
+            acc = torch.maximum(torch.minimum(acc, cap), -max_acc)
         return torch.stack([acc, yaw_rate], dim=-1)

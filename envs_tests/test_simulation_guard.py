@@ -6,12 +6,13 @@ import math
 import pytest
 import torch
 
-from trafficbots_gym.data.constants import STEP_CURRENT
+from trafficbots_gym.data.constants import STEP_CURRENT, TLState
 from trafficbots_gym.env.traffic_bots_env import TrafficBotsEnv
 from trafficbots_gym.simulation import BatchedSimulator
 from trafficbots_gym.simulation.background import split_guard
-from trafficbots_gym.simulation.guard import (GuardParams, LaneKeepingParams, acceleration_cap, guard_acceleration,
-                                              keep_lane, lane_offset, obstacle_gaps)
+from trafficbots_gym.simulation.guard import (GuardParams, LaneKeepingParams, RestartParams, acceleration_cap,
+                                              guard_acceleration, keep_lane, lane_offset, obstacle_gaps,
+                                              red_light_ahead, restart_stalled)
 from trafficbots_gym.simulation.metrics import MapGeometry, collisions
 from trafficbots_gym.simulation.state import AgentState
 
@@ -116,10 +117,65 @@ def test_the_env_guards_learned_traffic_by_default_and_the_ego_on_request(small_
     raw = TrafficBotsEnv(scenes=REFERENCE_SCENES, checkpoint=small_checkpoint, device="cpu",
                          background_guard=False, ego_guard=True)
     assert default.core.sim.guard == GuardParams() and default.core.sim.ego_guard is None
-    assert default.core.sim.lane_keeping == LaneKeepingParams()
-    assert raw.core.sim.guard is None and raw.core.sim.lane_keeping is None and raw.core.sim.ego_guard == GuardParams()
+    assert default.core.sim.lane_keeping == LaneKeepingParams() and default.core.sim.restart == RestartParams()
+    assert raw.core.sim.guard is None and raw.core.sim.lane_keeping is None and raw.core.sim.restart is None
+    assert raw.core.sim.ego_guard == GuardParams()
     default.close()
     raw.close()
+
+
+# ----------------------------------------------------------------------------------------- stall restart
+NO_RED = torch.zeros(1, 4, dtype=torch.bool)
+
+
+def test_a_stalled_vehicle_whose_logged_driver_moves_gets_the_restart_floor():
+    state, _, agent_type = _state([(0, 0, 0, 0), (0, 10, 0, 0), (0, 20, 0, 4.5), (0, 30, 0, 0)])
+    log_spd, log_valid = torch.tensor([[8.0, 0.5, 8.0, 8.0]]), torch.tensor([[True, True, True, False]])
+    driver = torch.tensor([[-1.0, -1.0, -1.0, -1.0]])
+    acc = restart_stalled(driver, state, log_spd, log_valid, agent_type, NO_RED, RestartParams(accel=1.5))
+    assert acc[0, 0].item() == pytest.approx(1.5)    # stands, its logged driver drives at 8 m/s
+    assert acc[0, 1].item() == -1.0                  # its logged driver stands too
+    assert acc[0, 2].item() == -1.0                  # 4.5 m/s is above half the log's 8 m/s
+    assert acc[0, 3].item() == -1.0                  # no logged driver at this step
+    faster = restart_stalled(torch.full((1, 4), 3.0), state, log_spd, log_valid, agent_type, NO_RED,
+                             RestartParams(accel=1.5))
+    assert torch.equal(faster, torch.full((1, 4), 3.0))   # a floor: never lowers the driver's acceleration
+
+
+def test_pedestrians_and_agents_before_a_red_light_are_not_restarted():
+    state, _, agent_type = _state([(0, 0, 0, 0), (0, 10, 0, 0)])
+    log_spd, log_valid, driver = torch.full((1, 2), 8.0), torch.ones(1, 2, dtype=torch.bool), torch.zeros(1, 2)
+    pedestrian = torch.tensor([[[False, True, False]] * 2])
+    assert torch.equal(restart_stalled(driver, state, log_spd, log_valid, pedestrian, NO_RED[:, :2], RestartParams()),
+                       driver)
+    red = torch.tensor([[True, False]])
+    acc = restart_stalled(driver, state, log_spd, log_valid, agent_type, red, RestartParams())
+    assert acc[0, 0].item() == 0.0 and acc[0, 1].item() == RestartParams().accel
+
+
+def test_a_red_light_counts_when_its_stop_point_is_ahead_in_the_lane_and_faces_the_agent():
+    state, size, _ = _state([(0, 0, 0, 0), (20, 0, 0, 0), (0, 10, 0, 0), (6, 20, math.pi, 0)])
+    tl_pos = torch.tensor([[[8.0, 0.0], [8.0, 10.0], [0.0, 20.0]]])
+    tl_dir = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]]])
+    tl_state = torch.zeros(1, 3, 5, dtype=torch.bool)
+    tl_state[0, 0, TLState.STOP] = tl_state[0, 1, TLState.GO] = tl_state[0, 2, TLState.CAUTION] = True
+    ahead = red_light_ahead(state, size, torch.ones(1, 3, dtype=torch.bool), tl_state, tl_pos, tl_dir, 10.0, 2.5)
+    assert ahead.tolist() == [[True, False, False, True]]   # red 5.75 m ahead; behind; green; yellow, other way
+
+
+def test_the_collision_guard_still_holds_a_restarted_vehicle_behind_a_standing_car():
+    state, size, agent_type = _state([(0, 0, 0, 0), (5.4, 0, 0, 0)])     # 0.9 m bumper gap
+    floor = restart_stalled(torch.zeros(1, 2), state, torch.full((1, 2), 8.0), torch.ones(1, 2, dtype=torch.bool),
+                            agent_type, NO_RED[:, :2], RestartParams())
+    assert floor[0, 0].item() == RestartParams().accel
+    assert guard_acceleration(floor, state, size, agent_type, GuardParams())[0, 0].item() <= 0.0
+
+
+@pytest.mark.parametrize("kwargs", [dict(pace_fraction=0.0), dict(pace_fraction=1.5), dict(accel=0.0),
+                                    dict(go_speed=-1.0), dict(light_distance=-1.0)])
+def test_invalid_restart_constants_are_refused(kwargs):
+    with pytest.raises(ValueError, match="RestartParams"):
+        RestartParams(**kwargs)
 
 
 # ------------------------------------------------------------------------------------------ lane keeping

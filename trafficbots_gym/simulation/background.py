@@ -24,7 +24,8 @@ import torch
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import STEP_CURRENT
-from trafficbots_gym.simulation.guard import GuardParams, LaneKeepingParams, guard_acceleration, keep_lane
+from trafficbots_gym.simulation.guard import (GuardParams, LaneKeepingParams, RestartParams, guard_acceleration,
+                                              keep_lane, red_light_ahead, restart_stalled)
 from trafficbots_gym.simulation.idm import IDMBackground, IDMParams
 from trafficbots_gym.simulation.metrics import MapGeometry
 from trafficbots_gym.simulation.state import AgentState
@@ -100,20 +101,21 @@ class ConstantVelocity:
 
 class LearnedBackground:
     """The TrafficBots policy: encodes the scenes at reset (warm start on logged steps 0..10), then
-    integrates its physical (acc, yaw rate) actions with the unicycle dynamics every step; with ``guard``
-    the accelerations are first capped by the collision guard, with ``lane_keeping`` the yaw rates of
-    vehicles that drift off their lane are pulled back (the map of the scenes comes from ``geometry()``)."""
+    integrates its physical (acc, yaw rate) actions with the unicycle dynamics every step; with ``restart``
+    stalled agents whose logged driver moves get an acceleration floor, with ``guard`` the accelerations are
+    then capped by the collision guard, with ``lane_keeping`` the yaw rates of vehicles that drift off their
+    lane are pulled back (the map of the scenes comes from ``geometry()``)."""
 
     name = "trafficbots"
 
     def __init__(self, policy: "TrafficBotsPolicy", *, latent: str = "prior", destination: str = "sample",
                  deterministic_action: bool = True, deterministic_latent: bool = False,
                  guard: GuardParams | None = None, lane_keeping: LaneKeepingParams | None = None,
-                 geometry: Callable[[], MapGeometry] | None = None) -> None:
+                 restart: RestartParams | None = None, geometry: Callable[[], MapGeometry] | None = None) -> None:
         if lane_keeping is not None and geometry is None:
             raise ValueError("lane_keeping needs the scenes' map geometry (geometry=None given)")
         self.policy = policy
-        self.guard, self.lane_keeping, self._geometry = guard, lane_keeping, geometry
+        self.guard, self.lane_keeping, self.restart, self._geometry = guard, lane_keeping, restart, geometry
         self._batch: SceneBatch | None = None
         self.latent, self.destination = latent, destination
         self.deterministic_action, self.deterministic_latent = deterministic_action, deterministic_latent
@@ -138,6 +140,9 @@ class LearnedBackground:
         action = self.policy.act(state, step)
         acc, yaw_rate = action[..., 0], action[..., 1]
         batch = self._batch
+        if self.restart is not None:
+            assert batch is not None
+            acc = self._restart(acc, state, step, batch, self.restart)
         if self.guard is not None:
             assert batch is not None
             acc = guard_acceleration(acc, state, batch.agent_size, batch.agent_type, self.guard)
@@ -146,15 +151,30 @@ class LearnedBackground:
             yaw_rate = keep_lane(yaw_rate, state, batch.agent_type, self._geometry(), self.lane_keeping)
         return state.step(acc, yaw_rate)
 
+    @staticmethod
+    def _restart(acc: torch.Tensor, state: AgentState, step: torch.Tensor, batch: SceneBatch,
+                 params: RestartParams) -> torch.Tensor:
+        """``restart_stalled`` against the log of ``step`` [B] (no restart past the log's end) and the lights
+        of the current step."""
+        rows = torch.arange(batch.batch_size, device=acc.device)
+        in_log = (step < batch.num_steps).unsqueeze(-1)
+        t = step.clamp(max=batch.num_steps - 1)
+        now = (step - 1).clamp(0, batch.num_steps - 1)
+        red = red_light_ahead(state, batch.agent_size, batch.tl_valid[rows, now], batch.tl_state[rows, now],
+                              batch.tl_pos[rows, now], batch.tl_dir[rows, now], params.light_distance,
+                              params.light_lateral)
+        return restart_stalled(acc, state, batch.agent_spd[rows, t], batch.agent_valid[rows, t] & in_log,
+                               batch.agent_type, red, params)
+
 
 def make_background(name: str, policy: "TrafficBotsPolicy | None" = None, *, idm_params: IDMParams | None = None,
                     latent: str = "prior", destination: str = "sample", deterministic_action: bool = True,
                     deterministic_latent: bool = False, guard: GuardParams | None = None,
-                    lane_keeping: LaneKeepingParams | None = None,
+                    lane_keeping: LaneKeepingParams | None = None, restart: RestartParams | None = None,
                     geometry: Callable[[], MapGeometry] | None = None) -> Background:
     """The background model called ``name`` (one of :data:`BACKGROUNDS`); ``latent``, ``destination`` and
-    the ``deterministic_*`` flags configure the policy's reset (see ``TrafficBotsPolicy.reset``); ``guard``
-    and ``lane_keeping`` correct the learned policy's actions (ignored by the scripted models; lane keeping
+    the ``deterministic_*`` flags configure the policy's reset (see ``TrafficBotsPolicy.reset``); ``guard``,
+    ``lane_keeping`` and ``restart`` correct the learned policy's actions (ignored by the scripted models; lane keeping
     reads the map from ``geometry()``)."""
     if name not in BACKGROUNDS:
         raise ValueError(f"unknown background {name!r}; valid choices: {', '.join(BACKGROUNDS)}")
@@ -163,7 +183,8 @@ def make_background(name: str, policy: "TrafficBotsPolicy | None" = None, *, idm
             raise ValueError(f"background {name!r} needs a TrafficBotsPolicy (policy=None given)")
         return LearnedBackground(policy, latent=latent, destination=destination,
                                  deterministic_action=deterministic_action, deterministic_latent=deterministic_latent,
-                                 guard=guard, lane_keeping=lane_keeping, geometry=geometry)
+                                 guard=guard, lane_keeping=lane_keeping, restart=restart,
+                                 geometry=geometry)
     if name == "idm":
         return IDMBackground(idm_params)
     return ConstantVelocity() if name == "constant_velocity" else LogReplay()

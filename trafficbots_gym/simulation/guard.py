@@ -24,6 +24,12 @@ acceleration that would take the speed below zero (the SUMO logs never reverse; 
 ``pull_start`` m the yaw rate is blended towards pure pursuit of the lane's point ``max(min_lookahead,
 v * lookahead_time)`` ahead (the segment's line extended), fully at ``pull_full`` m: the driver steers
 freely within its lane and through lane changes, and is pulled back before it leaves the road.
+
+**Stall restart** (longitudinal, vehicles and cyclists): a learned agent slower than ``pace_fraction`` of
+its logged driver's speed at the same step, while that driver moves (above ``go_speed``), gets the
+acceleration floor ``accel``, unless a red or yellow stop point lies ahead of it within ``light_distance``. It runs
+before the collision guard, which still caps the floor: an agent restarts only where its corridor is free.
+It targets the learned policy's known stall (a vehicle that stops does not start again, model card).
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trafficbots_gym.data.constants import DT, AgentType
+from trafficbots_gym.data.constants import DT, AgentType, TLState
 from trafficbots_gym.simulation.dynamics import action_limits, pure_pursuit_yaw_rate
 from trafficbots_gym.simulation.metrics import LANE_CANDIDATES, MapGeometry
 from trafficbots_gym.simulation.state import AgentState
@@ -184,7 +190,54 @@ def keep_lane(yaw_rate: torch.Tensor, state: AgentState, agent_type: torch.Tenso
     return yaw_rate + weight.to(yaw_rate.dtype) * (pull - yaw_rate)
 
 
-def background_guards(enabled: bool) -> dict[str, GuardParams | LaneKeepingParams | None]:
-    """The ``BatchedSimulator`` keywords of the guarded learned background (collision guard and lane
-    keeping with their default constants), or of the raw one."""
-    return {"guard": GuardParams() if enabled else None, "lane_keeping": LaneKeepingParams() if enabled else None}
+@dataclass(frozen=True)
+class RestartParams:
+    """Constants of the stall restart (module docstring)."""
+
+    pace_fraction: float = 0.5         # an agent slower than this fraction of its logged driver's speed ...
+    go_speed: float = 1.0              # ... while that driver, faster than this (m/s) at the same step, moves
+    accel: float = 1.0                 # m/s^2: the acceleration floor (within the type's limit)
+    light_distance: float = 10.0       # m: a red/yellow stop point this close ahead keeps the agent standing ...
+    light_lateral: float = 2.5         # ... if within this distance of its heading line
+
+    def __post_init__(self) -> None:
+        if not 0 < self.pace_fraction <= 1 or self.go_speed < 0 or self.accel <= 0 or self.light_distance < 0 \
+                or self.light_lateral < 0:
+            raise ValueError(f"RestartParams need 0 < pace_fraction <= 1, go_speed >= 0, accel > 0, light_distance >= 0 "
+                             f"and light_lateral >= 0, got {self}")
+
+
+def red_light_ahead(state: AgentState, size: torch.Tensor, tl_valid: torch.Tensor, tl_state: torch.Tensor,
+                    tl_pos: torch.Tensor, tl_dir: torch.Tensor, distance: float, lateral: float) -> torch.Tensor:
+    """[B, A] bool: a STOP/CAUTION stop point ([B, S] valid and state, [B, S, 2] position and direction) lies
+    ahead of the agent's front bumper within ``distance`` m, within ``lateral`` m of its heading line, and
+    faces the agent's way."""
+    stop = tl_valid & (tl_state[..., TLState.STOP] | tl_state[..., TLState.CAUTION]).bool()    # [B, S]
+    c, s = torch.cos(state.yaw).unsqueeze(-1), torch.sin(state.yaw).unsqueeze(-1)             # [B, A, 1]
+    d = tl_pos.unsqueeze(1) - state.pos.unsqueeze(2)                                           # [B, A, S, 2]
+    along = d[..., 0] * c + d[..., 1] * s - 0.5 * size[..., 0].unsqueeze(-1)
+    across = -d[..., 0] * s + d[..., 1] * c
+    direction = tl_dir / tl_dir.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    facing = direction[..., 0].unsqueeze(1) * c + direction[..., 1].unsqueeze(1) * s > 0.5
+    return (stop.unsqueeze(1) & facing & (along > -0.5) & (along < distance) & (across.abs() < lateral)).any(-1)
+
+
+def restart_stalled(acc: torch.Tensor, state: AgentState, log_spd: torch.Tensor, log_valid: torch.Tensor,
+                    agent_type: torch.Tensor, red_ahead: torch.Tensor, params: RestartParams) -> torch.Tensor:
+    """The driver's acceleration ``acc`` [B, A] raised to ``params.accel`` (within the type's limit) for every
+    vehicle and cyclist slower than ``params.pace_fraction`` of its logged driver at this step (``log_spd``,
+    ``log_valid`` [B, A]) while that driver moves, with no red light ahead (``red_ahead`` [B, A])."""
+    types = agent_type[..., AgentType.VEHICLE].bool() | agent_type[..., AgentType.CYCLIST].bool()
+    log_speed = log_spd.abs()
+    stalled = (state.valid & types & log_valid & ~red_ahead & (log_speed > params.go_speed)
+               & (state.spd < params.pace_fraction * log_speed))
+    floor = torch.minimum(action_limits(agent_type)[..., 0].to(acc.dtype),
+                          torch.full_like(acc, params.accel))
+    return torch.where(stalled, torch.maximum(acc, floor), acc)
+
+
+def background_guards(enabled: bool) -> dict[str, GuardParams | LaneKeepingParams | RestartParams | None]:
+    """The ``BatchedSimulator`` keywords of the guarded learned background (collision guard, lane keeping and
+    the stall restart with their default constants), or of the raw one."""
+    return {"guard": GuardParams() if enabled else None, "lane_keeping": LaneKeepingParams() if enabled else None,
+            "restart": RestartParams() if enabled else None}

@@ -33,7 +33,7 @@ from trafficbots_gym.simulation import metrics
 from trafficbots_gym.simulation.background import BACKGROUNDS, make_background, reactive_mask
 from trafficbots_gym.simulation.buffers import assign, copy_rows_
 from trafficbots_gym.simulation.dynamics import action_limits, unicycle_step
-from trafficbots_gym.simulation.guard import GuardParams, LaneKeepingParams, guard_acceleration
+from trafficbots_gym.simulation.guard import GuardParams, LaneKeepingParams, RestartParams, guard_acceleration
 from trafficbots_gym.simulation.idm import IDMParams
 from trafficbots_gym.simulation.metrics import DestinationNodes, LoggedPath, MapGeometry, PathSegments
 from trafficbots_gym.simulation.state import AgentState
@@ -80,8 +80,8 @@ class BatchedSimulator:
     ``agent_metrics``: compute collision / off-road / red-light flags for every agent (else only the ego's,
     with the same values, and the per-agent fields of :class:`StepOutput` are None); ``guard``: the collision
     guard (:mod:`~trafficbots_gym.simulation.guard`) capping the learned background's accelerations;
-    ``lane_keeping``: the guard module's lane keeping on the learned background's yaw rates; ``ego_guard``:
-    the collision guard on the ego's action.
+    ``lane_keeping``: the guard module's lane keeping on the learned background's yaw rates; ``restart``: its
+    stall restart on their accelerations; ``ego_guard``: the collision guard on the ego's action.
     """
 
     def __init__(self, *, background: str, policy: "TrafficBotsPolicy | None" = None,
@@ -89,7 +89,8 @@ class BatchedSimulator:
                  idm_params: IDMParams | None = None, latent: str = "prior", destination: str = "sample",
                  deterministic_action: bool = True, deterministic_latent: bool = False,
                  agent_metrics: bool = True, guard: GuardParams | None = None,
-                 ego_guard: GuardParams | None = None, lane_keeping: LaneKeepingParams | None = None) -> None:
+                 ego_guard: GuardParams | None = None, lane_keeping: LaneKeepingParams | None = None,
+                 restart: RestartParams | None = None) -> None:
         if background not in BACKGROUNDS:
             raise ValueError(f"unknown background {background!r}; valid choices: {', '.join(BACKGROUNDS)}")
         if mixed_radius <= 0:
@@ -102,7 +103,7 @@ class BatchedSimulator:
         self._background = make_background(background, policy, idm_params=idm_params, latent=latent,
                                            destination=destination, deterministic_action=deterministic_action,
                                            deterministic_latent=deterministic_latent, guard=guard,
-                                           lane_keeping=lane_keeping,
+                                           lane_keeping=lane_keeping, restart=restart,
                                            geometry=functools.partial(getattr, self, "geometry"))  # picklable
         self._batch: SceneBatch | None = None
         self._state: AgentState | None = None
@@ -160,6 +161,11 @@ class BatchedSimulator:
     def lane_keeping(self) -> LaneKeepingParams | None:
         """The lane keeping of the learned background (None: off or a scripted background)."""
         return getattr(self._background, "lane_keeping", None)
+
+    @property
+    def restart(self) -> RestartParams | None:
+        """The stall restart of the learned background (None: off or a scripted background)."""
+        return getattr(self._background, "restart", None)
 
     @property
     def geometry(self) -> MapGeometry:

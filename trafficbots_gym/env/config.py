@@ -132,8 +132,9 @@ class EnvConfig:
     mixed_radius: float = 30.0
     """"mixed" background: agents within this distance (m) of the ego are learned, the rest replay."""
     background_guard: bool = True
-    """Put the learned background under the collision guard and lane keeping (``simulation.guard``): the
-    policy still drives, but brakes for what is in its lane ahead and is steered back onto its lane."""
+    """Put the learned background under the collision guard, lane keeping and the stall restart
+    (``simulation.guard``): the policy still drives, but brakes for what is in its lane ahead, is steered
+    back onto its lane, and starts again when it stands (or crawls) while its logged driver moves."""
     ego_guard: bool = False
     """Cap the ego's acceleration with the same guard (a safety shield around the ego's controller)."""
     seed: int | None = None

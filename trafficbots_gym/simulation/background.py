@@ -174,8 +174,8 @@ def make_background(name: str, policy: "TrafficBotsPolicy | None" = None, *, idm
                     geometry: Callable[[], MapGeometry] | None = None) -> Background:
     """The background model called ``name`` (one of :data:`BACKGROUNDS`); ``latent``, ``destination`` and
     the ``deterministic_*`` flags configure the policy's reset (see ``TrafficBotsPolicy.reset``); ``guard``,
-    ``lane_keeping`` and ``restart`` correct the learned policy's actions (ignored by the scripted models; lane keeping
-    reads the map from ``geometry()``)."""
+    ``lane_keeping`` and ``restart`` correct the learned policy's actions (ignored by the scripted models; lane
+    keeping reads the map from ``geometry()``)."""
     if name not in BACKGROUNDS:
         raise ValueError(f"unknown background {name!r}; valid choices: {', '.join(BACKGROUNDS)}")
     if name in LEARNED_BACKGROUNDS:

@@ -203,8 +203,8 @@ class RestartParams:
     def __post_init__(self) -> None:
         if not 0 < self.pace_fraction <= 1 or self.go_speed < 0 or self.accel <= 0 or self.light_distance < 0 \
                 or self.light_lateral < 0:
-            raise ValueError(f"RestartParams need 0 < pace_fraction <= 1, go_speed >= 0, accel > 0, light_distance >= 0 "
-                             f"and light_lateral >= 0, got {self}")
+            raise ValueError(f"RestartParams need 0 < pace_fraction <= 1, go_speed >= 0, accel > 0, "
+                             f"light_distance >= 0 and light_lateral >= 0, got {self}")
 
 
 def red_light_ahead(state: AgentState, size: torch.Tensor, tl_valid: torch.Tensor, tl_state: torch.Tensor,

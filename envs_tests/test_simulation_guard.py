@@ -10,9 +10,10 @@ from trafficbots_gym.data.constants import STEP_CURRENT, TLState
 from trafficbots_gym.env.traffic_bots_env import TrafficBotsEnv
 from trafficbots_gym.simulation import BatchedSimulator
 from trafficbots_gym.simulation.background import split_guard
-from trafficbots_gym.simulation.guard import (GuardParams, LaneKeepingParams, RestartParams, acceleration_cap,
-                                              guard_acceleration, keep_lane, lane_offset, obstacle_gaps,
-                                              red_light_ahead, restart_stalled)
+from trafficbots_gym.simulation.guard import (EdgeHoldParams, GuardParams, LaneKeepingParams, RestartParams,
+                                              acceleration_cap, guard_acceleration, hold_edge, keep_lane,
+                                              lane_offset, nearest_edge, obstacle_gaps, red_light_ahead,
+                                              restart_stalled)
 from trafficbots_gym.simulation.metrics import MapGeometry, collisions
 from trafficbots_gym.simulation.state import AgentState
 
@@ -118,7 +119,9 @@ def test_the_env_guards_learned_traffic_by_default_and_the_ego_on_request(small_
                          background_guard=False, ego_guard=True)
     assert default.core.sim.guard == GuardParams() and default.core.sim.ego_guard is None
     assert default.core.sim.lane_keeping == LaneKeepingParams() and default.core.sim.restart == RestartParams()
+    assert default.core.sim.edge_hold == EdgeHoldParams()
     assert raw.core.sim.guard is None and raw.core.sim.lane_keeping is None and raw.core.sim.restart is None
+    assert raw.core.sim.edge_hold is None
     assert raw.core.sim.ego_guard == GuardParams()
     default.close()
     raw.close()
@@ -233,6 +236,52 @@ def test_guarded_background_names_parse_and_bad_names_are_refused():
 def test_invalid_guard_constants_are_refused(kwargs):
     with pytest.raises(ValueError, match="GuardParams"):
         GuardParams(**kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ edge hold
+def test_the_nearest_road_edge_gives_its_distance_direction_and_the_side_of_the_agent():
+    state, _, _ = _state([(10, 1.2, 0, 8), (10, -1.5, math.pi, 8)])
+    dist, direction, normal = nearest_edge(state, _lane_geometry())
+    assert dist[0].tolist() == pytest.approx([0.8, 0.5])          # edges at y = +-2 m
+    assert abs(direction[0, 0, 0].item()) == pytest.approx(1.0)
+    assert torch.allclose(normal[0], torch.tensor([[0.0, -1.0], [0.0, 1.0]]))
+
+
+def test_a_vehicle_or_cyclist_heading_onto_a_close_edge_is_turned_along_it_and_nothing_else_is():
+    geometry, params = _lane_geometry(), EdgeHoldParams(start=0.3, turn_time=0.5)
+    # heading 0.2 rad towards the left edge, box side 0.1 m from it; far from it; heading away; pedestrian
+    state, size, agent_type = _state([(10, 0.9, 0.2, 8), (10, 0.0, 0.2, 8), (10, 0.9, -0.2, 8), (10, 0.9, 0.2, 8)])
+    agent_type = agent_type.clone()
+    agent_type[0, 3] = torch.tensor([False, True, False])
+    driver = torch.full((1, 4), 0.1)
+    held = hold_edge(driver, state, size, agent_type, geometry, params)
+    assert held[0, 0].item() == pytest.approx(-0.2 / 0.5)         # turned back parallel to the edge in 0.5 s
+    assert held[0, 1:].tolist() == pytest.approx([0.1, 0.1, 0.1])
+    cyclist = torch.tensor([[[False, False, True]] * 4])
+    assert hold_edge(driver, state, size, cyclist, geometry, params)[0, 0].item() < 0.0
+    harder = hold_edge(torch.full((1, 4), -1.0), state, size, agent_type, geometry, params)
+    assert harder[0, 0].item() == -1.0                             # a driver turning away harder keeps its turn
+
+
+def test_the_edge_hold_keeps_a_drifting_vehicle_on_the_road_without_pushing_it_away():
+    geometry, params = _lane_geometry(), EdgeHoldParams()
+    for hold in (False, True):
+        state, size, agent_type = _state([(0, 0.5, 0.05, 8)])
+        touched = False
+        for _ in range(60):
+            yaw_rate = torch.tensor([[0.05]])                        # a driver drifting left, onto the edge
+            if hold:
+                yaw_rate = hold_edge(yaw_rate, state, size, agent_type, geometry, params)
+            state = state.step(torch.zeros(1, 1), yaw_rate)
+            touched |= state.pos[0, 0, 1].item() + 1.0 > 2.0            # box side past the edge at y = 2
+        assert touched != hold
+    assert 0.5 < state.pos[0, 0, 1].item() < 1.0                      # held near the edge, not pushed back
+
+
+@pytest.mark.parametrize("kwargs", [dict(start=0.0), dict(turn_time=0.0)])
+def test_invalid_edge_hold_constants_are_refused(kwargs):
+    with pytest.raises(ValueError, match="EdgeHoldParams"):
+        EdgeHoldParams(**kwargs)
 
 
 @pytest.mark.parametrize("kwargs", [dict(pull_start=1.0, pull_full=1.0), dict(pull_start=-0.1),

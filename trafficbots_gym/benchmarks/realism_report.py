@@ -128,7 +128,7 @@ def background_simulator(background: str, device: torch.device, checkpoint: str 
                          sample_actions: bool = False, latent: str = "prior",
                          destination: str = "sample") -> BatchedSimulator:
     """A simulator of ``background`` (a name of ``BACKGROUND_SPECS``: ``"trafficbots+guard"`` adds the collision
-    guard, lane keeping and the stall restart) with no external ego (the learned one loads ``checkpoint`` and
+    guard, lane keeping, the stall restart and the edge hold) with no external ego (the learned one loads ``checkpoint`` and
     draws its latents and destinations as ``latent`` and ``destination`` say; see ``TrafficBotsPolicy.reset``)."""
     background, guarded = split_guard(background)
     policy = None
@@ -195,8 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_scene_options(p, num_scenes=100)
     p.add_argument("--rollouts", type=int, default=32, help="rollouts per scene (default 32, as WOSAC)")
     p.add_argument("--backgrounds", nargs="+", default=list(DEFAULT_BACKGROUNDS), choices=BACKGROUND_SPECS,
-                   help="background models (a learned one + '+guard': under the collision guard, lane keeping "
-                        "and the stall restart)")
+                   help="background models (a learned one + '+guard': under the collision guard, lane keeping, "
+                        "the stall restart and the edge hold)")
     p.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: the shipped one)")
     p.add_argument("--device", default="auto", help="torch device; auto = CUDA when available")
     p.add_argument("--seed", type=int, default=0)

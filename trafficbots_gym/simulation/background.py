@@ -24,8 +24,9 @@ import torch
 
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import STEP_CURRENT
-from trafficbots_gym.simulation.guard import (GuardParams, LaneKeepingParams, RestartParams, guard_acceleration,
-                                              keep_lane, red_light_ahead, restart_stalled)
+from trafficbots_gym.simulation.guard import (EdgeHoldParams, GuardParams, LaneKeepingParams, RestartParams,
+                                              guard_acceleration, hold_edge, keep_lane, red_light_ahead,
+                                              restart_stalled)
 from trafficbots_gym.simulation.idm import IDMBackground, IDMParams
 from trafficbots_gym.simulation.metrics import MapGeometry
 from trafficbots_gym.simulation.state import AgentState
@@ -104,18 +105,21 @@ class LearnedBackground:
     integrates its physical (acc, yaw rate) actions with the unicycle dynamics every step; with ``restart``
     stalled agents whose logged driver moves get an acceleration floor, with ``guard`` the accelerations are
     then capped by the collision guard, with ``lane_keeping`` the yaw rates of vehicles that drift off their
-    lane are pulled back (the map of the scenes comes from ``geometry()``)."""
+    lane are pulled back, with ``edge_hold`` vehicles and cyclists heading onto a close road edge are turned
+    along it (the map of the scenes comes from ``geometry()``)."""
 
     name = "trafficbots"
 
     def __init__(self, policy: "TrafficBotsPolicy", *, latent: str = "prior", destination: str = "sample",
                  deterministic_action: bool = True, deterministic_latent: bool = False,
                  guard: GuardParams | None = None, lane_keeping: LaneKeepingParams | None = None,
-                 restart: RestartParams | None = None, geometry: Callable[[], MapGeometry] | None = None) -> None:
-        if lane_keeping is not None and geometry is None:
-            raise ValueError("lane_keeping needs the scenes' map geometry (geometry=None given)")
+                 restart: RestartParams | None = None, edge_hold: EdgeHoldParams | None = None,
+                 geometry: Callable[[], MapGeometry] | None = None) -> None:
+        if (lane_keeping is not None or edge_hold is not None) and geometry is None:
+            raise ValueError("lane_keeping and edge_hold need the scenes' map geometry (geometry=None given)")
         self.policy = policy
-        self.guard, self.lane_keeping, self.restart, self._geometry = guard, lane_keeping, restart, geometry
+        self.guard, self.lane_keeping, self.restart, self.edge_hold = guard, lane_keeping, restart, edge_hold
+        self._geometry = geometry
         self._batch: SceneBatch | None = None
         self.latent, self.destination = latent, destination
         self.deterministic_action, self.deterministic_latent = deterministic_action, deterministic_latent
@@ -149,6 +153,9 @@ class LearnedBackground:
         if self.lane_keeping is not None:
             assert batch is not None and self._geometry is not None
             yaw_rate = keep_lane(yaw_rate, state, batch.agent_type, self._geometry(), self.lane_keeping)
+        if self.edge_hold is not None:
+            assert batch is not None and self._geometry is not None
+            yaw_rate = hold_edge(yaw_rate, state, batch.agent_size, batch.agent_type, self._geometry(), self.edge_hold)
         return state.step(acc, yaw_rate)
 
     @staticmethod
@@ -171,11 +178,12 @@ def make_background(name: str, policy: "TrafficBotsPolicy | None" = None, *, idm
                     latent: str = "prior", destination: str = "sample", deterministic_action: bool = True,
                     deterministic_latent: bool = False, guard: GuardParams | None = None,
                     lane_keeping: LaneKeepingParams | None = None, restart: RestartParams | None = None,
+                    edge_hold: EdgeHoldParams | None = None,
                     geometry: Callable[[], MapGeometry] | None = None) -> Background:
     """The background model called ``name`` (one of :data:`BACKGROUNDS`); ``latent``, ``destination`` and
     the ``deterministic_*`` flags configure the policy's reset (see ``TrafficBotsPolicy.reset``); ``guard``,
-    ``lane_keeping`` and ``restart`` correct the learned policy's actions (ignored by the scripted models; lane
-    keeping reads the map from ``geometry()``)."""
+    ``lane_keeping``, ``restart`` and ``edge_hold`` correct the learned policy's actions (ignored by the scripted
+    models; lane keeping and the edge hold read the map from ``geometry()``)."""
     if name not in BACKGROUNDS:
         raise ValueError(f"unknown background {name!r}; valid choices: {', '.join(BACKGROUNDS)}")
     if name in LEARNED_BACKGROUNDS:
@@ -184,7 +192,7 @@ def make_background(name: str, policy: "TrafficBotsPolicy | None" = None, *, idm
         return LearnedBackground(policy, latent=latent, destination=destination,
                                  deterministic_action=deterministic_action, deterministic_latent=deterministic_latent,
                                  guard=guard, lane_keeping=lane_keeping, restart=restart,
-                                 geometry=geometry)
+                                 edge_hold=edge_hold, geometry=geometry)
     if name == "idm":
         return IDMBackground(idm_params)
     return ConstantVelocity() if name == "constant_velocity" else LogReplay()

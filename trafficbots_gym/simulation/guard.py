@@ -25,6 +25,13 @@ acceleration that would take the speed below zero (the SUMO logs never reverse; 
 v * lookahead_time)`` ahead (the segment's line extended), fully at ``pull_full`` m: the driver steers
 freely within its lane and through lane changes, and is pulled back before it leaves the road.
 
+**Edge hold** (lateral, vehicles and cyclists): an agent whose box comes within ``start`` m of the nearest
+road edge while heading towards it has its yaw rate turned towards the edge's direction (parallel to it,
+reached in about ``turn_time`` s; the driver's own yaw rate is kept where it turns away at least as much).
+It never pushes an agent away from the edge, so it does not move agents into the next lane: it only stops
+their drift onto the edge. Cyclists, which ride beside the lanes and which lane keeping does not steer, are
+held too.
+
 **Stall restart** (longitudinal, vehicles and cyclists): a learned agent slower than ``pace_fraction`` of
 its logged driver's speed at the same step, while that driver moves (above ``go_speed``), gets the
 acceleration floor ``accel``, unless a red or yellow stop point lies ahead of it within ``light_distance``. It runs
@@ -39,8 +46,8 @@ from dataclasses import dataclass
 import torch
 
 from trafficbots_gym.data.constants import DT, AgentType, TLState
-from trafficbots_gym.simulation.dynamics import action_limits, pure_pursuit_yaw_rate
-from trafficbots_gym.simulation.metrics import LANE_CANDIDATES, MapGeometry
+from trafficbots_gym.simulation.dynamics import action_limits, pure_pursuit_yaw_rate, wrap_angle
+from trafficbots_gym.simulation.metrics import EDGE_CANDIDATES, LANE_CANDIDATES, MapGeometry
 from trafficbots_gym.simulation.state import AgentState
 
 
@@ -236,8 +243,55 @@ def restart_stalled(acc: torch.Tensor, state: AgentState, log_spd: torch.Tensor,
     return torch.where(stalled, torch.maximum(acc, floor), acc)
 
 
-def background_guards(enabled: bool) -> dict[str, GuardParams | LaneKeepingParams | RestartParams | None]:
-    """The ``BatchedSimulator`` keywords of the guarded learned background (collision guard, lane keeping and
-    the stall restart with their default constants), or of the raw one."""
+@dataclass(frozen=True)
+class EdgeHoldParams:
+    """Constants of the edge hold (module docstring)."""
+
+    start: float = 1.0                 # m between the box side and the road edge where the hold starts
+    turn_time: float = 0.5             # s to turn parallel to the edge (the yaw rate asked for is error / this)
+
+    def __post_init__(self) -> None:
+        if self.start <= 0 or self.turn_time <= 0:
+            raise ValueError(f"EdgeHoldParams need start > 0 and turn_time > 0, got {self}")
+
+
+def nearest_edge(state: AgentState, geom: MapGeometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per agent [B, A]: the distance (m, inf without a road edge) from its centre to the nearest road-edge
+    segment, that segment's unit direction [B, A, 2] and the unit normal from the edge to the agent [B, A, 2]."""
+    start, vec, valid = geom.edges.candidates(state.pos, EDGE_CANDIDATES)           # [B, A, S, 2]
+    rel = state.pos.unsqueeze(-2) - start
+    t = ((rel * vec).sum(-1) / (vec * vec).sum(-1).clamp(min=1e-12)).clamp(0.0, 1.0)
+    closest = start + t.unsqueeze(-1) * vec
+    dist, j = (state.pos.unsqueeze(-2) - closest).norm(dim=-1).masked_fill(~valid, float("inf")).min(-1)
+    pick = j[..., None, None].expand(*j.shape, 1, 2)
+    seg, near = vec.gather(-2, pick).squeeze(-2), closest.gather(-2, pick).squeeze(-2)
+    direction = seg / seg.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    normal = state.pos - near
+    return dist, direction, normal / normal.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+
+
+def hold_edge(yaw_rate: torch.Tensor, state: AgentState, size: torch.Tensor, agent_type: torch.Tensor,
+              geom: MapGeometry, params: EdgeHoldParams) -> torch.Tensor:
+    """The driver's yaw rate [B, A], turned towards the direction of the nearest road edge for each vehicle
+    and cyclist within ``params.start`` m of it (box side, by the centre's distance) that heads towards it;
+    below 1 m/s the turn asked for shrinks with the speed (no turning on the spot)."""
+    dist, direction, normal = nearest_edge(state, geom)
+    heading = torch.stack([torch.cos(state.yaw), torch.sin(state.yaw)], -1)
+    towards = (heading * normal).sum(-1) < 0
+    along = torch.where((heading * direction).sum(-1, keepdim=True) >= 0, direction, -direction)
+    error = wrap_angle(torch.atan2(along[..., 1], along[..., 0]) - state.yaw)        # > 0: turn left to hold
+    limit = action_limits(agent_type)[..., 1].to(yaw_rate.dtype)
+    need = (error / params.turn_time * state.spd.abs().clamp(max=1.0)).to(yaw_rate.dtype)
+    need = torch.maximum(torch.minimum(need, limit), -limit)
+    held = torch.where(error >= 0, torch.maximum(yaw_rate, need), torch.minimum(yaw_rate, need))
+    types = agent_type[..., AgentType.VEHICLE].bool() | agent_type[..., AgentType.CYCLIST].bool()
+    close = (dist - 0.5 * size[..., 1]) < params.start
+    return torch.where(types & state.valid & towards & close, held, yaw_rate)
+
+
+def background_guards(enabled: bool) -> dict[str, GuardParams | LaneKeepingParams | RestartParams | EdgeHoldParams
+                                              | None]:
+    """The ``BatchedSimulator`` keywords of the guarded learned background (collision guard, lane keeping, the
+    stall restart and the edge hold with their default constants), or of the raw one."""
     return {"guard": GuardParams() if enabled else None, "lane_keeping": LaneKeepingParams() if enabled else None,
-            "restart": RestartParams() if enabled else None}
+            "restart": RestartParams() if enabled else None, "edge_hold": EdgeHoldParams() if enabled else None}

@@ -33,7 +33,8 @@ from trafficbots_gym.simulation import metrics
 from trafficbots_gym.simulation.background import BACKGROUNDS, make_background, reactive_mask
 from trafficbots_gym.simulation.buffers import assign, copy_rows_
 from trafficbots_gym.simulation.dynamics import action_limits, unicycle_step
-from trafficbots_gym.simulation.guard import GuardParams, LaneKeepingParams, RestartParams, guard_acceleration
+from trafficbots_gym.simulation.guard import (EdgeHoldParams, GuardParams, LaneKeepingParams, RestartParams,
+                                              guard_acceleration)
 from trafficbots_gym.simulation.idm import IDMParams
 from trafficbots_gym.simulation.metrics import DestinationNodes, LoggedPath, MapGeometry, PathSegments
 from trafficbots_gym.simulation.state import AgentState
@@ -81,7 +82,8 @@ class BatchedSimulator:
     with the same values, and the per-agent fields of :class:`StepOutput` are None); ``guard``: the collision
     guard (:mod:`~trafficbots_gym.simulation.guard`) capping the learned background's accelerations;
     ``lane_keeping``: the guard module's lane keeping on the learned background's yaw rates; ``restart``: its
-    stall restart on their accelerations; ``ego_guard``: the collision guard on the ego's action.
+    stall restart on their accelerations; ``edge_hold``: its edge hold on their yaw rates; ``ego_guard``: the
+    collision guard on the ego's action.
     """
 
     def __init__(self, *, background: str, policy: "TrafficBotsPolicy | None" = None,
@@ -90,7 +92,7 @@ class BatchedSimulator:
                  deterministic_action: bool = True, deterministic_latent: bool = False,
                  agent_metrics: bool = True, guard: GuardParams | None = None,
                  ego_guard: GuardParams | None = None, lane_keeping: LaneKeepingParams | None = None,
-                 restart: RestartParams | None = None) -> None:
+                 restart: RestartParams | None = None, edge_hold: EdgeHoldParams | None = None) -> None:
         if background not in BACKGROUNDS:
             raise ValueError(f"unknown background {background!r}; valid choices: {', '.join(BACKGROUNDS)}")
         if mixed_radius <= 0:
@@ -104,6 +106,7 @@ class BatchedSimulator:
                                            destination=destination, deterministic_action=deterministic_action,
                                            deterministic_latent=deterministic_latent, guard=guard,
                                            lane_keeping=lane_keeping, restart=restart,
+                                           edge_hold=edge_hold,
                                            geometry=functools.partial(getattr, self, "geometry"))  # picklable
         self._batch: SceneBatch | None = None
         self._state: AgentState | None = None
@@ -166,6 +169,11 @@ class BatchedSimulator:
     def restart(self) -> RestartParams | None:
         """The stall restart of the learned background (None: off or a scripted background)."""
         return getattr(self._background, "restart", None)
+
+    @property
+    def edge_hold(self) -> EdgeHoldParams | None:
+        """The edge hold of the learned background (None: off or a scripted background)."""
+        return getattr(self._background, "edge_hold", None)
 
     @property
     def geometry(self) -> MapGeometry:

@@ -60,6 +60,17 @@ def test_log_replay_never_stalls_and_reports_the_log_speeds(capsys, tiny_checkpo
     assert rows["trafficbots"][0] == moving          # the same vehicles are judged
 
 
+def test_leaving_every_guard_out_of_the_guarded_background_gives_the_raw_model(capsys, tiny_checkpoint) -> None:
+    common = ["--scenes", str(REFERENCE_SCENES), "--num-scenes", "2", "--checkpoint", str(tiny_checkpoint),
+              "--device", "cpu"]
+    assert main([*common, "--backgrounds", "trafficbots"]) == 0
+    raw = capsys.readouterr().out.splitlines()[-1]
+    assert main([*common, "--backgrounds", "trafficbots+guard", "--without-guards", "guard", "lane_keeping",
+                 "restart", "edge_hold"]) == 0
+    ablated = capsys.readouterr().out.splitlines()[-1]
+    assert ablated.replace("trafficbots+guard", "trafficbots") == raw
+
+
 def test_lights_can_be_turned_green_everywhere_or_removed(reference_batch) -> None:
     from trafficbots_gym.data.constants import TLState
 

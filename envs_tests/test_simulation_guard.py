@@ -11,8 +11,8 @@ from trafficbots_gym.env.traffic_bots_env import TrafficBotsEnv
 from trafficbots_gym.simulation import BatchedSimulator
 from trafficbots_gym.simulation.background import split_guard
 from trafficbots_gym.simulation.guard import (EdgeHoldParams, GuardParams, LaneKeepingParams, RestartParams,
-                                              acceleration_cap, guard_acceleration, hold_edge, keep_lane,
-                                              lane_offset, nearest_edge, obstacle_gaps, red_light_ahead,
+                                              acceleration_cap, background_guards, guard_acceleration, hold_edge,
+                                              keep_lane, lane_offset, nearest_edge, obstacle_gaps, red_light_ahead,
                                               restart_stalled)
 from trafficbots_gym.simulation.metrics import MapGeometry, collisions
 from trafficbots_gym.simulation.state import AgentState
@@ -222,6 +222,14 @@ def test_lane_keeping_holds_a_drifting_vehicle_near_its_lane():
     assert max(offsets[False]) > 10.0                         # circles away from the road
     assert max(abs(y) for y in offsets[True]) < 1.2           # one overshoot past the pull's full weight ...
     assert abs(offsets[True][-1]) < params.pull_full          # ... then it settles inside
+
+
+def test_guards_can_be_left_out_of_the_guarded_background_by_name():
+    ablated = background_guards(True, without=("restart", "edge_hold"))
+    assert ablated == {"guard": GuardParams(), "lane_keeping": LaneKeepingParams(), "restart": None, "edge_hold": None}
+    assert all(v is None for v in background_guards(False).values())
+    with pytest.raises(ValueError, match="unknown guard.*'stall'.*valid names: guard, lane_keeping"):
+        background_guards(True, without=("stall",))
 
 
 def test_guarded_background_names_parse_and_bad_names_are_refused():

@@ -1,8 +1,8 @@
 """Realism report of the background-agent models: WOSAC-style likelihoods, minADE and event rates.
 
     python -m trafficbots_gym.benchmarks.realism_report [--scenes PATH] [--split validation] [--num-scenes 100]
-        [--rollouts 32] [--backgrounds trafficbots log_replay constant_velocity idm] [--checkpoint PATH]
-        [--device auto] [--seed 0] [--scenes-per-batch 100] [--out realism_report]
+        [--rollouts 32] [--backgrounds trafficbots log_replay constant_velocity idm] [--without-guards GUARD ...]
+        [--checkpoint PATH] [--device auto] [--seed 0] [--scenes-per-batch 100] [--out realism_report]
 
 Every agent of a scene is simulated (no external ego: ``BatchedSimulator.step(None)``) for the 80 future
 steps. The stochastic "trafficbots" background runs K rollouts per scene (latents and destinations
@@ -36,7 +36,7 @@ from trafficbots_gym.data.constants import STEP_CURRENT, AgentRole, AgentType
 from trafficbots_gym.env.scenes import SceneSource
 from trafficbots_gym.simulation import BatchedSimulator
 from trafficbots_gym.simulation.background import BACKGROUND_SPECS, LEARNED_BACKGROUNDS, split_guard
-from trafficbots_gym.simulation.guard import background_guards
+from trafficbots_gym.simulation.guard import BACKGROUND_GUARDS, background_guards
 from trafficbots_gym.simulation.metrics import MapGeometry
 
 STOCHASTIC_BACKGROUNDS = LEARNED_BACKGROUNDS
@@ -126,10 +126,12 @@ def evaluate_batch(sim: BatchedSimulator, batch: SceneBatch, rollouts: int, stoc
 
 def background_simulator(background: str, device: torch.device, checkpoint: str | None = None,
                          sample_actions: bool = False, latent: str = "prior",
-                         destination: str = "sample") -> BatchedSimulator:
+                         destination: str = "sample", without_guards: Sequence[str] = ()) -> BatchedSimulator:
     """A simulator of ``background`` (a name of ``BACKGROUND_SPECS``: ``"trafficbots+guard"`` adds the collision
-    guard, lane keeping, the stall restart and the edge hold) with no external ego (the learned one loads ``checkpoint`` and
-    draws its latents and destinations as ``latent`` and ``destination`` say; see ``TrafficBotsPolicy.reset``)."""
+    guard, lane keeping, the stall restart and the edge hold) with no external ego (the learned one loads
+    ``checkpoint`` and draws its latents and destinations as ``latent`` and ``destination`` say; see
+    ``TrafficBotsPolicy.reset``); ``without_guards``: names of ``BACKGROUND_GUARDS`` left out of the guarded
+    background (ablations)."""
     background, guarded = split_guard(background)
     policy = None
     if background in LEARNED_BACKGROUNDS:
@@ -138,14 +140,15 @@ def background_simulator(background: str, device: torch.device, checkpoint: str 
         policy = TrafficBotsPolicy(load_model(checkpoint), device=device)
     return BatchedSimulator(background=background, policy=policy, device=device, latent=latent,
                             destination=destination, deterministic_action=not sample_actions,
-                            **background_guards(guarded))
+                            **background_guards(guarded, without_guards))
 
 
 def evaluate_background(background: str, source: SceneSource, indices: Sequence[int], *, rollouts: int,
                         device: torch.device, seed: int, scenes_per_batch: int, checkpoint: str | None = None,
-                        sample_actions: bool = False) -> BackgroundReport:
-    """Simulate and score ``background`` on the scenes ``indices`` of ``source``."""
-    sim = background_simulator(background, device, checkpoint, sample_actions)
+                        sample_actions: bool = False, without_guards: Sequence[str] = ()) -> BackgroundReport:
+    """Simulate and score ``background`` on the scenes ``indices`` of ``source`` (``without_guards``: guards left
+    out of a guarded background)."""
+    sim = background_simulator(background, device, checkpoint, sample_actions, without_guards=without_guards)
     generator = torch.Generator(device=device).manual_seed(seed)
     stochastic = split_guard(background)[0] in STOCHASTIC_BACKGROUNDS
     parts: list[dict[str, torch.Tensor]] = []
@@ -197,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backgrounds", nargs="+", default=list(DEFAULT_BACKGROUNDS), choices=BACKGROUND_SPECS,
                    help="background models (a learned one + '+guard': under the collision guard, lane keeping, "
                         "the stall restart and the edge hold)")
+    p.add_argument("--without-guards", nargs="+", default=[], choices=list(BACKGROUND_GUARDS), metavar="GUARD",
+                   help=f"leave these guards out of a '+guard' background (ablation): {', '.join(BACKGROUND_GUARDS)}")
     p.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: the shipped one)")
     p.add_argument("--device", default="auto", help="torch device; auto = CUDA when available")
     p.add_argument("--seed", type=int, default=0)
@@ -215,9 +220,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     reports = [evaluate_background(bg, source, indices, rollouts=args.rollouts, device=device, seed=args.seed,
                                    scenes_per_batch=args.scenes_per_batch, checkpoint=args.checkpoint,
-                                   sample_actions=args.sample_actions) for bg in args.backgrounds]
+                                   sample_actions=args.sample_actions, without_guards=args.without_guards)
+               for bg in args.backgrounds]
     config = {"scenes": source.describe(), "num_scenes": len(indices), "rollouts": args.rollouts,
               "device": str(device), "seed": args.seed, "sample_actions": args.sample_actions,
+              "without_guards": args.without_guards,
               "checkpoint": args.checkpoint or "shipped"}
     table = write_report(reports, Path(args.out), config)
     print(f"scenes: {source.describe()} ({len(indices)}), rollouts: {args.rollouts}, device: {device}")

@@ -1,8 +1,8 @@
 """Stall report of a background: simulated vehicles that stand at the end while their log still moves.
 
     python -m trafficbots_gym.benchmarks.stall_report [--scenes PATH] [--split validation] [--num-scenes 50]
-        [--backgrounds trafficbots trafficbots+guard] [--checkpoint PATH] [--latent prior]
-        [--destination sample] [--sample-actions] [--lights logged] [--device auto] [--seed 0]
+        [--backgrounds trafficbots trafficbots+guard] [--without-guards GUARD ...] [--checkpoint PATH]
+        [--latent prior] [--destination sample] [--sample-actions] [--lights logged] [--device auto] [--seed 0]
         [--scenes-per-batch 25]
 
 Every agent is simulated (no external ego: ``BatchedSimulator.step(None)``) for the 80 future steps, one
@@ -33,7 +33,7 @@ from trafficbots_gym.env.scenes import SceneSource
 from trafficbots_gym.model.losses import MOVING_SPEED, STANDING_SPEED
 from trafficbots_gym.simulation import BatchedSimulator
 from trafficbots_gym.simulation.background import BACKGROUND_SPECS
-from trafficbots_gym.simulation.guard import GuardParams, obstacle_gaps
+from trafficbots_gym.simulation.guard import BACKGROUND_GUARDS, GuardParams, obstacle_gaps
 from trafficbots_gym.simulation.state import AgentState
 
 FREE_GAP = 15.0
@@ -133,9 +133,12 @@ def edit_lights(batch: SceneBatch, lights: str) -> SceneBatch:
 
 def evaluate(background: str, source: SceneSource, indices: Sequence[int], *, device: torch.device, seed: int,
              scenes_per_batch: int, checkpoint: str | None = None, sample_actions: bool = False,
-             latent: str = "prior", destination: str = "sample", lights: str = "logged") -> StallReport:
-    """The stall report of ``background`` on the scenes ``indices`` of ``source`` (lights per ``edit_lights``)."""
-    sim = background_simulator(background, device, checkpoint, sample_actions, latent=latent, destination=destination)
+             latent: str = "prior", destination: str = "sample", lights: str = "logged",
+             without_guards: Sequence[str] = ()) -> StallReport:
+    """The stall report of ``background`` on the scenes ``indices`` of ``source`` (lights per ``edit_lights``;
+    ``without_guards``: guards left out of a guarded background)."""
+    sim = background_simulator(background, device, checkpoint, sample_actions, latent=latent, destination=destination,
+                               without_guards=without_guards)
     generator = torch.Generator(device=device).manual_seed(seed)
     report = StallReport(background)
     for start in tqdm(range(0, len(indices), scenes_per_batch), desc=f"stalls {background}", unit="batch"):
@@ -151,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_scene_options(p, num_scenes=50)
     p.add_argument("--backgrounds", nargs="+", default=["trafficbots", "trafficbots+guard"], choices=BACKGROUND_SPECS,
                    help="background models (default: the learned one raw and under the guards)")
+    p.add_argument("--without-guards", nargs="+", default=[], choices=list(BACKGROUND_GUARDS), metavar="GUARD",
+                   help=f"leave these guards out of a '+guard' background (ablation): {', '.join(BACKGROUND_GUARDS)}")
     p.add_argument("--checkpoint", default=None, help="TrafficBots checkpoint (default: the shipped one)")
     p.add_argument("--latent", choices=("prior", "posterior"), default="prior",
                    help="the learned agents' personality: prior (the env's draw) or posterior (from the whole log)")
@@ -171,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, device, source, indices = parse_scene_command(build_parser(), argv, ("num_scenes", "scenes_per_batch"))
     reports = [evaluate(bg, source, indices, device=device, seed=args.seed, scenes_per_batch=args.scenes_per_batch,
                         checkpoint=args.checkpoint, sample_actions=args.sample_actions, latent=args.latent,
-                        destination=args.destination, lights=args.lights) for bg in args.backgrounds]
+                        destination=args.destination, lights=args.lights, without_guards=args.without_guards)
+               for bg in args.backgrounds]
     print(f"scenes: {source.describe()} ({len(indices)}), latent: {args.latent}, destination: {args.destination}, "
           f"actions: {'sampled' if args.sample_actions else 'mean'}, lights: {args.lights}, device: {device}")
     print(format_markdown([r.row() for r in reports]))

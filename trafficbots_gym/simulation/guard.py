@@ -41,6 +41,7 @@ It targets the learned policy's known stall (a vehicle that stops does not start
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -289,9 +290,17 @@ def hold_edge(yaw_rate: torch.Tensor, state: AgentState, size: torch.Tensor, age
     return torch.where(types & state.valid & towards & close, held, yaw_rate)
 
 
-def background_guards(enabled: bool) -> dict[str, GuardParams | LaneKeepingParams | RestartParams | EdgeHoldParams
-                                              | None]:
-    """The ``BatchedSimulator`` keywords of the guarded learned background (collision guard, lane keeping, the
-    stall restart and the edge hold with their default constants), or of the raw one."""
-    return {"guard": GuardParams() if enabled else None, "lane_keeping": LaneKeepingParams() if enabled else None,
-            "restart": RestartParams() if enabled else None, "edge_hold": EdgeHoldParams() if enabled else None}
+BACKGROUND_GUARDS: dict[str, type] = {"guard": GuardParams, "lane_keeping": LaneKeepingParams,
+                                      "restart": RestartParams, "edge_hold": EdgeHoldParams}
+"""The guards of the learned background by their ``BatchedSimulator`` keyword (``guard`` = the collision guard)."""
+
+
+def background_guards(enabled: bool, without: Sequence[str] = ()) -> dict[str, GuardParams | LaneKeepingParams
+                                                                            | RestartParams | EdgeHoldParams | None]:
+    """The ``BatchedSimulator`` keywords of the guarded learned background (every guard of
+    :data:`BACKGROUND_GUARDS` with its default constants, less those named in ``without``: for ablations), or of
+    the raw one."""
+    unknown = sorted(set(without) - set(BACKGROUND_GUARDS))
+    if unknown:
+        raise ValueError(f"unknown guard(s) {unknown}; valid names: {', '.join(BACKGROUND_GUARDS)}")
+    return {name: params() if enabled and name not in without else None for name, params in BACKGROUND_GUARDS.items()}

@@ -150,12 +150,13 @@ class LearnedBackground:
         if self.guard is not None:
             assert batch is not None
             acc = guard_acceleration(acc, state, batch.agent_size, batch.agent_type, self.guard)
-        if self.lane_keeping is not None:
+        if self.lane_keeping is not None or self.edge_hold is not None:
             assert batch is not None and self._geometry is not None
-            yaw_rate = keep_lane(yaw_rate, state, batch.agent_type, self._geometry(), self.lane_keeping)
-        if self.edge_hold is not None:
-            assert batch is not None and self._geometry is not None
-            yaw_rate = hold_edge(yaw_rate, state, batch.agent_size, batch.agent_type, self._geometry(), self.edge_hold)
+            geometry = self._geometry()
+            if self.lane_keeping is not None:
+                yaw_rate = keep_lane(yaw_rate, state, batch.agent_type, geometry, self.lane_keeping)
+            if self.edge_hold is not None:
+                yaw_rate = hold_edge(yaw_rate, state, batch.agent_size, batch.agent_type, geometry, self.edge_hold)
         return state.step(acc, yaw_rate)
 
     @staticmethod

@@ -172,13 +172,25 @@ def lane_offset(state: AgentState, geom: MapGeometry, params: LaneKeepingParams)
     length = vec.norm(dim=-1).clamp(min=1e-6)
     direction = vec / length.unsqueeze(-1)
     aligned = valid & ((direction * heading).sum(-1) > math.cos(params.heading_tolerance))
-    rel = state.pos.unsqueeze(-2) - start
+    return _nearest_segment(state.pos, start, direction, length, aligned)
+
+
+def _nearest_segment(points: torch.Tensor, start: torch.Tensor, direction: torch.Tensor, length: torch.Tensor,
+                     usable: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Of the ``usable`` segments [B, A, S] (start, unit direction [B, A, S, 2], length [B, A, S]), the one
+    nearest to each point [B, A, 2]: its distance [B, A] (inf if none), closest point and direction [B, A, 2]."""
+    rel = points.unsqueeze(-2) - start
     t = ((rel * direction).sum(-1)).clamp(min=0.0).minimum(length)
     closest = start + t.unsqueeze(-1) * direction
-    dist = (state.pos.unsqueeze(-2) - closest).norm(dim=-1).masked_fill(~aligned, float("inf"))
+    dist = (points.unsqueeze(-2) - closest).norm(dim=-1).masked_fill(~usable, float("inf"))
     best, j = dist.min(-1)
     pick = j[..., None, None].expand(*j.shape, 1, 2)
     return best, closest.gather(-2, pick).squeeze(-2), direction.gather(-2, pick).squeeze(-2)
+
+
+def _vehicles_and_cyclists(agent_type: torch.Tensor) -> torch.Tensor:
+    """[B, A] bool: the agents that the stall restart and the edge hold act on."""
+    return agent_type[..., AgentType.VEHICLE].bool() | agent_type[..., AgentType.CYCLIST].bool()
 
 
 def keep_lane(yaw_rate: torch.Tensor, state: AgentState, agent_type: torch.Tensor, geom: MapGeometry,
@@ -235,9 +247,8 @@ def restart_stalled(acc: torch.Tensor, state: AgentState, log_spd: torch.Tensor,
     """The driver's acceleration ``acc`` [B, A] raised to ``params.accel`` (within the type's limit) for every
     vehicle and cyclist slower than ``params.pace_fraction`` of its logged driver at this step (``log_spd``,
     ``log_valid`` [B, A]) while that driver moves, with no red light ahead (``red_ahead`` [B, A])."""
-    types = agent_type[..., AgentType.VEHICLE].bool() | agent_type[..., AgentType.CYCLIST].bool()
     log_speed = log_spd.abs()
-    stalled = (state.valid & types & log_valid & ~red_ahead & (log_speed > params.go_speed)
+    stalled = (state.valid & _vehicles_and_cyclists(agent_type) & log_valid & ~red_ahead & (log_speed > params.go_speed)
                & (state.spd < params.pace_fraction * log_speed))
     floor = torch.minimum(action_limits(agent_type)[..., 0].to(acc.dtype),
                           torch.full_like(acc, params.accel))
@@ -260,13 +271,8 @@ def nearest_edge(state: AgentState, geom: MapGeometry) -> tuple[torch.Tensor, to
     """Per agent [B, A]: the distance (m, inf without a road edge) from its centre to the nearest road-edge
     segment, that segment's unit direction [B, A, 2] and the unit normal from the edge to the agent [B, A, 2]."""
     start, vec, valid = geom.edges.candidates(state.pos, EDGE_CANDIDATES)           # [B, A, S, 2]
-    rel = state.pos.unsqueeze(-2) - start
-    t = ((rel * vec).sum(-1) / (vec * vec).sum(-1).clamp(min=1e-12)).clamp(0.0, 1.0)
-    closest = start + t.unsqueeze(-1) * vec
-    dist, j = (state.pos.unsqueeze(-2) - closest).norm(dim=-1).masked_fill(~valid, float("inf")).min(-1)
-    pick = j[..., None, None].expand(*j.shape, 1, 2)
-    seg, near = vec.gather(-2, pick).squeeze(-2), closest.gather(-2, pick).squeeze(-2)
-    direction = seg / seg.norm(dim=-1, keepdim=True).clamp(min=1e-6)
+    length = vec.norm(dim=-1).clamp(min=1e-6)
+    dist, near, direction = _nearest_segment(state.pos, start, vec / length.unsqueeze(-1), length, valid)
     normal = state.pos - near
     return dist, direction, normal / normal.norm(dim=-1, keepdim=True).clamp(min=1e-6)
 
@@ -285,9 +291,8 @@ def hold_edge(yaw_rate: torch.Tensor, state: AgentState, size: torch.Tensor, age
     need = (error / params.turn_time * state.spd.abs().clamp(max=1.0)).to(yaw_rate.dtype)
     need = torch.maximum(torch.minimum(need, limit), -limit)
     held = torch.where(error >= 0, torch.maximum(yaw_rate, need), torch.minimum(yaw_rate, need))
-    types = agent_type[..., AgentType.VEHICLE].bool() | agent_type[..., AgentType.CYCLIST].bool()
     close = (dist - 0.5 * size[..., 1]) < params.start
-    return torch.where(types & state.valid & towards & close, held, yaw_rate)
+    return torch.where(_vehicles_and_cyclists(agent_type) & state.valid & towards & close, held, yaw_rate)
 
 
 BACKGROUND_GUARDS: dict[str, type] = {"guard": GuardParams, "lane_keeping": LaneKeepingParams,

@@ -5,6 +5,7 @@ import torch
 
 from trafficbots_gym.benchmarks.stall_report import EARLY_STEPS, FREE_GAP, edit_lights, main, stall_counts
 from trafficbots_gym.data.constants import STEP_CURRENT
+from trafficbots_gym.simulation.guard import BACKGROUND_GUARDS
 from trafficbots_gym.simulation.state import AgentState
 
 from conftest import REFERENCE_SCENES
@@ -65,8 +66,7 @@ def test_leaving_every_guard_out_of_the_guarded_background_gives_the_raw_model(c
               "--device", "cpu"]
     assert main([*common, "--backgrounds", "trafficbots"]) == 0
     raw = capsys.readouterr().out.splitlines()[-1]
-    assert main([*common, "--backgrounds", "trafficbots+guard", "--without-guards", "guard", "lane_keeping",
-                 "restart", "edge_hold"]) == 0
+    assert main([*common, "--backgrounds", "trafficbots+guard", "--without-guards", *BACKGROUND_GUARDS]) == 0
     ablated = capsys.readouterr().out.splitlines()[-1]
     assert ablated.replace("trafficbots+guard", "trafficbots") == raw
 

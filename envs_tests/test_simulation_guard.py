@@ -11,9 +11,9 @@ from trafficbots_gym.env.traffic_bots_env import TrafficBotsEnv
 from trafficbots_gym.simulation import BatchedSimulator
 from trafficbots_gym.simulation.background import split_guard
 from trafficbots_gym.simulation.guard import (EdgeHoldParams, GuardParams, LaneKeepingParams, RestartParams,
-                                              acceleration_cap, background_guards, guard_acceleration, hold_edge,
-                                              keep_lane, lane_offset, nearest_edge, obstacle_gaps, red_light_ahead,
-                                              restart_stalled)
+                                              SideCheckParams, acceleration_cap, background_guards,
+                                              guard_acceleration, hold_edge, keep_lane, lane_offset, nearest_edge,
+                                              obstacle_gaps, occupied_sides, red_light_ahead, restart_stalled)
 from trafficbots_gym.simulation.metrics import MapGeometry, collisions
 from trafficbots_gym.simulation.state import AgentState
 
@@ -119,9 +119,9 @@ def test_the_env_guards_learned_traffic_by_default_and_the_ego_on_request(small_
                          background_guard=False, ego_guard=True)
     assert default.core.sim.guard == GuardParams() and default.core.sim.ego_guard is None
     assert default.core.sim.lane_keeping == LaneKeepingParams() and default.core.sim.restart == RestartParams()
-    assert default.core.sim.edge_hold == EdgeHoldParams()
+    assert default.core.sim.edge_hold == EdgeHoldParams() and default.core.sim.side_check == SideCheckParams()
     assert raw.core.sim.guard is None and raw.core.sim.lane_keeping is None and raw.core.sim.restart is None
-    assert raw.core.sim.edge_hold is None
+    assert raw.core.sim.edge_hold is None and raw.core.sim.side_check is None
     assert raw.core.sim.ego_guard == GuardParams()
     default.close()
     raw.close()
@@ -226,7 +226,8 @@ def test_lane_keeping_holds_a_drifting_vehicle_near_its_lane():
 
 def test_guards_can_be_left_out_of_the_guarded_background_by_name():
     ablated = background_guards(True, without=("restart", "edge_hold"))
-    assert ablated == {"guard": GuardParams(), "lane_keeping": LaneKeepingParams(), "restart": None, "edge_hold": None}
+    assert ablated == {"guard": GuardParams(), "lane_keeping": LaneKeepingParams(), "restart": None, "edge_hold": None,
+                       "side_check": SideCheckParams()}
     assert all(v is None for v in background_guards(False).values())
     with pytest.raises(ValueError, match="unknown guard.*'stall'.*valid names: guard, lane_keeping"):
         background_guards(True, without=("stall",))
@@ -239,8 +240,26 @@ def test_guarded_background_names_parse_and_bad_names_are_refused():
         split_guard("idm+guard")
 
 
+def test_a_faster_car_coming_from_behind_is_left_to_overtake_unless_followers_count():
+    # the car behind at 14 m/s passes the agent (8 m/s) 1.5 m to its left: in 1 s it is ahead, inside the corridor
+    state, size, _ = _state([(0, 0, 0, 8), (-6, 1.5, 0, 14)])
+    assert math.isinf(obstacle_gaps(state, size, GuardParams())[0][0, 0].item())
+    assert obstacle_gaps(state, size, GuardParams(ignore_followers=False))[0][0, 0].item() < 5.0
+
+
+def test_the_corridor_bends_along_the_arc_of_the_yaw_rate_the_agent_drives():
+    # a standing car 10 m ahead and 4 m to the left: off the straight corridor, on the left turn of radius 12.5 m
+    state, size, _ = _state([(0, 0, 0, 5), (10, 4, 0.8, 0)])
+    assert math.isinf(obstacle_gaps(state, size, GuardParams())[0][0, 0].item())
+    turning = torch.tensor([[5.0 / 12.5, 0.0]])
+    gap, _ = obstacle_gaps(state, size, GuardParams(), yaw_rate=turning)
+    assert 0.0 < gap[0, 0].item() < 10.0
+    assert math.isinf(obstacle_gaps(state, size, GuardParams(), yaw_rate=-turning)[0][0, 0].item())   # turning right
+    assert math.isinf(obstacle_gaps(state, size, GuardParams(max_curvature=0.0), yaw_rate=turning)[0][0, 0].item())
+
+
 @pytest.mark.parametrize("kwargs", [dict(min_gap=0.0), dict(time_headway=-1.0), dict(lookahead=()),
-                                    dict(lookahead=(-1.0,)), dict(timing_tolerance=-0.1)])
+                                    dict(lookahead=(-1.0,)), dict(timing_tolerance=-0.1), dict(max_curvature=-0.1)])
 def test_invalid_guard_constants_are_refused(kwargs):
     with pytest.raises(ValueError, match="GuardParams"):
         GuardParams(**kwargs)
@@ -284,6 +303,41 @@ def test_the_edge_hold_keeps_a_drifting_vehicle_on_the_road_without_pushing_it_a
             touched |= state.pos[0, 0, 1].item() + 1.0 > 2.0            # box side past the edge at y = 2
         assert touched != hold
     assert 0.5 < state.pos[0, 0, 1].item() < 1.0                      # held near the edge, not pushed back
+
+
+# ------------------------------------------------------------------------------------------------ side check
+def test_a_side_is_occupied_by_a_neighbour_alongside_or_catching_up_within_the_clearance():
+    params = SideCheckParams(clearance=0.5, horizon=1.0)
+    # agent 0 at 8 m/s; 1: alongside on its left, 0.3 m between the sides; 2: 5 m behind on its right at 14 m/s
+    # (reaches its flank within 1 s); 3: 5 m behind on the left but slower; 4: beside on the right, 2 m clear
+    state, size, _ = _state([(0, 0, 0, 8), (1, 2.3, 0, 8), (-5, -2.3, 0, 14), (-5, 2.3, 0, 6), (0, -4.0, 0, 8)])
+    left, right = occupied_sides(state, size, params)
+    assert left[0, 0].item() and right[0, 0].item()
+    state, size, _ = _state([(0, 0, 0, 8), (-5, 2.3, 0, 6), (0, -4.0, 0, 8)])
+    left, right = occupied_sides(state, size, params)
+    assert not left[0, 0].item() and not right[0, 0].item()
+
+
+def test_lateral_guards_do_not_steer_towards_an_occupied_side_but_keep_the_drivers_own_turn():
+    geometry = _lane_geometry()
+    # heading 0.2 rad onto the left edge (the hold turns it right), a neighbour alongside on its right
+    state, size, agent_type = _state([(10, 0.9, 0.2, 8), (10, -1.4, 0.0, 8)])
+    driver = torch.tensor([[0.1, 0.0]])
+    sides = occupied_sides(state, size, SideCheckParams())
+    assert sides[1][0, 0].item()
+    assert hold_edge(driver, state, size, agent_type, geometry, EdgeHoldParams())[0, 0].item() < 0.0
+    assert hold_edge(driver, state, size, agent_type, geometry, EdgeHoldParams(), sides)[0, 0].item() == pytest.approx(0.1)
+    # 1 m left of its lane (lane keeping pulls it right), the neighbour 0.4 m clear on its right
+    state, size, agent_type = _state([(10, 1.0, 0.0, 8), (10, -1.4, 0.0, 8)])
+    sides = occupied_sides(state, size, SideCheckParams())
+    assert keep_lane(driver, state, agent_type, geometry, LaneKeepingParams())[0, 0].item() < 0.0
+    assert keep_lane(driver, state, agent_type, geometry, LaneKeepingParams(), sides)[0, 0].item() == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("kwargs", [dict(clearance=-0.1), dict(horizon=-1.0)])
+def test_invalid_side_check_constants_are_refused(kwargs):
+    with pytest.raises(ValueError, match="SideCheckParams"):
+        SideCheckParams(**kwargs)
 
 
 @pytest.mark.parametrize("kwargs", [dict(start=0.0), dict(turn_time=0.0)])

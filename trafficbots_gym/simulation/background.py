@@ -25,6 +25,7 @@ import torch
 from trafficbots_gym.data.batch import SceneBatch
 from trafficbots_gym.data.constants import STEP_CURRENT
 from trafficbots_gym.simulation.guard import (EdgeHoldParams, GuardParams, LaneKeepingParams, RestartParams,
+                                              SideCheckParams, occupied_sides,
                                               guard_acceleration, hold_edge, keep_lane, red_light_ahead,
                                               restart_stalled)
 from trafficbots_gym.simulation.idm import IDMBackground, IDMParams
@@ -104,9 +105,10 @@ class LearnedBackground:
     """The TrafficBots policy: encodes the scenes at reset (warm start on logged steps 0..10), then
     integrates its physical (acc, yaw rate) actions with the unicycle dynamics every step; with ``restart``
     stalled agents whose logged driver moves get an acceleration floor, with ``guard`` the accelerations are
-    then capped by the collision guard, with ``lane_keeping`` the yaw rates of vehicles that drift off their
-    lane are pulled back, with ``edge_hold`` vehicles and cyclists heading onto a close road edge are turned
-    along it (the map of the scenes comes from ``geometry()``)."""
+    then capped by the collision guard (along the arc of the final yaw rate), with ``lane_keeping`` the yaw rates
+    of vehicles that drift off their lane are pulled back, with ``edge_hold`` vehicles and cyclists heading onto
+    a close road edge are turned along it, with ``side_check`` neither of the two steers an agent towards a
+    neighbour beside it (the map of the scenes comes from ``geometry()``)."""
 
     name = "trafficbots"
 
@@ -114,11 +116,13 @@ class LearnedBackground:
                  deterministic_action: bool = True, deterministic_latent: bool = False,
                  guard: GuardParams | None = None, lane_keeping: LaneKeepingParams | None = None,
                  restart: RestartParams | None = None, edge_hold: EdgeHoldParams | None = None,
+                 side_check: SideCheckParams | None = None,
                  geometry: Callable[[], MapGeometry] | None = None) -> None:
         if (lane_keeping is not None or edge_hold is not None) and geometry is None:
             raise ValueError("lane_keeping and edge_hold need the scenes' map geometry (geometry=None given)")
         self.policy = policy
         self.guard, self.lane_keeping, self.restart, self.edge_hold = guard, lane_keeping, restart, edge_hold
+        self.side_check = side_check
         self._geometry = geometry
         self._batch: SceneBatch | None = None
         self.latent, self.destination = latent, destination
@@ -144,19 +148,21 @@ class LearnedBackground:
         action = self.policy.act(state, step)
         acc, yaw_rate = action[..., 0], action[..., 1]
         batch = self._batch
+        if self.lane_keeping is not None or self.edge_hold is not None:
+            assert batch is not None and self._geometry is not None
+            geometry = self._geometry()
+            sides = None if self.side_check is None else occupied_sides(state, batch.agent_size, self.side_check)
+            if self.lane_keeping is not None:
+                yaw_rate = keep_lane(yaw_rate, state, batch.agent_type, geometry, self.lane_keeping, sides)
+            if self.edge_hold is not None:
+                yaw_rate = hold_edge(yaw_rate, state, batch.agent_size, batch.agent_type, geometry, self.edge_hold,
+                                     sides)
         if self.restart is not None:
             assert batch is not None
             acc = self._restart(acc, state, step, batch, self.restart)
         if self.guard is not None:
             assert batch is not None
-            acc = guard_acceleration(acc, state, batch.agent_size, batch.agent_type, self.guard)
-        if self.lane_keeping is not None or self.edge_hold is not None:
-            assert batch is not None and self._geometry is not None
-            geometry = self._geometry()
-            if self.lane_keeping is not None:
-                yaw_rate = keep_lane(yaw_rate, state, batch.agent_type, geometry, self.lane_keeping)
-            if self.edge_hold is not None:
-                yaw_rate = hold_edge(yaw_rate, state, batch.agent_size, batch.agent_type, geometry, self.edge_hold)
+            acc = guard_acceleration(acc, state, batch.agent_size, batch.agent_type, self.guard, yaw_rate=yaw_rate)
         return state.step(acc, yaw_rate)
 
     @staticmethod
@@ -179,12 +185,12 @@ def make_background(name: str, policy: "TrafficBotsPolicy | None" = None, *, idm
                     latent: str = "prior", destination: str = "sample", deterministic_action: bool = True,
                     deterministic_latent: bool = False, guard: GuardParams | None = None,
                     lane_keeping: LaneKeepingParams | None = None, restart: RestartParams | None = None,
-                    edge_hold: EdgeHoldParams | None = None,
+                    edge_hold: EdgeHoldParams | None = None, side_check: SideCheckParams | None = None,
                     geometry: Callable[[], MapGeometry] | None = None) -> Background:
     """The background model called ``name`` (one of :data:`BACKGROUNDS`); ``latent``, ``destination`` and
     the ``deterministic_*`` flags configure the policy's reset (see ``TrafficBotsPolicy.reset``); ``guard``,
-    ``lane_keeping``, ``restart`` and ``edge_hold`` correct the learned policy's actions (ignored by the scripted
-    models; lane keeping and the edge hold read the map from ``geometry()``)."""
+    ``lane_keeping``, ``restart``, ``edge_hold`` and ``side_check`` correct the learned policy's actions (ignored
+    by the scripted models; lane keeping and the edge hold read the map from ``geometry()``)."""
     if name not in BACKGROUNDS:
         raise ValueError(f"unknown background {name!r}; valid choices: {', '.join(BACKGROUNDS)}")
     if name in LEARNED_BACKGROUNDS:
@@ -193,7 +199,7 @@ def make_background(name: str, policy: "TrafficBotsPolicy | None" = None, *, idm
         return LearnedBackground(policy, latent=latent, destination=destination,
                                  deterministic_action=deterministic_action, deterministic_latent=deterministic_latent,
                                  guard=guard, lane_keeping=lane_keeping, restart=restart,
-                                 edge_hold=edge_hold, geometry=geometry)
+                                 edge_hold=edge_hold, side_check=side_check, geometry=geometry)
     if name == "idm":
         return IDMBackground(idm_params)
     return ConstantVelocity() if name == "constant_velocity" else LogReplay()

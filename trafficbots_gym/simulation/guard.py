@@ -6,10 +6,13 @@ ahead of it; it lowers the acceleration (and, unless ``allow_reverse``, raises o
 reverse), never touches the steering.
 
 For agent i, an *obstacle* is another valid agent j whose box, at one of the look-ahead times
-tau in ``GuardParams.lookahead`` (j moved at constant velocity, i not moved), lies in i's straight
-corridor ahead: laterally within i's half width + j's lateral extent + ``lateral_margin`` of i's heading
-line, with a positive bumper-to-bumper gap along it. For tau > 0 the obstacle counts only if i, at its
-current speed, would close that gap by tau + ``timing_tolerance`` (j is then about where i is going to be).
+tau in ``GuardParams.lookahead`` (j moved at constant velocity, i not moved), lies in i's corridor ahead:
+laterally within i's half width + j's lateral extent + ``lateral_margin`` of i's path, with a positive
+bumper-to-bumper gap along it. The path is i's heading line, or, given the yaw rate i is about to drive, the
+arc of curvature yaw rate / speed (at most ``max_curvature``). For tau > 0 the obstacle counts only if i, at
+its current speed, would close that gap by tau + ``timing_tolerance`` (j is then about where i is going to
+be), and (``ignore_followers``) only if j is not now behind i's centre: a faster agent that overtakes i is
+not i's obstacle.
 Each obstacle gives the IDM interaction cap (the free-road term left out, so the guard never asks for speed):
 
     cap = a * (1 - (s* / gap)^2),   s* = s0 + v T + v (v - v_lead) / (2 sqrt(a b))
@@ -31,6 +34,12 @@ reached in about ``turn_time`` s; the driver's own yaw rate is kept where it tur
 It never pushes an agent away from the edge, so it does not move agents into the next lane: it only stops
 their drift onto the edge. Cyclists, which ride beside the lanes and which lane keeping does not steer, are
 held too.
+
+**Side check** (for lane keeping and the edge hold): a side of an agent is *occupied* when another agent's
+box is closer than ``SideCheckParams.clearance`` to its side, alongside it or reaching its flank within
+``horizon`` s (ahead within the agent's travel, or behind and catching up). Given the occupied sides, the two
+lateral guards never turn an agent more towards one than its driver does: a correction that would steer into
+a neighbour is dropped, and the agent drifts (towards the lane's edge, or over the road edge) instead.
 
 **Stall restart** (longitudinal, vehicles and cyclists): a learned agent slower than ``pace_fraction`` of
 its logged driver's speed at the same step, while that driver moves (above ``go_speed``), gets the
@@ -63,22 +72,26 @@ class GuardParams:
     lookahead: tuple[float, ...] = (0.0, 1.0)  # s: constant-velocity predictions of the others
     timing_tolerance: float = 0.5      # s: a predicted obstacle counts if reached by its time + this
     allow_reverse: bool = False        # False: the guard also stops an agent from driving backwards
+    ignore_followers: bool = True      # predictions of agents now behind the agent's centre do not count
+    max_curvature: float = 0.2         # 1/m: the sharpest arc the corridor bends along (radius 5 m)
 
     def __post_init__(self) -> None:
         if (self.time_headway < 0 or self.min_gap <= 0 or self.comfort_decel <= 0 or self.lateral_margin < 0
-                or self.timing_tolerance < 0):
+                or self.timing_tolerance < 0 or self.max_curvature < 0):
             raise ValueError(f"GuardParams need time_headway >= 0, min_gap > 0, comfort_decel > 0, "
-                             f"lateral_margin >= 0 and timing_tolerance >= 0, got {self}")
+                             f"lateral_margin >= 0, timing_tolerance >= 0 and max_curvature >= 0, got {self}")
         if not self.lookahead or any(t < 0 for t in self.lookahead):
             raise ValueError(f"GuardParams.lookahead must be non-empty times >= 0 s, got {self.lookahead}")
 
 
 def obstacle_gaps(state: AgentState, size: torch.Tensor, params: GuardParams,
-                  agents: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  agents: torch.Tensor | None = None,
+                  yaw_rate: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Gap (m, inf if none) to, and speed along the heading of, the nearest obstacle of each agent.
 
     ``state`` [B, A], ``size`` [B, A, >=2] (length, width); ``agents`` [B, E] long: only these agents are
-    examined (default: all). Returns ([B, E], [B, E]).
+    examined (default: all); ``yaw_rate`` [B, E] (rad/s): the corridor bends along the arc this yaw rate
+    drives at the agent's speed (default: straight ahead). Returns ([B, E], [B, E]).
     """
     n = state.valid.shape[-1]
     rows = torch.arange(state.valid.shape[0], device=state.valid.device).unsqueeze(-1)
@@ -88,33 +101,41 @@ def obstacle_gaps(state: AgentState, size: torch.Tensor, params: GuardParams,
     half_l, half_w = 0.5 * size[rows, agents, 0], 0.5 * size[rows, agents, 1]
     ci, si = torch.cos(yaw_i).unsqueeze(-1), torch.sin(yaw_i).unsqueeze(-1)       # [B, E, 1]
     rel_yaw = state.yaw.unsqueeze(1) - yaw_i.unsqueeze(-1)                         # [B, E, A]
-    c, s = torch.cos(rel_yaw), torch.sin(rel_yaw)
     lj, wj = 0.5 * size[..., 0].unsqueeze(1), 0.5 * size[..., 1].unsqueeze(1)
-    along_extent = lj * c.abs() + wj * s.abs()
-    across_extent = lj * s.abs() + wj * c.abs()
+    curvature = (torch.zeros_like(spd_i) if yaw_rate is None
+                 else (yaw_rate / spd_i.abs().clamp(min=1.0)).clamp(-params.max_curvature, params.max_curvature))
+    curvature = curvature.unsqueeze(-1)                                            # [B, E, 1]
     heading_j = torch.stack([torch.cos(state.yaw), torch.sin(state.yaw)], -1) * state.spd.unsqueeze(-1)
     others = state.valid.unsqueeze(1) & (agents.unsqueeze(-1) != torch.arange(n, device=agents.device))
     reach = spd_i.clamp(min=0.0).unsqueeze(-1)
-    best = torch.full_like(pos_i[..., 0], float("inf")).unsqueeze(-1).expand_as(c).clone()
+    d_now = state.pos.unsqueeze(1) - pos_i.unsqueeze(2)
+    ahead_now = d_now[..., 0] * ci + d_now[..., 1] * si > 0                        # j's centre ahead of i's
+    best = torch.full_like(rel_yaw, float("inf"))
     for tau in params.lookahead:
         d = (state.pos + tau * heading_j).unsqueeze(1) - pos_i.unsqueeze(2)       # [B, E, A, 2]
         rel_x = d[..., 0] * ci + d[..., 1] * si
-        rel_y = -d[..., 0] * si + d[..., 1] * ci
-        gap = rel_x - half_l.unsqueeze(-1) - along_extent
-        in_corridor = (rel_y.abs() < half_w.unsqueeze(-1) + across_extent + params.lateral_margin) & (rel_x > 0)
-        if tau > 0:
+        # offset from, and heading relative to, the arc of the agent's path (a straight line without a yaw rate)
+        rel_y = -d[..., 0] * si + d[..., 1] * ci - 0.5 * curvature * rel_x.clamp(min=0.0) ** 2
+        tangent_yaw = rel_yaw - curvature * rel_x.clamp(min=0.0)
+        c, s = torch.cos(tangent_yaw).abs(), torch.sin(tangent_yaw).abs()
+        gap = rel_x - half_l.unsqueeze(-1) - (lj * c + wj * s)
+        in_corridor = (rel_y.abs() < half_w.unsqueeze(-1) + lj * s + wj * c + params.lateral_margin) & (rel_x > 0)
+        if tau > 0:   # j predicted into the corridor: only if i reaches it by then, and not j coming from behind i
             in_corridor = in_corridor & (gap <= reach * (tau + params.timing_tolerance) + params.min_gap)
+            if params.ignore_followers:
+                in_corridor = in_corridor & ahead_now
         best = torch.minimum(best, gap.clamp(min=0.0).masked_fill(~(in_corridor & others), float("inf")))
     gap, j = best.min(-1)
-    lead_speed = torch.gather(state.spd.unsqueeze(1) * c, -1, j.unsqueeze(-1)).squeeze(-1)
+    lead_speed = torch.gather(state.spd.unsqueeze(1) * torch.cos(rel_yaw), -1, j.unsqueeze(-1)).squeeze(-1)
     return gap, lead_speed
 
 
 def acceleration_cap(state: AgentState, size: torch.Tensor, agent_type: torch.Tensor, params: GuardParams,
-                     agents: torch.Tensor | None = None) -> torch.Tensor:
-    """[B, E] the highest acceleration (m/s^2) the guard allows each agent (+inf with no obstacle)."""
+                     agents: torch.Tensor | None = None, yaw_rate: torch.Tensor | None = None) -> torch.Tensor:
+    """[B, E] the highest acceleration (m/s^2) the guard allows each agent (+inf with no obstacle); ``yaw_rate``
+    [B, E] bends the corridor (``obstacle_gaps``)."""
     speed, limit = _speed_and_limit(state, agent_type, agents)
-    gap, lead_speed = obstacle_gaps(state, size, params, agents)
+    gap, lead_speed = obstacle_gaps(state, size, params, agents, yaw_rate)
     v = speed.clamp(min=0.0)
     s_star = params.min_gap + (v * params.time_headway
                                + v * (v - lead_speed) / (2.0 * (limit * params.comfort_decel).sqrt())).clamp(min=0.0)
@@ -124,11 +145,13 @@ def acceleration_cap(state: AgentState, size: torch.Tensor, agent_type: torch.Te
 
 
 def guard_acceleration(acc: torch.Tensor, state: AgentState, size: torch.Tensor, agent_type: torch.Tensor,
-                       params: GuardParams, agents: torch.Tensor | None = None) -> torch.Tensor:
-    """The driver's acceleration ``acc`` [B, E] lowered to the guard's cap where it exceeds it; unless
-    ``params.allow_reverse``, raised where it would make the speed negative (to a standstill, within the
-    type's acceleration limit)."""
-    guarded = torch.minimum(acc, acceleration_cap(state, size, agent_type, params, agents).to(acc.dtype))
+                       params: GuardParams, agents: torch.Tensor | None = None,
+                       yaw_rate: torch.Tensor | None = None) -> torch.Tensor:
+    """The driver's acceleration ``acc`` [B, E] lowered to the guard's cap where it exceeds it (the corridor
+    bent by the yaw rate [B, E] the agent is about to drive, if given); unless ``params.allow_reverse``, raised
+    where it would make the speed negative (to a standstill, within the type's acceleration limit)."""
+    cap = acceleration_cap(state, size, agent_type, params, agents, yaw_rate)
+    guarded = torch.minimum(acc, cap.to(acc.dtype))
     if params.allow_reverse:
         return guarded
     speed, limit = _speed_and_limit(state, agent_type, agents)
@@ -144,6 +167,54 @@ def _speed_and_limit(state: AgentState, agent_type: torch.Tensor,
         rows = torch.arange(state.valid.shape[0], device=state.valid.device).unsqueeze(-1)
         speed, types = state.spd[rows, agents], agent_type[rows, agents]
     return speed, action_limits(types)[..., 0].to(speed.dtype)
+
+
+@dataclass(frozen=True)
+class SideCheckParams:
+    """Constants of the side check that keeps the lateral guards from steering into a neighbour."""
+
+    clearance: float = 0.5             # m between the boxes' sides under which a side counts as occupied
+    horizon: float = 1.0               # s: agents that reach the agent's flank within this time count
+
+    def __post_init__(self) -> None:
+        if self.clearance < 0 or self.horizon < 0:
+            raise ValueError(f"SideCheckParams need clearance >= 0 and horizon >= 0, got {self}")
+
+
+def occupied_sides(state: AgentState, size: torch.Tensor, params: SideCheckParams) -> tuple[torch.Tensor, torch.Tensor]:
+    """([B, A], [B, A]) bool: another valid agent's box lies beside the agent, on its left / right, closer than
+    ``params.clearance`` m sideways, alongside it or reaching its flank within ``params.horizon`` s (ahead of it
+    within the agent's travel, or behind it and catching up)."""
+    n = state.valid.shape[-1]
+    c_i, s_i = torch.cos(state.yaw).unsqueeze(-1), torch.sin(state.yaw).unsqueeze(-1)       # [B, A, 1]
+    d = state.pos.unsqueeze(1) - state.pos.unsqueeze(2)                                     # [B, A(i), A(j), 2]
+    rel_x = d[..., 0] * c_i + d[..., 1] * s_i
+    rel_y = -d[..., 0] * s_i + d[..., 1] * c_i
+    rel_yaw = state.yaw.unsqueeze(1) - state.yaw.unsqueeze(-1)
+    c, s = torch.cos(rel_yaw), torch.sin(rel_yaw)
+    lj, wj = 0.5 * size[..., 0].unsqueeze(1), 0.5 * size[..., 1].unsqueeze(1)
+    along_j, across_j = lj * c.abs() + wj * s.abs(), lj * s.abs() + wj * c.abs()
+    half_l, half_w = 0.5 * size[..., 0].unsqueeze(-1), 0.5 * size[..., 1].unsqueeze(-1)
+    speed = state.spd.clamp(min=0.0).unsqueeze(-1)
+    closing = (state.spd.unsqueeze(1) * c - speed).clamp(min=0.0)                          # j gaining on i
+    front = half_l + speed * params.horizon
+    rear = -half_l - closing * params.horizon
+    beside = (rel_x - along_j < front) & (rel_x + along_j > rear)
+    near = rel_y.abs() - across_j - half_w < params.clearance
+    others = state.valid.unsqueeze(1) & ~torch.eye(n, dtype=torch.bool, device=state.valid.device)
+    occupied = beside & near & others
+    return (occupied & (rel_y > 0)).any(-1), (occupied & (rel_y < 0)).any(-1)
+
+
+def _spare_sides(guarded: torch.Tensor, driver: torch.Tensor,
+                 sides: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """The guard's yaw rate, except where it turns more towards an occupied side (left: > 0) than the driver's:
+    there the driver's is kept."""
+    if sides is None:
+        return guarded
+    left, right = sides
+    into = (left & (guarded > driver)) | (right & (guarded < driver))
+    return torch.where(into, driver, guarded)
 
 
 @dataclass(frozen=True)
@@ -194,9 +265,10 @@ def _vehicles_and_cyclists(agent_type: torch.Tensor) -> torch.Tensor:
 
 
 def keep_lane(yaw_rate: torch.Tensor, state: AgentState, agent_type: torch.Tensor, geom: MapGeometry,
-              params: LaneKeepingParams) -> torch.Tensor:
+              params: LaneKeepingParams, sides: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The driver's yaw rate [B, A], blended towards the lane of each vehicle that drifted off it (other
-    agent types and vehicles without an aligned lane keep theirs)."""
+    agent types and vehicles without an aligned lane keep theirs); never more towards a side that ``sides``
+    (``occupied_sides``) marks occupied than the driver turns."""
     offset, point, direction = lane_offset(state, geom, params)
     speed = state.spd
     ahead = torch.clamp(speed.abs() * params.lookahead_time, min=params.min_lookahead)
@@ -207,7 +279,7 @@ def keep_lane(yaw_rate: torch.Tensor, state: AgentState, agent_type: torch.Tenso
                          torch.zeros_like(weight))
     limit = action_limits(agent_type)[..., 1].to(yaw_rate.dtype)
     pull = torch.maximum(torch.minimum(pull.to(yaw_rate.dtype), limit), -limit)
-    return yaw_rate + weight.to(yaw_rate.dtype) * (pull - yaw_rate)
+    return _spare_sides(yaw_rate + weight.to(yaw_rate.dtype) * (pull - yaw_rate), yaw_rate, sides)
 
 
 @dataclass(frozen=True)
@@ -278,10 +350,12 @@ def nearest_edge(state: AgentState, geom: MapGeometry) -> tuple[torch.Tensor, to
 
 
 def hold_edge(yaw_rate: torch.Tensor, state: AgentState, size: torch.Tensor, agent_type: torch.Tensor,
-              geom: MapGeometry, params: EdgeHoldParams) -> torch.Tensor:
+              geom: MapGeometry, params: EdgeHoldParams,
+              sides: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The driver's yaw rate [B, A], turned towards the direction of the nearest road edge for each vehicle
     and cyclist within ``params.start`` m of it (box side, by the centre's distance) that heads towards it;
-    below 1 m/s the turn asked for shrinks with the speed (no turning on the spot)."""
+    below 1 m/s the turn asked for shrinks with the speed (no turning on the spot); never towards a side that
+    ``sides`` (``occupied_sides``) marks occupied."""
     dist, direction, normal = nearest_edge(state, geom)
     heading = torch.stack([torch.cos(state.yaw), torch.sin(state.yaw)], -1)
     towards = (heading * normal).sum(-1) < 0
@@ -292,16 +366,20 @@ def hold_edge(yaw_rate: torch.Tensor, state: AgentState, size: torch.Tensor, age
     need = torch.maximum(torch.minimum(need, limit), -limit)
     held = torch.where(error >= 0, torch.maximum(yaw_rate, need), torch.minimum(yaw_rate, need))
     close = (dist - 0.5 * size[..., 1]) < params.start
-    return torch.where(_vehicles_and_cyclists(agent_type) & state.valid & towards & close, held, yaw_rate)
+    held = torch.where(_vehicles_and_cyclists(agent_type) & state.valid & towards & close, held, yaw_rate)
+    return _spare_sides(held, yaw_rate, sides)
 
 
 BACKGROUND_GUARDS: dict[str, type] = {"guard": GuardParams, "lane_keeping": LaneKeepingParams,
-                                      "restart": RestartParams, "edge_hold": EdgeHoldParams}
-"""The guards of the learned background by their ``BatchedSimulator`` keyword (``guard`` = the collision guard)."""
+                                      "restart": RestartParams, "edge_hold": EdgeHoldParams,
+                                      "side_check": SideCheckParams}
+"""The guards of the learned background by their ``BatchedSimulator`` keyword (``guard`` = the collision guard;
+``side_check`` acts through lane keeping and the edge hold)."""
 
 
 def background_guards(enabled: bool, without: Sequence[str] = ()) -> dict[str, GuardParams | LaneKeepingParams
-                                                                            | RestartParams | EdgeHoldParams | None]:
+                                                                            | RestartParams | EdgeHoldParams
+                                                                            | SideCheckParams | None]:
     """The ``BatchedSimulator`` keywords of the guarded learned background (every guard of
     :data:`BACKGROUND_GUARDS` with its default constants, less those named in ``without``: for ablations), or of
     the raw one."""

@@ -34,7 +34,7 @@ from trafficbots_gym.simulation.background import BACKGROUNDS, make_background, 
 from trafficbots_gym.simulation.buffers import assign, copy_rows_
 from trafficbots_gym.simulation.dynamics import action_limits, unicycle_step
 from trafficbots_gym.simulation.guard import (EdgeHoldParams, GuardParams, LaneKeepingParams, RestartParams,
-                                              guard_acceleration)
+                                              SideCheckParams, guard_acceleration)
 from trafficbots_gym.simulation.idm import IDMParams
 from trafficbots_gym.simulation.metrics import DestinationNodes, LoggedPath, MapGeometry, PathSegments
 from trafficbots_gym.simulation.state import AgentState
@@ -82,7 +82,8 @@ class BatchedSimulator:
     with the same values, and the per-agent fields of :class:`StepOutput` are None); ``guard``: the collision
     guard (:mod:`~trafficbots_gym.simulation.guard`) capping the learned background's accelerations;
     ``lane_keeping``: the guard module's lane keeping on the learned background's yaw rates; ``restart``: its
-    stall restart on their accelerations; ``edge_hold``: its edge hold on their yaw rates; ``ego_guard``: the
+    stall restart on their accelerations; ``edge_hold``: its edge hold on their yaw rates; ``side_check``: its
+    side check, which keeps lane keeping and the edge hold from steering into a neighbour; ``ego_guard``: the
     collision guard on the ego's action.
     """
 
@@ -92,7 +93,8 @@ class BatchedSimulator:
                  deterministic_action: bool = True, deterministic_latent: bool = False,
                  agent_metrics: bool = True, guard: GuardParams | None = None,
                  ego_guard: GuardParams | None = None, lane_keeping: LaneKeepingParams | None = None,
-                 restart: RestartParams | None = None, edge_hold: EdgeHoldParams | None = None) -> None:
+                 restart: RestartParams | None = None, edge_hold: EdgeHoldParams | None = None,
+                 side_check: SideCheckParams | None = None) -> None:
         if background not in BACKGROUNDS:
             raise ValueError(f"unknown background {background!r}; valid choices: {', '.join(BACKGROUNDS)}")
         if mixed_radius <= 0:
@@ -106,7 +108,7 @@ class BatchedSimulator:
                                            destination=destination, deterministic_action=deterministic_action,
                                            deterministic_latent=deterministic_latent, guard=guard,
                                            lane_keeping=lane_keeping, restart=restart,
-                                           edge_hold=edge_hold,
+                                           edge_hold=edge_hold, side_check=side_check,
                                            geometry=functools.partial(getattr, self, "geometry"))  # picklable
         self._batch: SceneBatch | None = None
         self._state: AgentState | None = None
@@ -174,6 +176,11 @@ class BatchedSimulator:
     def edge_hold(self) -> EdgeHoldParams | None:
         """The edge hold of the learned background (None: off or a scripted background)."""
         return getattr(self._background, "edge_hold", None)
+
+    @property
+    def side_check(self) -> SideCheckParams | None:
+        """The side check of the learned background's lateral guards (None: off or a scripted background)."""
+        return getattr(self._background, "side_check", None)
 
     @property
     def geometry(self) -> MapGeometry:
@@ -326,7 +333,7 @@ class BatchedSimulator:
         if self.ego_guard is not None:
             batch = self.batch
             acc = guard_acceleration(action[:, :1], prev, batch.agent_size, batch.agent_type, self.ego_guard,
-                                     agents=e.unsqueeze(1))
+                                     agents=e.unsqueeze(1), yaw_rate=action[:, 1:])
             action = torch.cat([acc, action[:, 1:]], dim=1)
         pos, yaw, spd, vel = unicycle_step(prev.pos[rows, e], prev.yaw[rows, e], prev.spd[rows, e],
                                            action[:, 0], action[:, 1], DT)

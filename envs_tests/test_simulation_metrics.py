@@ -151,6 +151,21 @@ def test_lane_distance_matches_brute_force_on_reference_scenes():
         torch.testing.assert_close(fast[b], d)
 
 
+def test_the_grid_search_finds_the_nearest_lane_and_edge_segments_of_the_full_ranking():
+    reader = SceneReader(REFERENCE_SCENES)
+    batch = SceneBatch.from_scenes([reader[0], reader[1]])
+    geom = M.MapGeometry.from_batch(batch)
+    bound = batch.map_boundary
+    u = torch.rand(2, 1500, 2, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.1   # also a little outside
+    points = torch.stack([bound[:, None, 0] + u[..., 0] * (bound[:, None, 1] - bound[:, None, 0]),
+                          bound[:, None, 2] + u[..., 1] * (bound[:, None, 3] - bound[:, None, 2])], -1)
+    for polylines, k in ((geom.lanes, M.LANE_CANDIDATES), (geom.edges, M.EDGE_CANDIDATES)):
+        nearest = [M.point_segment_distance(points, start, vec).masked_fill(~valid, float("inf")).amin(-1)
+                   for start, vec, valid in (polylines.candidates(points, k), polylines.grid_candidates(points, k))]
+        torch.testing.assert_close(nearest[1], nearest[0])
+    assert geom.lanes.grid_ids.shape == (2, M.GRID_CELLS ** 2, M.GRID_CANDIDATES)
+
+
 def test_map_geometry_rows_can_be_replaced_by_scenes_with_more_polylines():
     reader = SceneReader(REFERENCE_SCENES)
     batch = SceneBatch.from_scenes([reader[1], reader[1]])
@@ -161,6 +176,7 @@ def test_map_geometry_rows_can_be_replaced_by_scenes_with_more_polylines():
     points = batch.agent_pos[:, 30]
     torch.testing.assert_close(M.lane_distance(points, mixed)[0], M.lane_distance(points[:1], small.index(torch.tensor([0])))[0])
     torch.testing.assert_close(M.lane_distance(points, mixed)[1], M.lane_distance(points[1:], big)[0])
+    torch.testing.assert_close(mixed.lanes.grid_candidates(points, 8)[0][1], big.lanes.grid_candidates(points[1:], 8)[0][0])
 
 
 def _light(state: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -57,8 +57,13 @@ import torch
 
 from trafficbots_gym.data.constants import DT, AgentType, TLState
 from trafficbots_gym.simulation.dynamics import action_limits, pure_pursuit_yaw_rate, wrap_angle
-from trafficbots_gym.simulation.metrics import EDGE_CANDIDATES, LANE_CANDIDATES, MapGeometry
+from trafficbots_gym.simulation.metrics import LANE_CANDIDATES, MapGeometry
 from trafficbots_gym.simulation.state import AgentState
+
+
+EDGE_HOLD_CANDIDATES = 4
+"""Road-edge polylines examined exactly per agent by the edge hold (the nearest edge segment was the same as
+with the metrics' 8 for all of 178,320 agent-states of five 100-scene sets, positions jittered by 2 m)."""
 
 
 @dataclass(frozen=True)
@@ -238,7 +243,7 @@ def lane_offset(state: AgentState, geom: MapGeometry, params: LaneKeepingParams)
                                                                                            torch.Tensor]:
     """Per agent [B, A]: the lateral distance (m, inf without an aligned lane) to the nearest lane segment
     aligned with its heading, that segment's closest point [B, A, 2] and unit direction [B, A, 2]."""
-    start, vec, valid = geom.lanes.candidates(state.pos, LANE_CANDIDATES)          # [B, A, S, 2]
+    start, vec, valid = geom.lanes.grid_candidates(state.pos, LANE_CANDIDATES)     # [B, A, S, 2]
     heading = torch.stack([torch.cos(state.yaw), torch.sin(state.yaw)], -1).unsqueeze(-2)
     length = vec.norm(dim=-1).clamp(min=1e-6)
     direction = vec / length.unsqueeze(-1)
@@ -342,7 +347,7 @@ class EdgeHoldParams:
 def nearest_edge(state: AgentState, geom: MapGeometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per agent [B, A]: the distance (m, inf without a road edge) from its centre to the nearest road-edge
     segment, that segment's unit direction [B, A, 2] and the unit normal from the edge to the agent [B, A, 2]."""
-    start, vec, valid = geom.edges.candidates(state.pos, EDGE_CANDIDATES)           # [B, A, S, 2]
+    start, vec, valid = geom.edges.grid_candidates(state.pos, EDGE_HOLD_CANDIDATES)  # [B, A, S, 2]
     length = vec.norm(dim=-1).clamp(min=1e-6)
     dist, near, direction = _nearest_segment(state.pos, start, vec / length.unsqueeze(-1), length, valid)
     normal = state.pos - near

@@ -25,7 +25,7 @@ Definitions (the reference TrafficBots rule checker, spec §6.4, unless stated):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -46,6 +46,10 @@ DEST_LANE_ANGLE = math.radians(30.0)
 DEST_EDGE_DISTANCE = 10.0
 RED_LIGHT_LATERAL_TOLERANCE = 2.0
 RED_LIGHT_MAX_ANGLE = math.radians(60.0)
+GRID_CELLS = 24
+"""Cells per side of the square grid over each scene's polylines that lists the polylines near each cell."""
+GRID_CANDIDATES = 24
+"""Polylines listed per grid cell (the nearest to its centre by the oriented-box lower bound)."""
 MIN_PRODUCT_ROWS = 8
 """Row count from which a CPU matrix product gives each row the bits it gets among more rows."""
 
@@ -183,6 +187,10 @@ class PolylineSet:
     Each polyline carries an oriented bounding box (axis = its chord): the distance to the box is a
     tight lower bound of the distance to its segments (the 20-node chunks are nearly straight), so only
     the few nearest polylines need an exact test. Padding slots have no valid node and a far-away box.
+
+    A ``GRID_CELLS`` x ``GRID_CELLS`` grid over the polylines' extent lists, per cell, the
+    ``GRID_CANDIDATES`` polylines nearest to its centre: :meth:`grid_candidates` ranks only those for a
+    point of the cell (the per-step search of the guards), :meth:`candidates` ranks all of them (the metrics).
     """
 
     start: torch.Tensor   # [B, L, N, 2] node positions
@@ -191,6 +199,9 @@ class PolylineSet:
     frame: torch.Tensor   # [B, 2L, 2]: rows 2l, 2l+1 = unit axis and normal of box l
     offset: torch.Tensor  # [B, 2L]: box centre projected on those rows
     half: torch.Tensor    # [B, 2L]: half extents along those rows
+    grid_origin: torch.Tensor    # [B, 2]: lower-left corner of the grid
+    grid_inv_cell: torch.Tensor  # [B]: 1 / cell size (1/m)
+    grid_ids: torch.Tensor       # [B, GRID_CELLS², GRID_CANDIDATES] int32: the polylines listed per cell
 
     @staticmethod
     def select(pos: torch.Tensor, vec: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor,
@@ -213,8 +224,33 @@ class PolylineSet:
         normal = torch.stack([-axis[..., 1], axis[..., 0]], dim=-1)
         frame = torch.stack([axis, normal], dim=-2).flatten(-3, -2)                 # [B, 2L, 2]
         offset = (torch.stack([(center * axis).sum(-1), (center * normal).sum(-1)], -1)).flatten(-2)
-        return PolylineSet(start=sel_pos, vec=sel_vec, valid=sel_valid, frame=frame, offset=offset,
-                           half=half.flatten(-2))
+        boxes = PolylineSet(start=sel_pos, vec=sel_vec, valid=sel_valid, frame=frame, offset=offset,
+                            half=half.flatten(-2), grid_origin=pos.new_zeros(pos.shape[0], 2),
+                            grid_inv_cell=pos.new_ones(pos.shape[0]),
+                            grid_ids=torch.zeros(pos.shape[0], 1, 1, dtype=torch.int32, device=pos.device))
+        return boxes.with_grid()
+
+    def with_grid(self, scenes_per_chunk: int = 64) -> "PolylineSet":
+        """This set with its cell grid computed (``scenes_per_chunk`` bounds the memory of the ranking)."""
+        ends = torch.cat([self.start, self.start + self.vec], dim=-2)                     # [B, L, 2N, 2]
+        ends_valid = torch.cat([self.valid, self.valid], dim=-1).unsqueeze(-1)
+        big = torch.finfo(ends.dtype).max
+        lo = torch.where(ends_valid, ends, big).flatten(1, 2).amin(1)
+        hi = torch.where(ends_valid, ends, -big).flatten(1, 2).amax(1)
+        empty = ~self.valid.flatten(1).any(-1, keepdim=True)
+        lo, hi = torch.where(empty, 0.0, lo), torch.where(empty, 1.0, hi)
+        cell = ((hi - lo).amax(-1) / GRID_CELLS).clamp(min=1.0)                          # [B] m
+        steps = torch.arange(GRID_CELLS, device=lo.device, dtype=lo.dtype) + 0.5
+        gy, gx = torch.meshgrid(steps, steps, indexing="ij")
+        unit = torch.stack([gx, gy], -1).reshape(-1, 2)                                   # [C, 2] row-major in y
+        centres = lo.unsqueeze(1) + unit.unsqueeze(0) * cell.view(-1, 1, 1)              # [B, C, 2]
+        k = min(GRID_CANDIDATES, self.capacity)
+        ids = torch.cat([torch.topk(self.index(slice(i, i + scenes_per_chunk)).lower_bound_sq(
+            centres[i:i + scenes_per_chunk]), k, dim=-1, largest=False).indices
+            for i in range(0, centres.shape[0], scenes_per_chunk)])
+        if k < GRID_CANDIDATES:
+            ids = ids[..., torch.arange(GRID_CANDIDATES, device=ids.device) % k]
+        return replace(self, grid_origin=lo, grid_inv_cell=1.0 / cell, grid_ids=ids.to(torch.int32))
 
     @property
     def capacity(self) -> int:
@@ -235,7 +271,8 @@ class PolylineSet:
         frame[:, 2 * self.capacity::2, 0] = 1.0
         frame[:, 2 * self.capacity + 1::2, 1] = 1.0
         return PolylineSet(start=pad(self.start, 1, 0.0), vec=pad(self.vec, 1, 0.0), valid=pad(self.valid, 1, False),
-                           frame=frame, offset=pad(self.offset, 2, _FAR), half=pad(self.half, 2, 0.0))
+                           frame=frame, offset=pad(self.offset, 2, _FAR), half=pad(self.half, 2, 0.0),
+                           grid_origin=self.grid_origin, grid_inv_cell=self.grid_inv_cell, grid_ids=self.grid_ids)
 
     def lower_bound_sq(self, points: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
         """[B, Q, L] squared distance from points [B, Q, 2] to every bounding box (<= the true distance²).
@@ -267,6 +304,24 @@ class PolylineSet:
         _, idx = torch.topk(self.lower_bound_sq(points, select), k, dim=-1, largest=False)   # [B, Q, k]
         rows = torch.arange(idx.shape[0], device=idx.device).view(-1, 1, 1)
         b, q = idx.shape[:2]
+        return (self.start[rows, idx].reshape(b, q, -1, 2), self.vec[rows, idx].reshape(b, q, -1, 2),
+                self.valid[rows, idx].reshape(b, q, -1))
+
+    def grid_candidates(self, points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """As :meth:`candidates`, ranking only the polylines listed in each point's grid cell (points outside
+        the grid use its nearest border cell): the same segments wherever the point's ``k`` nearest boxes
+        are among its cell's ``GRID_CANDIDATES``, at a cost independent of the number of polylines."""
+        b, q = points.shape[:2]
+        cell = ((points - self.grid_origin.unsqueeze(1)) * self.grid_inv_cell.view(-1, 1, 1)).floor()
+        cell = cell.clamp(0, GRID_CELLS - 1).long()
+        flat = cell[..., 1] * GRID_CELLS + cell[..., 0]                                    # [B, Q]
+        ids = torch.gather(self.grid_ids, 1, flat.unsqueeze(-1).expand(-1, -1, self.grid_ids.shape[-1])).long()
+        rows = torch.arange(b, device=points.device).view(-1, 1, 1)
+        frame = self.frame.view(b, -1, 2, 2)[rows, ids]                                  # [B, Q, K', 2, 2]
+        proj = (frame * points[:, :, None, None, :]).sum(-1) - self.offset.view(b, -1, 2)[rows, ids]
+        excess = (proj.abs() - self.half.view(b, -1, 2)[rows, ids]).clamp(min=0.0)
+        _, j = torch.topk((excess * excess).sum(-1), min(k, ids.shape[-1]), dim=-1, largest=False)
+        idx = ids.gather(-1, j)                                                            # [B, Q, k]
         return (self.start[rows, idx].reshape(b, q, -1, 2), self.vec[rows, idx].reshape(b, q, -1, 2),
                 self.valid[rows, idx].reshape(b, q, -1))
 

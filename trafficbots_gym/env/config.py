@@ -132,10 +132,10 @@ class EnvConfig:
     mixed_radius: float = 30.0
     """"mixed" background: agents within this distance (m) of the ego are learned, the rest replay."""
     background_guard: bool = True
-    """Put the learned background under the collision guard, lane keeping, the stall restart and the edge hold
-    (``simulation.guard``): the policy still drives, but brakes for what is in its lane ahead, is steered
-    back onto its lane, starts again when it stands (or crawls) while its logged driver moves, and is turned
-    along a road edge it is about to touch."""
+    """Put the learned background under the collision guard, lane keeping, the stall restart, the edge hold and
+    the side check (``simulation.guard``): the policy still drives, but brakes for what is in its path ahead,
+    is steered back onto its lane, starts again when it stands (or crawls) while its logged driver moves, and
+    is turned along a road edge it is about to touch, never by these corrections into a neighbour beside it."""
     ego_guard: bool = False
     """Cap the ego's acceleration with the same guard (a safety shield around the ego's controller)."""
     seed: int | None = None

@@ -10,7 +10,7 @@ from trafficbots_gym.data.constants import STEP_CURRENT, TLState
 from trafficbots_gym.env.traffic_bots_env import TrafficBotsEnv
 from trafficbots_gym.simulation import BatchedSimulator
 from trafficbots_gym.simulation.background import split_guard
-from trafficbots_gym.simulation.guard import (EdgeHoldParams, GuardParams, LaneKeepingParams, RestartParams,
+from trafficbots_gym.simulation.guard import (EGO_GUARD, EdgeHoldParams, GuardParams, LaneKeepingParams, RestartParams,
                                               SideCheckParams, acceleration_cap, background_guards,
                                               guard_acceleration, hold_edge, keep_lane, lane_offset, nearest_edge,
                                               obstacle_gaps, occupied_sides, red_light_ahead, restart_stalled)
@@ -122,7 +122,7 @@ def test_the_env_guards_learned_traffic_by_default_and_the_ego_on_request(small_
     assert default.core.sim.edge_hold == EdgeHoldParams() and default.core.sim.side_check == SideCheckParams()
     assert raw.core.sim.guard is None and raw.core.sim.lane_keeping is None and raw.core.sim.restart is None
     assert raw.core.sim.edge_hold is None and raw.core.sim.side_check is None
-    assert raw.core.sim.ego_guard == GuardParams()
+    assert raw.core.sim.ego_guard == EGO_GUARD and not EGO_GUARD.ignore_followers
     default.close()
     raw.close()
 

@@ -34,7 +34,7 @@ from trafficbots_gym.env.spare_pool import transfer_rows
 from trafficbots_gym.simulation.background import LEARNED_BACKGROUNDS
 from trafficbots_gym.simulation.buffers import assign, copy_rows_
 from trafficbots_gym.simulation.graphed import StepGraph
-from trafficbots_gym.simulation.guard import GuardParams, background_guards
+from trafficbots_gym.simulation.guard import EGO_GUARD, background_guards
 from trafficbots_gym.simulation.simulator import BatchedSimulator, StepOutput
 
 STEP_INFO_KEYS: tuple[str, ...] = ("step", "speed", "acc", "yaw_rate", "jerk", "progress", "route_completion",
@@ -169,7 +169,7 @@ class EpisodeBatch:
                                                                                           policy_precision),
                                     device=self.device, mixed_radius=config.mixed_radius,
                                     agent_metrics=config.agent_metrics,
-                                    ego_guard=GuardParams() if config.ego_guard else None,
+                                    ego_guard=EGO_GUARD if config.ego_guard else None,
                                     **background_guards(config.background_guard))
         self.observer = ObservationBuilder(config)
         self.actions = ActionMapper(config, self.device)

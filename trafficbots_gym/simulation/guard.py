@@ -375,6 +375,12 @@ def hold_edge(yaw_rate: torch.Tensor, state: AgentState, size: torch.Tensor, age
     return _spare_sides(held, yaw_rate, sides)
 
 
+EGO_GUARD = GuardParams(ignore_followers=False)
+"""The collision guard of ``ego_guard=True``: the straight corridor (the ego's yaw rate is not passed) that also
+brakes for agents predicted to overtake, as the shipped guarded ego policy was trained under (under the
+background's curved, follower-blind corridor it reached 0.07 fewer goals)."""
+
+
 BACKGROUND_GUARDS: dict[str, type] = {"guard": GuardParams, "lane_keeping": LaneKeepingParams,
                                       "restart": RestartParams, "edge_hold": EdgeHoldParams,
                                       "side_check": SideCheckParams}

@@ -333,7 +333,7 @@ class BatchedSimulator:
         if self.ego_guard is not None:
             batch = self.batch
             acc = guard_acceleration(action[:, :1], prev, batch.agent_size, batch.agent_type, self.ego_guard,
-                                     agents=e.unsqueeze(1), yaw_rate=action[:, 1:])
+                                     agents=e.unsqueeze(1))
             action = torch.cat([acc, action[:, 1:]], dim=1)
         pos, yaw, spd, vel = unicycle_step(prev.pos[rows, e], prev.yaw[rows, e], prev.spd[rows, e],
                                            action[:, 0], action[:, 1], DT)

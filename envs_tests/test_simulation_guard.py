@@ -275,7 +275,7 @@ def test_the_nearest_road_edge_gives_its_distance_direction_and_the_side_of_the_
 
 
 def test_a_vehicle_or_cyclist_heading_onto_a_close_edge_is_turned_along_it_and_nothing_else_is():
-    geometry, params = _lane_geometry(), EdgeHoldParams(start=0.3, turn_time=0.5)
+    geometry, params = _lane_geometry(), EdgeHoldParams(start=0.3, lead_time=0.0, turn_time=0.5)
     # heading 0.2 rad towards the left edge, box side 0.1 m from it; far from it; heading away; pedestrian
     state, size, agent_type = _state([(10, 0.9, 0.2, 8), (10, 0.0, 0.2, 8), (10, 0.9, -0.2, 8), (10, 0.9, 0.2, 8)])
     agent_type = agent_type.clone()
@@ -288,6 +288,19 @@ def test_a_vehicle_or_cyclist_heading_onto_a_close_edge_is_turned_along_it_and_n
     assert hold_edge(driver, state, size, cyclist, geometry, params)[0, 0].item() < 0.0
     harder = hold_edge(torch.full((1, 4), -1.0), state, size, agent_type, geometry, params)
     assert harder[0, 0].item() == -1.0                             # a driver turning away harder keeps its turn
+
+
+def test_the_edge_hold_starts_earlier_for_an_agent_fast_towards_the_edge_and_measures_its_corner():
+    geometry, params = _lane_geometry(), EdgeHoldParams(start=0.1, lead_time=0.5, turn_time=0.5)
+    driver = torch.zeros(1, 2)
+    # both 0.2 rad onto the left edge (y = 2), the leading corner 0.27 m from it: at 10 m/s it gets there in
+    # 0.14 s and is held, at 1 m/s in 1.4 s and is not (yet)
+    state, size, agent_type = _state([(10, 0.3, 0.2, 10.0), (30, 0.3, 0.2, 1.0)])
+    held = hold_edge(driver, state, size, agent_type, geometry, params)
+    assert held[0, 0].item() < 0.0 and held[0, 1].item() == 0.0
+    # heading straight at it: the front bumper, not the box side (0.4 m away), is what comes close
+    state, size, agent_type = _state([(10, 0.6, math.pi / 2, 1.0)])
+    assert hold_edge(torch.zeros(1, 1), state, size, agent_type, geometry, EdgeHoldParams(start=0.3))[0, 0].item() != 0.0
 
 
 def test_the_edge_hold_keeps_a_drifting_vehicle_on_the_road_without_pushing_it_away():
@@ -340,7 +353,7 @@ def test_invalid_side_check_constants_are_refused(kwargs):
         SideCheckParams(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [dict(start=0.0), dict(turn_time=0.0)])
+@pytest.mark.parametrize("kwargs", [dict(start=0.0), dict(turn_time=0.0), dict(lead_time=-0.1)])
 def test_invalid_edge_hold_constants_are_refused(kwargs):
     with pytest.raises(ValueError, match="EdgeHoldParams"):
         EdgeHoldParams(**kwargs)

@@ -28,9 +28,11 @@ acceleration that would take the speed below zero (the SUMO logs never reverse; 
 v * lookahead_time)`` ahead (the segment's line extended), fully at ``pull_full`` m: the driver steers
 freely within its lane and through lane changes, and is pulled back before it leaves the road.
 
-**Edge hold** (lateral, vehicles and cyclists): an agent whose box comes within ``start`` m of the nearest
-road edge while heading towards it has its yaw rate turned towards the edge's direction (parallel to it,
-reached in about ``turn_time`` s; the driver's own yaw rate is kept where it turns away at least as much).
+**Edge hold** (lateral, vehicles and cyclists): an agent heading towards the nearest road edge whose box comes
+within ``start`` m of it, or would reach it within ``lead_time`` s at its speed towards it (the box's extent
+towards the edge counts its corners: a box angled onto the edge reaches it with its front corner first), has its
+yaw rate turned towards the edge's direction (parallel to it, reached in about ``turn_time`` s; the driver's own
+yaw rate is kept where it turns away at least as much).
 It never pushes an agent away from the edge, so it does not move agents into the next lane: it only stops
 their drift onto the edge. Cyclists, which ride beside the lanes and which lane keeping does not steer, are
 held too.
@@ -336,12 +338,13 @@ def restart_stalled(acc: torch.Tensor, state: AgentState, log_spd: torch.Tensor,
 class EdgeHoldParams:
     """Constants of the edge hold (module docstring)."""
 
-    start: float = 1.0                 # m between the box side and the road edge where the hold starts
+    start: float = 1.0                 # m between the box and the road edge where the hold starts ...
+    lead_time: float = 0.5             # ... or farther: the box reaches the edge within this time (s)
     turn_time: float = 0.5             # s to turn parallel to the edge (the yaw rate asked for is error / this)
 
     def __post_init__(self) -> None:
-        if self.start <= 0 or self.turn_time <= 0:
-            raise ValueError(f"EdgeHoldParams need start > 0 and turn_time > 0, got {self}")
+        if self.start <= 0 or self.turn_time <= 0 or self.lead_time < 0:
+            raise ValueError(f"EdgeHoldParams need start > 0, lead_time >= 0 and turn_time > 0, got {self}")
 
 
 def nearest_edge(state: AgentState, geom: MapGeometry) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -358,19 +361,23 @@ def hold_edge(yaw_rate: torch.Tensor, state: AgentState, size: torch.Tensor, age
               geom: MapGeometry, params: EdgeHoldParams,
               sides: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """The driver's yaw rate [B, A], turned towards the direction of the nearest road edge for each vehicle
-    and cyclist within ``params.start`` m of it (box side, by the centre's distance) that heads towards it;
-    below 1 m/s the turn asked for shrinks with the speed (no turning on the spot); never towards a side that
-    ``sides`` (``occupied_sides``) marks occupied."""
+    and cyclist that heads towards it and whose box is within ``params.start`` m of it, or would reach it within
+    ``params.lead_time`` s at its speed towards it (the box's extent towards the edge from its heading, the
+    distance from its centre); below 1 m/s the turn asked for shrinks with the speed (no turning on the spot);
+    never towards a side that ``sides`` (``occupied_sides``) marks occupied."""
     dist, direction, normal = nearest_edge(state, geom)
     heading = torch.stack([torch.cos(state.yaw), torch.sin(state.yaw)], -1)
-    towards = (heading * normal).sum(-1) < 0
+    approach = -(heading * normal).sum(-1)                                           # cos of the angle onto it
+    towards = approach > 0
     along = torch.where((heading * direction).sum(-1, keepdim=True) >= 0, direction, -direction)
     error = wrap_angle(torch.atan2(along[..., 1], along[..., 0]) - state.yaw)        # > 0: turn left to hold
     limit = action_limits(agent_type)[..., 1].to(yaw_rate.dtype)
     need = (error / params.turn_time * state.spd.abs().clamp(max=1.0)).to(yaw_rate.dtype)
     need = torch.maximum(torch.minimum(need, limit), -limit)
     held = torch.where(error >= 0, torch.maximum(yaw_rate, need), torch.minimum(yaw_rate, need))
-    close = (dist - 0.5 * size[..., 1]) < params.start
+    extent = 0.5 * size[..., 0] * approach.abs() + 0.5 * size[..., 1] * (1.0 - approach * approach).clamp(min=0.0).sqrt()
+    reach = torch.clamp(params.lead_time * state.spd * approach, min=params.start)
+    close = (dist - extent) < reach
     held = torch.where(_vehicles_and_cyclists(agent_type) & state.valid & towards & close, held, yaw_rate)
     return _spare_sides(held, yaw_rate, sides)
 

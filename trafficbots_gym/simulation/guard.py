@@ -122,8 +122,9 @@ def obstacle_gaps(state: AgentState, size: torch.Tensor, params: GuardParams,
         d = (state.pos + tau * heading_j).unsqueeze(1) - pos_i.unsqueeze(2)       # [B, E, A, 2]
         rel_x = d[..., 0] * ci + d[..., 1] * si
         # offset from, and heading relative to, the arc of the agent's path (a straight line without a yaw rate)
-        rel_y = -d[..., 0] * si + d[..., 1] * ci - 0.5 * curvature * rel_x.clamp(min=0.0) ** 2
-        tangent_yaw = rel_yaw - curvature * rel_x.clamp(min=0.0)
+        arc = curvature * rel_x.clamp(min=0.0)
+        rel_y = -d[..., 0] * si + d[..., 1] * ci - 0.5 * arc * rel_x.clamp(min=0.0)
+        tangent_yaw = rel_yaw - arc
         c, s = torch.cos(tangent_yaw).abs(), torch.sin(tangent_yaw).abs()
         gap = rel_x - half_l.unsqueeze(-1) - (lj * c + wj * s)
         in_corridor = (rel_y.abs() < half_w.unsqueeze(-1) + lj * s + wj * c + params.lateral_margin) & (rel_x > 0)

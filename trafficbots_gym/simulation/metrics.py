@@ -228,9 +228,9 @@ class PolylineSet:
                             half=half.flatten(-2), grid_origin=pos.new_zeros(pos.shape[0], 2),
                             grid_inv_cell=pos.new_ones(pos.shape[0]),
                             grid_ids=torch.zeros(pos.shape[0], 1, 1, dtype=torch.int32, device=pos.device))
-        return boxes.with_grid()
+        return boxes._with_grid()
 
-    def with_grid(self, scenes_per_chunk: int = 64) -> "PolylineSet":
+    def _with_grid(self, scenes_per_chunk: int = 64) -> "PolylineSet":
         """This set with its cell grid computed (``scenes_per_chunk`` bounds the memory of the ranking)."""
         ends = torch.cat([self.start, self.start + self.vec], dim=-2)                     # [B, L, 2N, 2]
         ends_valid = torch.cat([self.valid, self.valid], dim=-1).unsqueeze(-1)
@@ -302,16 +302,13 @@ class PolylineSet:
         those points (Q' rows equal to the full result's)."""
         k = min(k, self.capacity)
         _, idx = torch.topk(self.lower_bound_sq(points, select), k, dim=-1, largest=False)   # [B, Q, k]
-        rows = torch.arange(idx.shape[0], device=idx.device).view(-1, 1, 1)
-        b, q = idx.shape[:2]
-        return (self.start[rows, idx].reshape(b, q, -1, 2), self.vec[rows, idx].reshape(b, q, -1, 2),
-                self.valid[rows, idx].reshape(b, q, -1))
+        return self._segments(idx)
 
     def grid_candidates(self, points: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """As :meth:`candidates`, ranking only the polylines listed in each point's grid cell (points outside
         the grid use its nearest border cell): the same segments wherever the point's ``k`` nearest boxes
         are among its cell's ``GRID_CANDIDATES``, at a cost independent of the number of polylines."""
-        b, q = points.shape[:2]
+        b = points.shape[0]
         cell = ((points - self.grid_origin.unsqueeze(1)) * self.grid_inv_cell.view(-1, 1, 1)).floor()
         cell = cell.clamp(0, GRID_CELLS - 1).long()
         flat = cell[..., 1] * GRID_CELLS + cell[..., 0]                                    # [B, Q]
@@ -321,7 +318,12 @@ class PolylineSet:
         proj = (frame * points[:, :, None, None, :]).sum(-1) - self.offset.view(b, -1, 2)[rows, ids]
         excess = (proj.abs() - self.half.view(b, -1, 2)[rows, ids]).clamp(min=0.0)
         _, j = torch.topk((excess * excess).sum(-1), min(k, ids.shape[-1]), dim=-1, largest=False)
-        idx = ids.gather(-1, j)                                                            # [B, Q, k]
+        return self._segments(ids.gather(-1, j))
+
+    def _segments(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Segments of the polylines ``idx`` [B, Q, k]: start, vec [B, Q, k*N, 2] and valid [B, Q, k*N]."""
+        rows = torch.arange(idx.shape[0], device=idx.device).view(-1, 1, 1)
+        b, q = idx.shape[:2]
         return (self.start[rows, idx].reshape(b, q, -1, 2), self.vec[rows, idx].reshape(b, q, -1, 2),
                 self.valid[rows, idx].reshape(b, q, -1))
 
